@@ -1,0 +1,210 @@
+"""`sidecar serve | run | list | check` — a stable interface scripts rely on.
+
+Exit codes: 0 success; 1 a run or check failed; 2 usage error (unknown plugin, bad parameter),
+with a one-line message on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any, NoReturn
+
+from . import __version__
+from .config import SETTINGS, Settings, load_settings, settings_table
+from .errors import SidecarError
+
+__all__ = ["main"]
+
+
+class UsageError(Exception):
+    pass
+
+
+def _parse_param(raw: str) -> tuple[str, Any]:
+    key, sep, value = raw.partition("=")
+    if not sep or not key:
+        raise UsageError(f"--param expects KEY=VALUE, got {raw!r}")
+    try:
+        return key, json.loads(value)  # numbers, booleans, lists; anything else stays a string
+    except ValueError:
+        return key, value
+
+
+def _params(args: argparse.Namespace) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    if args.params_json:
+        try:
+            loaded = json.loads(args.params_json)
+        except ValueError as exc:
+            raise UsageError(f"--params-json is not valid JSON: {exc}") from None
+        if not isinstance(loaded, dict):
+            raise UsageError("--params-json must be a JSON object")
+        params.update(loaded)
+    for raw in args.param or ():
+        key, value = _parse_param(raw)
+        params[key] = value
+    return params
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    cli = {s.name: getattr(args, s.name, None) for s in SETTINGS}
+    if getattr(args, "plugin_path", None):
+        import os
+
+        cli["plugin_path"] = os.pathsep.join(args.plugin_path)
+    return load_settings(cli)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from .plugins import discover
+    from .sandbox.client import RunRequest, Sandbox
+
+    settings = _settings(args)
+    registry = discover(settings)
+    if args.name not in registry.entries:
+        raise UsageError(f"unknown plugin {args.name!r} (known: {', '.join(registry.names()) or 'none'})")
+    entry = registry.get(args.name)
+    timeout, memory = registry.limits(entry, args.timeout)
+    if args.memory_mb is not None:
+        if args.memory_mb <= 0:
+            raise UsageError("--memory-mb must be > 0")
+        memory = args.memory_mb
+    params = {**entry.params, **_params(args)}
+    request = RunRequest(entry.ref, params, timeout, memory, settings.max_result_bytes, settings.max_output_bytes)
+    with Sandbox(extra_env=settings.plugin_env) as sandbox:
+        result = sandbox.run(request)
+    result = type(result).from_dict({**result.to_dict(), "plugin": entry.name})
+    if args.json:
+        print(json.dumps(result.to_dict()))
+    else:
+        if result.stdout.text:
+            sys.stderr.write(result.stdout.text)
+        if result.stderr.text:
+            sys.stderr.write(result.stderr.text)
+        if result.ok:
+            print(json.dumps(result.result, indent=2))
+        else:
+            err = result.error
+            print(f"{entry.name}: {result.outcome.value}: {err.type + ': ' + err.message if err else ''}",
+                  file=sys.stderr)
+    return 0 if result.ok else 1
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    from .plugins import discover
+
+    registry = discover(_settings(args))
+    if args.json:
+        print(json.dumps([e.to_dict() for e in registry], indent=2))
+        return 0
+    for e in registry:
+        flag = f"  [problem: {e.metadata.problem}]" if e.metadata.problem else ""
+        print(f"{e.name:<24} {e.source:<12} {e.description}{flag}")
+    return 0
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    from .plugins import discover
+    from .sandbox.client import RunRequest, Sandbox
+
+    settings = _settings(args)
+    registry = discover(settings)
+    broken = 0
+    with Sandbox(extra_env=settings.plugin_env) as sandbox:
+        for entry in registry:
+            if entry.source == "check":
+                continue
+            timeout = min(10.0, settings.max_timeout_seconds)
+            result = sandbox.run(RunRequest(entry.ref, {}, timeout, settings.default_memory_limit_mb,
+                                            mode="import"))
+            if result.ok:
+                print(f"ok      {entry.name}")
+            else:
+                broken += 1
+                detail = f"{result.error.type}: {result.error.message}" if result.error else ""
+                print(f"BROKEN  {entry.name}: {result.outcome.value}: {detail.splitlines()[0] if detail else ''}")
+    for where, why in registry.rejected:
+        broken += 1
+        print(f"REJECTED {where}: {why}")
+    return 1 if broken else 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from .serve import serve
+
+    return serve(_settings(args))
+
+
+def _cmd_settings(args: argparse.Namespace) -> int:
+    print(settings_table())
+    return 0
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="sidecar", description="Run plugins in guarded sandboxes and make every run observable.")
+    parser.add_argument("--version", action="version", version=f"sidecar {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    def plugin_path(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--plugin-path", action="append", metavar="DIR", help="extra plugin directory (repeatable)")
+        p.add_argument("--config", metavar="FILE", help="TOML file with settings and checks")
+
+    run = sub.add_parser("run", help="run one plugin once in the sandbox")
+    run.add_argument("name")
+    run.add_argument("--param", action="append", metavar="KEY=VALUE",
+                     help="a parameter; VALUE is parsed as JSON when it is valid JSON, else kept as a string")
+    run.add_argument("--params-json", metavar="JSON", help="parameters as one JSON object")
+    run.add_argument("--timeout", type=float, metavar="SECONDS")
+    run.add_argument("--memory-mb", type=int, metavar="MB")
+    run.add_argument("--json", action="store_true", help="print the result object as one JSON document")
+    plugin_path(run)
+    run.set_defaults(func=_cmd_run)
+
+    lst = sub.add_parser("list", help="list discovered plugins and checks")
+    lst.add_argument("--json", action="store_true")
+    plugin_path(lst)
+    lst.set_defaults(func=_cmd_list)
+
+    chk = sub.add_parser("check", help="import every plugin in the sandbox; exit 1 if any is broken")
+    plugin_path(chk)
+    chk.set_defaults(func=_cmd_check)
+
+    serve = sub.add_parser("serve", help="serve the HTTP API and /metrics under gunicorn",
+                           epilog="Every option is also an environment variable SIDECAR_<NAME> and a TOML key.")
+    for s in SETTINGS:
+        if s.name in ("plugin_path", "config"):
+            continue
+        serve.add_argument(s.flag, dest=s.name, metavar=s.name.upper(),
+                           help=f"{s.help} [env {s.env}; default {s.default_doc or s.default!r}]")
+    plugin_path(serve)
+    serve.set_defaults(func=_cmd_serve)
+
+    st = sub.add_parser("settings", help="print the settings table (Markdown)")
+    st.set_defaults(func=_cmd_settings)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        code: int = args.func(args)
+        return code
+    except UsageError as exc:
+        print(f"sidecar: error: {exc}", file=sys.stderr)
+        return 2
+    except SidecarError as exc:
+        print(f"sidecar: error: {exc.message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,235 @@
+"""Probe an HTTP(S) endpoint: status, optional body content, latency.
+
+Useful to an operator as a blackbox check of the service this sidecar sits next to (or any HTTP
+dependency it needs): a wrong status, a missing marker string, a refused connection or a timeout makes
+the run fail (outcome `runtime`), so `sidecar_plugin_errors_total` and the run history show when and
+why the endpoint went bad, and `latency_ms` shows how slow it was when it worked.
+
+Redirects are followed (at most 10); `final_url` is where they led. Proxies from the environment are
+ignored: the probe measures direct reachability. `timeout` bounds each socket operation and, roughly,
+the whole exchange (the body is read in chunks against a deadline); DNS resolution is not bounded by it.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import ssl
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from http.client import HTTPException, HTTPMessage, HTTPResponse, HTTPSConnection
+from typing import IO, TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from urllib.request import _UrlopenRet
+
+description = "HTTP(S) probe: fails on refusal, timeout, unexpected status or missing text; reports latency"
+version = "1.0.0"
+timeout_seconds = 30.0
+memory_limit_mb = 256
+
+_METHOD = re.compile(r"^[A-Z]{1,32}$")
+_CHUNK = 64 * 1024
+_MAX_REDIRECTS = 10
+_USER_AGENT = "sidecar-http-probe/1.0"
+
+
+class _Redirects(urllib.request.HTTPRedirectHandler):
+    """Follows redirects like urllib does, but keeps HEAD as HEAD and fails clearly when it cannot follow."""
+
+    max_redirections = _MAX_REDIRECTS
+
+    def redirect_request(
+        self,
+        req: urllib.request.Request,
+        fp: IO[bytes],
+        code: int,
+        msg: str,
+        headers: HTTPMessage,
+        newurl: str,
+    ) -> urllib.request.Request | None:
+        new = super().redirect_request(req, fp, code, msg, headers, newurl)
+        if new is not None and req.get_method() == "HEAD":
+            new.method = "HEAD"
+        return new
+
+    def http_error_302(
+        self, req: urllib.request.Request, fp: IO[bytes], code: int, msg: str, headers: HTTPMessage
+    ) -> _UrlopenRet | None:
+        try:
+            return super().http_error_302(req, fp, code, msg, headers)
+        except urllib.error.HTTPError as exc:
+            if exc.fp is not fp:  # an error status further down the chain: a result, not our failure
+                raise
+            # A loop, too many hops, or a scheme or method it may not follow.
+            fp.close()
+            reason = str(exc.msg).splitlines()[0] if exc.msg else "not allowed"
+            raise RuntimeError(f"cannot follow the {code} redirect from {req.full_url}: {reason}") from None
+        except BaseException:
+            fp.close()
+            raise
+
+    http_error_301 = http_error_303 = http_error_307 = http_error_308 = http_error_302
+
+
+class _TLS(urllib.request.HTTPSHandler):
+    """HTTPS with the context built on first use: a plain-http probe never pays for the CA bundle."""
+
+    def __init__(self, verify: bool) -> None:
+        super().__init__()
+        self._verify = verify
+        self._tls_context: ssl.SSLContext | None = None
+
+    def context(self) -> ssl.SSLContext:
+        if self._tls_context is None:
+            if self._verify:
+                self._tls_context = ssl.create_default_context()
+            else:
+                self._tls_context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+                self._tls_context.check_hostname = False
+                self._tls_context.verify_mode = ssl.CERT_NONE
+        return self._tls_context
+
+    def https_open(self, req: urllib.request.Request) -> HTTPResponse:
+        return self.do_open(HTTPSConnection, req, context=self.context())
+
+
+def _expected(expect_status: object) -> frozenset[int] | None:
+    """The accepted statuses, or None for the default (any 2xx or 3xx)."""
+    if expect_status is None:
+        return None
+    codes = expect_status if isinstance(expect_status, list | tuple) else [expect_status]
+    if not codes:
+        raise ValueError("expect_status must not be an empty list")
+    for code in codes:
+        if isinstance(code, bool) or not isinstance(code, int) or not 100 <= code <= 599:
+            raise ValueError(f"expect_status must be an HTTP status 100-599 or a list of them, got {code!r}")
+    return frozenset(codes)
+
+
+def _validate(
+    url: object, method: object, timeout: object, headers: object, verify_tls: object, max_body_bytes: object,
+    contains: object,
+) -> tuple[str, str, float, dict[str, str], int]:
+    if not isinstance(url, str) or not url:
+        raise ValueError(f"url must be a non-empty string, got {url!r}")
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme.lower() not in ("http", "https"):
+        raise ValueError(f"url scheme must be http or https, got {parts.scheme!r} in {url!r}")
+    if not parts.hostname:
+        raise ValueError(f"url has no host: {url!r}")
+    if not isinstance(method, str) or not _METHOD.match(method.upper()):
+        raise ValueError(f"method must be an HTTP method name such as GET or HEAD, got {method!r}")
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float):
+        raise ValueError(f"timeout must be a number of seconds, got {timeout!r}")
+    if not math.isfinite(timeout) or timeout <= 0:
+        raise ValueError(f"timeout must be a finite number of seconds > 0, got {timeout!r}")
+    if headers is None:
+        headers = {}
+    if not isinstance(headers, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in headers.items()
+    ):
+        raise ValueError(f"headers must be an object of string names to string values, got {headers!r}")
+    for key, value in headers.items():
+        if not key or any(c in key + value for c in "\r\n\0"):
+            raise ValueError(f"header {key!r} has an empty name or a CR/LF/NUL character")
+    if not isinstance(verify_tls, bool):
+        raise ValueError(f"verify_tls must be true or false, got {verify_tls!r}")
+    if isinstance(max_body_bytes, bool) or not isinstance(max_body_bytes, int) or max_body_bytes < 0:
+        raise ValueError(f"max_body_bytes must be an integer >= 0, got {max_body_bytes!r}")
+    if contains is not None and (not isinstance(contains, str) or not contains):
+        raise ValueError(f"contains must be a non-empty string, got {contains!r}")
+    return url, method.upper(), float(timeout), dict(headers), max_body_bytes
+
+
+def _read(body: IO[bytes], limit: int, deadline: float, timeout: float, url: str) -> tuple[bytes, bool]:
+    """Read at most `limit` bytes before `deadline`; also say whether the body went on past the limit."""
+    data = bytearray()
+    while len(data) <= limit:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out after {timeout:g}s reading the body of {url}")
+        chunk = body.read(min(_CHUNK, limit + 1 - len(data)))
+        if not chunk:
+            return bytes(data), False
+        data += chunk
+    return bytes(data[:limit]), True
+
+
+def run(
+    url: str,
+    method: str = "GET",
+    timeout: float = 5.0,
+    expect_status: int | list[int] | None = None,
+    contains: str | None = None,
+    headers: dict[str, str] | None = None,
+    verify_tls: bool = True,
+    max_body_bytes: int = 1_000_000,
+) -> dict[str, object]:
+    url, method, timeout, request_headers, max_body_bytes = _validate(
+        url, method, timeout, headers, verify_tls, max_body_bytes, contains
+    )
+    expected = _expected(expect_status)
+    request_headers.setdefault("User-Agent", _USER_AGENT)
+    tls = _TLS(verify_tls)
+    if url.lower().startswith("https:"):
+        tls.context()  # loading the CA bundle takes tens of ms: not part of the measured latency
+    # Built by hand rather than build_opener(): no ProxyHandler (env proxies), no ftp/file/data
+    # handlers: a redirect to another scheme fails (UnknownHandler) instead of being followed.
+    opener = urllib.request.OpenerDirector()
+    for handler in (
+        urllib.request.HTTPHandler(),
+        tls,
+        urllib.request.HTTPDefaultErrorHandler(),
+        urllib.request.HTTPErrorProcessor(),
+        _Redirects(),
+        urllib.request.UnknownHandler(),
+    ):
+        opener.add_handler(handler)
+    request = urllib.request.Request(url, method=method, headers=request_headers)
+
+    started = time.perf_counter()
+    deadline = time.monotonic() + timeout
+    response: HTTPResponse | urllib.error.HTTPError | None = None
+    try:
+        try:
+            response = opener.open(request, timeout=timeout)
+        except urllib.error.HTTPError as exc:  # any status but 2xx; its body is still readable
+            if exc.fp is None:
+                status, final_url, body, truncated = exc.code, exc.filename or url, b"", False
+            else:
+                response = exc
+        if response is not None:
+            with response:
+                status = response.status if isinstance(response, HTTPResponse) else response.code
+                final_url = response.geturl()
+                body, truncated = _read(response, max_body_bytes, deadline, timeout, url)
+    except urllib.error.URLError as exc:
+        reason = exc.reason
+        if isinstance(reason, TimeoutError):
+            raise RuntimeError(f"timed out after {timeout:g}s connecting to {url}") from None
+        if isinstance(reason, ConnectionRefusedError):
+            raise RuntimeError(f"connection refused by {url}") from None
+        raise RuntimeError(f"cannot reach {url}: {reason}") from None
+    except TimeoutError:
+        raise RuntimeError(f"timed out after {timeout:g}s waiting for {url}") from None
+    except (OSError, HTTPException) as exc:
+        raise RuntimeError(f"HTTP exchange with {url} failed: {type(exc).__name__}: {exc}") from None
+    latency_ms = round((time.perf_counter() - started) * 1000, 3)
+
+    ok = 200 <= status <= 399 if expected is None else status in expected
+    if not ok:
+        wanted = "2xx or 3xx" if expected is None else ", ".join(str(c) for c in sorted(expected))
+        raise RuntimeError(f"unexpected status {status} from {final_url} (expected {wanted})")
+    if contains is not None and contains.encode("utf-8") not in body:
+        where = f"the first {len(body)} bytes of the body" if truncated else "the body"
+        raise RuntimeError(f"{contains!r} not found in {where} of {final_url} (status {status})")
+    return {
+        "url": url,
+        "status": status,
+        "latency_ms": latency_ms,
+        "bytes": len(body),
+        "final_url": final_url,
+        "truncated": truncated,
+    }

@@ -1,0 +1,206 @@
+"""Discovery of plugins and the registry of entries that may run.
+
+Sources, in order: built-ins (`sidecar/plugins/builtin/`), `*.py` files in `SIDECAR_PLUGIN_PATH`,
+and distributions' entry points in the group `sidecar.plugins`; then the checks of the TOML
+config, each a named instance of one of those plugins. The first entry of a name wins; later
+ones are rejected with a log line, as are names outside `NAME_PATTERN`. An entry's name is the
+`plugin` label in metrics and the `<name>` in routes, so label values are bounded here.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+from typing import Any
+
+from ..config import CheckConfig, Settings
+from ..errors import BadRequest, PluginNotFound
+from ..sandbox.client import PluginRef
+from .metadata import Metadata, read_metadata
+
+__all__ = ["ENTRY_POINT_GROUP", "NAME_PATTERN", "Entry", "Registry", "discover"]
+
+log = logging.getLogger(__name__)
+
+NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+ENTRY_POINT_GROUP = "sidecar.plugins"
+BUILTIN_DIR = Path(__file__).parent / "builtin"
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A runnable thing with a unique name: a discovered plugin or a configured check."""
+
+    name: str
+    plugin: str  # the underlying plugin's name (== name unless this is a check)
+    ref: PluginRef
+    source: str  # builtin | path | entry_point | check
+    location: str
+    metadata: Metadata
+    loaded_at: float
+    params: Mapping[str, Any] = field(default_factory=dict)
+    interval_seconds: float | None = None
+    timeout_seconds: float | None = None
+    memory_limit_mb: int | None = None
+
+    @property
+    def description(self) -> str:
+        return self.metadata.description
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "plugin": self.plugin,
+            "source": self.source,
+            "location": self.location,
+            "description": self.description,
+            "version": self.metadata.version,
+            "timeout_seconds": self.timeout_seconds,
+            "memory_limit_mb": self.memory_limit_mb,
+            "interval_seconds": self.interval_seconds,
+            "params": dict(self.params),
+            "loaded_at": self.loaded_at,
+            "problem": self.metadata.problem,
+        }
+
+
+@dataclass
+class Registry:
+    settings: Settings
+    entries: dict[str, Entry] = field(default_factory=dict)
+    rejected: list[tuple[str, str]] = field(default_factory=list)
+
+    def __iter__(self) -> Iterator[Entry]:
+        return iter(self.entries.values())
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def names(self) -> list[str]:
+        return list(self.entries)
+
+    def get(self, name: str) -> Entry:
+        entry = self.entries.get(name)
+        if entry is None:
+            raise PluginNotFound(f"unknown plugin {name!r}")
+        return entry
+
+    def add(self, entry: Entry) -> bool:
+        if not NAME_PATTERN.match(entry.name):
+            self._reject(entry.location, f"invalid plugin name {entry.name!r}: must match {NAME_PATTERN.pattern}")
+            return False
+        if entry.name in self.entries:
+            first = self.entries[entry.name]
+            self._reject(entry.location, f"duplicate plugin name {entry.name!r} (already from {first.location})")
+            return False
+        self.entries[entry.name] = entry
+        return True
+
+    def _reject(self, where: str, why: str) -> None:
+        log.warning("plugin rejected: %s: %s", where, why)
+        self.rejected.append((where, why))
+
+    def limits(self, entry: Entry, timeout_seconds: float | None = None) -> tuple[float, int]:
+        """(timeout, memory MB) for a run: the call's, else the entry's, else the defaults; capped."""
+        s = self.settings
+        if timeout_seconds is not None:
+            if not isinstance(timeout_seconds, int | float) or isinstance(timeout_seconds, bool) \
+                    or timeout_seconds <= 0:
+                raise BadRequest("timeout_seconds must be a positive number")
+            if timeout_seconds > s.max_timeout_seconds:
+                raise BadRequest(
+                    f"timeout_seconds {timeout_seconds:g} exceeds the server maximum {s.max_timeout_seconds:g}"
+                )
+            timeout = float(timeout_seconds)
+        else:
+            timeout = min(entry.timeout_seconds or s.default_timeout_seconds, s.max_timeout_seconds)
+        return timeout, entry.memory_limit_mb or s.default_memory_limit_mb
+
+
+def _file_entry(path: Path, source: str, now: float) -> Entry:
+    try:
+        meta = read_metadata(path.read_text(encoding="utf-8"), str(path))
+    except (OSError, UnicodeDecodeError) as exc:
+        meta = Metadata(problem=f"{type(exc).__name__}: {exc}")
+    return Entry(
+        name=path.stem, plugin=path.stem, ref=PluginRef(path.stem, path=str(path.resolve())), source=source,
+        location=str(path), metadata=meta, loaded_at=now, interval_seconds=meta.interval_seconds,
+        timeout_seconds=meta.timeout_seconds, memory_limit_mb=meta.memory_limit_mb,
+    )
+
+
+def _py_files(directory: Path) -> list[Path]:
+    return sorted(p for p in directory.glob("*.py") if not p.name.startswith("_"))
+
+
+def _entry_point_entries(now: float) -> Iterable[Entry]:
+    for ep in importlib_metadata.entry_points(group=ENTRY_POINT_GROUP):
+        module, _, attr = ep.value.partition(":")
+        attr = attr.strip() or "run"
+        path = None
+        # Locate the module's file from the distribution's record: finding it through the import
+        # system would execute the package's __init__ in the server.
+        if ep.dist is not None:
+            rel = module.strip().replace(".", "/")
+            for f in ep.dist.files or ():
+                if str(f) in (f"{rel}.py", f"{rel}/__init__.py"):
+                    path = Path(str(ep.dist.locate_file(f)))
+                    break
+        meta = Metadata()
+        if path is not None and path.is_file():
+            meta = read_metadata(path.read_text(encoding="utf-8"), str(path))
+        yield Entry(
+            name=ep.name, plugin=ep.name, ref=PluginRef(ep.name, module=module.strip(), attr=attr),
+            source="entry_point", location=f"{ep.value} ({ep.dist.name if ep.dist else '?'})",
+            metadata=meta, loaded_at=now, interval_seconds=meta.interval_seconds,
+            timeout_seconds=meta.timeout_seconds, memory_limit_mb=meta.memory_limit_mb,
+        )
+
+
+def _check_entry(check: CheckConfig, registry: Registry, now: float) -> Entry | None:
+    base = registry.entries.get(check.plugin)
+    if base is None or base.source == "check":
+        registry._reject(f"[checks.{check.name}]", f"unknown plugin {check.plugin!r}")
+        return None
+    meta = base.metadata
+    if check.description:
+        meta = Metadata(check.description, meta.version, meta.timeout_seconds, meta.memory_limit_mb,
+                        meta.interval_seconds, meta.problem)
+    return Entry(
+        name=check.name, plugin=base.name, ref=base.ref, source="check", location=f"[checks.{check.name}]",
+        metadata=meta, loaded_at=now, params=dict(check.params),
+        interval_seconds=check.interval_seconds if check.interval_seconds is not None else base.interval_seconds,
+        timeout_seconds=check.timeout_seconds or base.timeout_seconds,
+        memory_limit_mb=check.memory_limit_mb or base.memory_limit_mb,
+    )
+
+
+def discover(settings: Settings) -> Registry:
+    """Build the registry; never raises for a bad plugin (it is rejected or listed with a problem)."""
+    registry = Registry(settings)
+    now = time.time()
+    for path in _py_files(BUILTIN_DIR):
+        registry.add(_file_entry(path, "builtin", now))
+    for directory in settings.plugin_path:
+        d = Path(directory)
+        if not d.is_dir():
+            registry._reject(directory, "plugin directory does not exist")
+            continue
+        for path in _py_files(d):
+            registry.add(_file_entry(path, "path", now))
+    if settings.entry_points:
+        try:
+            for entry in _entry_point_entries(now):
+                registry.add(entry)
+        except Exception as exc:  # a broken distribution's metadata must not stop start-up
+            registry._reject(ENTRY_POINT_GROUP, f"entry points unreadable: {exc}")
+    for check in settings.checks:
+        configured = _check_entry(check, registry, now)
+        if configured is not None:
+            registry.add(configured)
+    return registry

@@ -1,0 +1,212 @@
+"""The plugin side of a sandboxed run: everything that happens after the launcher forks.
+
+A child is forked ahead of need (a "spare"): it confines what does not depend on the run
+(process group, death signal, signals, fds), then blocks reading its request. Once it has one
+it applies the run's limits, imports the plugin, calls `run(**params)`, and sends one framed
+JSON message on its result fd. It never returns: it leaves with `os._exit` so nothing
+inherited from the launcher (atexit hooks, buffers) runs.
+
+Imports here are paid by the launcher's image, so heavy modules (traceback) load lazily on
+the error path only.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import gc
+import importlib
+import importlib.util
+import json
+import os
+import resource
+import signal
+import sys
+from typing import Any, NoReturn
+
+from ..framing import HEADER, write_all
+from . import _warmup
+from .outcomes import classify_exception
+
+__all__ = ["REQUEST_FD", "RESULT_FD", "spare_main"]
+
+#: Fixed fds in the child: 0-2 are stdin (/dev/null), stdout, stderr pipes.
+RESULT_FD = 3
+REQUEST_FD = 4
+_TEXT_LIMIT = 8_000
+
+
+class ResultTooLarge(Exception):
+    pass
+
+
+def _confine(memory_limit_mb: int, max_processes: int | None) -> None:
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    limit = memory_limit_mb * 1024 * 1024
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    if max_processes is not None:
+        # Binds non-root users only (root ignores RLIMIT_NPROC); the process group kill is the real net.
+        resource.setrlimit(resource.RLIMIT_NPROC, (max_processes, max_processes))
+
+
+def _trim(text: str) -> str:
+    if len(text) <= _TEXT_LIMIT:
+        return text
+    half = _TEXT_LIMIT // 2
+    return text[:half] + "\n... trimmed ...\n" + text[-half:]
+
+
+def _error(outcome: str, type_: str, message: str, tb: str | None = None) -> dict[str, Any]:
+    return {"outcome": outcome, "error": {"type": type_, "message": message, "traceback": tb}}
+
+
+def _error_from(exc: BaseException, outcome: str) -> dict[str, Any]:
+    """Drop the frames' locals first (after a MemoryError they still hold the memory), then format."""
+    import traceback
+
+    if exc.__traceback__ is not None:
+        traceback.clear_frames(exc.__traceback__)
+    gc.collect()
+    tb = _trim("".join(traceback.format_exception(exc)))
+    message = f"SystemExit({exc.code!r})" if isinstance(exc, SystemExit) else str(exc)
+    return _error(outcome, type(exc).__name__, _trim(message), tb)
+
+
+def _encode(message: dict[str, Any], max_bytes: int) -> bytes:
+    """JSON-encode, giving up as soon as the output passes max_bytes (no 300 MB string built twice)."""
+    parts: list[str] = []
+    size = 0
+    for chunk in json.JSONEncoder(ensure_ascii=False, allow_nan=False).iterencode(message):
+        size += len(chunk)
+        if size > max_bytes:
+            raise ResultTooLarge(f"result exceeds the size cap of {max_bytes} bytes")
+        parts.append(chunk)
+    return "".join(parts).encode("utf-8", "surrogatepass")
+
+
+def _load(plugin: dict[str, Any]) -> Any:
+    path = plugin.get("path")
+    if path:
+        directory = os.path.dirname(path)
+        if directory not in sys.path:
+            sys.path.insert(0, directory)
+        spec = importlib.util.spec_from_file_location(f"sidecar_plugin_{plugin['name']}", path)
+        if spec is None or spec.loader is None:
+            raise ImportError(f"cannot load plugin file {path!r}")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module
+        spec.loader.exec_module(module)
+        return module
+    name = str(plugin["module"])
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError:
+        # The launcher starts without site hooks (-S) to stay small; editable installs and other
+        # .pth-based hooks only appear once `site` has run, so give them one chance.
+        import site
+
+        site.main()
+        return importlib.import_module(name)
+
+
+def _execute(request: dict[str, Any]) -> dict[str, Any]:
+    plugin = request["plugin"]
+    try:
+        module = _load(plugin)
+        func = getattr(module, str(plugin.get("attr") or "run"), None)
+        if not callable(func):
+            raise ImportError(f"plugin {plugin['name']!r} has no callable `run`")
+    except BaseException as exc:  # noqa: B036 - every failure to load is a reportable outcome
+        return _error_from(exc, classify_exception(exc, during_import=True))
+    if request.get("mode") == "import":
+        return {"outcome": "success", "result": None}
+    try:
+        result = func(**request.get("params", {}))
+    except BaseException as exc:  # noqa: B036 - SystemExit and KeyboardInterrupt are outcomes too
+        return _error_from(exc, classify_exception(exc))
+    return {"outcome": "success", "result": result}
+
+
+def _payload(message: dict[str, Any], max_bytes: int) -> bytes:
+    try:
+        return _encode(message, max_bytes)
+    except ResultTooLarge as exc:
+        return _encode(_error("value", "ResultTooLarge", str(exc)), max_bytes)
+    except (TypeError, ValueError) as exc:
+        return _encode(_error("value", "ResultNotSerializable", f"result is not JSON-serialisable: {exc}"),
+                       max_bytes)
+    except RecursionError:
+        return _encode(_error("value", "ResultNotSerializable", "result is nested too deeply"), max_bytes)
+    except MemoryError:
+        return _encode(_error("memory", "MemoryError", "out of memory while encoding the result"), max_bytes)
+
+
+def _flush_std() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            if stream is not None:
+                stream.flush()
+        except BaseException:  # noqa: B036 - a broken stdout must not lose the result
+            pass
+
+
+def _warm_up() -> None:
+    """Walk the run path once on a stand-in plugin (see `_warmup`); failures here do not matter."""
+    try:
+        for ref in ({"name": "warmup", "path": _warmup.__file__}, {"name": "warmup", "module": _warmup.__name__}):
+            module = _load(ref)
+            _encode({"outcome": "success", "result": module.run(x=1)}, 1 << 20)
+        sys.modules.pop("sidecar_plugin_warmup", None)
+        if sys.path and sys.path[0] == os.path.dirname(_warmup.__file__):
+            del sys.path[0]
+    except Exception:  # noqa: S110
+        pass
+
+
+def _read_request() -> dict[str, Any] | None:
+    data = bytearray()
+    while True:
+        chunk = os.read(REQUEST_FD, 1 << 16)
+        if not chunk:
+            break
+        data += chunk
+    if len(data) < HEADER.size:
+        return None
+    return dict(json.loads(bytes(data[HEADER.size :])))
+
+
+def spare_main(fds: tuple[int, int, int, int], prctl: Any) -> NoReturn:
+    """Entry point in a forked spare. fds = (result_w, stdout_w, stderr_w, request_r)."""
+    code = 0
+    try:
+        os.setpgid(0, 0)
+        if prctl is not None:
+            prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG: die with the launcher
+        signal.set_wakeup_fd(-1)
+        for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        # Move our fds out of the way first: dup2 onto 1-4 must not clobber one we still need.
+        result_w, out_w, err_w, request_r = (fcntl.fcntl(fd, fcntl.F_DUPFD, 16) for fd in fds)
+        devnull = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(devnull, 0)
+        os.dup2(out_w, 1)
+        os.dup2(err_w, 2)
+        os.dup2(result_w, RESULT_FD, inheritable=False)
+        os.dup2(request_r, REQUEST_FD, inheritable=False)
+        os.closerange(REQUEST_FD + 1, 1 << 16)
+
+        _warm_up()
+        request = _read_request()
+        if request is None:  # retired spare
+            os._exit(0)
+        _confine(int(request["memory_limit_mb"]), request.get("max_processes"))
+        gc.enable()
+        message = _execute(request)
+        _flush_std()
+        # Peak memory from the child's own rusage, so the launcher can answer before the exit.
+        message["peak_memory_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        payload = _payload(message, int(request["max_result_bytes"]))
+        write_all(RESULT_FD, HEADER.pack(len(payload)) + payload)
+    except BaseException:  # noqa: B036 - the launcher reports a missing result as a crash
+        code = 70
+    os._exit(code)

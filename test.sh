@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Set up (first time) and run the whole suite: ruff, mypy, pytest (unit + integration).
+set -euo pipefail
+cd "$(dirname "$0")"
+scripts/bootstrap.sh "test,dev"
+
+# The integration tests need a real Prometheus and promtool (Debian package `prometheus`).
+if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        echo "test.sh: installing Debian's prometheus package" >&2
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+    else
+        echo "test.sh: prometheus/promtool missing and cannot apt-get install them" >&2
+        exit 1
+    fi
+fi
+
+.venv/bin/ruff check .
+.venv/bin/mypy
+.venv/bin/python -m pytest "$@"

@@ -1,0 +1,5 @@
+raise ValueError("broken at import time")
+
+
+def run():
+    return 1

@@ -1,0 +1,7 @@
+import time
+
+time.sleep(3600)
+
+
+def run():
+    return 1

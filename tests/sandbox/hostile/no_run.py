@@ -1,0 +1,1 @@
+description = "has no run function"
