@@ -1,12 +1,69 @@
-"""`sidecar serve` (the service lands with the HTTP API)."""
+"""`sidecar serve`: the runner in this process, gunicorn workers in front of it.
+
+Process tree::
+
+    sidecar serve (runner: sandbox client, limit, scheduler, history, metrics; Unix socket)
+    ├── launcher (forks one sandboxed child per run)
+    └── gunicorn master ── workers (HTTP, relay to the runner's socket)
+
+If gunicorn exits, so does serve (with its status); SIGTERM/SIGINT stop gunicorn first, then the
+runner. If the runner is killed, gunicorn and the launcher get their parent-death signal.
+"""
 
 from __future__ import annotations
 
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
 import sys
+import tempfile
+import threading
+from types import FrameType
 
+from .app import WORKER_ENV
 from .config import Settings
+from .rpc import RunnerServer
+from .runner import Runner
+
+__all__ = ["serve"]
+
+log = logging.getLogger("sidecar")
 
 
 def serve(settings: Settings) -> int:
-    print("sidecar serve: not available in this build yet", file=sys.stderr)
-    return 2
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    runner = Runner(settings)
+    for where, why in runner.registry.rejected:
+        log.warning("rejected %s: %s", where, why)
+    log.info("sidecar: %d plugins, history %s, up to %d concurrent runs", len(runner.registry),
+             runner.store.path, settings.max_concurrent_runs)
+    sock_dir = tempfile.mkdtemp(prefix="sidecar-")
+    server = RunnerServer(os.path.join(sock_dir, "runner.sock"), runner)
+    threading.Thread(target=server.serve_forever, name="rpc", daemon=True).start()
+    env = dict(os.environ)
+    env[WORKER_ENV] = json.dumps({
+        "socket": server.server_address, "bind": settings.bind, "workers": settings.workers,
+        "threads": settings.threads, "api_token": settings.api_token, "max_body_bytes": settings.max_body_bytes,
+        "log_level": settings.log_level,
+    })
+    gunicorn = subprocess.Popen([sys.executable, "-m", "gunicorn", "--config", "python:sidecar.gunicorn_conf"],
+                                env=env)
+
+    def forward(signum: int, frame: FrameType | None) -> None:
+        if gunicorn.poll() is None:
+            gunicorn.send_signal(signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    try:
+        code = gunicorn.wait()
+    finally:
+        server.shutdown()
+        server.server_close()
+        runner.close()
+        shutil.rmtree(sock_dir, ignore_errors=True)
+    log.info("sidecar: gunicorn exited with %s", code)
+    return 0 if code in (0, -signal.SIGTERM) else (code if code > 0 else 1)

@@ -46,13 +46,11 @@ def run(
 
     if max_used_percent is not None and used_percent > max_used_percent:
         raise RuntimeError(
-            f"{path!r} is {used_percent}% used, above max_used_percent={max_used_percent:g} "
-            f"({usage.free} bytes free)"
+            f"{path!r} is {used_percent}% used, above max_used_percent={max_used_percent:g} ({usage.free} bytes free)"
         )
     if min_free_bytes is not None and usage.free < min_free_bytes:
         raise RuntimeError(
-            f"{path!r} has {usage.free} bytes free, below min_free_bytes={min_free_bytes} "
-            f"({used_percent}% used)"
+            f"{path!r} has {usage.free} bytes free, below min_free_bytes={min_free_bytes} ({used_percent}% used)"
         )
     return {
         "path": path,

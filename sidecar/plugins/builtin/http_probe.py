@@ -110,7 +110,12 @@ def _expected(expect_status: object) -> frozenset[int] | None:
 
 
 def _validate(
-    url: object, method: object, timeout: object, headers: object, verify_tls: object, max_body_bytes: object,
+    url: object,
+    method: object,
+    timeout: object,
+    headers: object,
+    verify_tls: object,
+    max_body_bytes: object,
     contains: object,
 ) -> tuple[str, str, float, dict[str, str], int]:
     if not isinstance(url, str) or not url:
@@ -128,9 +133,7 @@ def _validate(
         raise ValueError(f"timeout must be a finite number of seconds > 0, got {timeout!r}")
     if headers is None:
         headers = {}
-    if not isinstance(headers, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in headers.items()
-    ):
+    if not isinstance(headers, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in headers.items()):
         raise ValueError(f"headers must be an object of string names to string values, got {headers!r}")
     for key, value in headers.items():
         if not key or any(c in key + value for c in "\r\n\0"):

@@ -63,9 +63,7 @@ def _by_pid_file(pid_file: str) -> tuple[list[int], int]:
     except psutil.ZombieProcess:  # a NoSuchProcess subclass: test it first
         status = psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
-        raise RuntimeError(
-            f"process {pid} from pid file {pid_file!r} is not running (stale pid file)"
-        ) from None
+        raise RuntimeError(f"process {pid} from pid file {pid_file!r} is not running (stale pid file)") from None
     except psutil.AccessDenied:
         return [pid], 0  # it exists; its memory is someone else's business
     if status == psutil.STATUS_ZOMBIE:

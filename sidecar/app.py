@@ -1,0 +1,144 @@
+"""The Flask app: thin routes over the runner (in-process or over its socket)."""
+
+from __future__ import annotations
+
+import hmac
+import json
+import os
+from typing import Any, Protocol
+
+from flask import Flask, Response, jsonify, request
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+
+from .config import Settings, load_settings
+from .errors import BadRequest, PayloadTooLarge, SidecarError, Unauthorized
+from .openapi import openapi_document
+
+__all__ = ["Backend", "create_app", "worker_app"]
+
+#: Set by `sidecar serve` for its gunicorn workers: the runner's socket and what workers enforce.
+WORKER_ENV = "SIDECAR_WORKER_CONFIG"
+
+
+class Backend(Protocol):
+    def plugins(self) -> list[dict[str, Any]]: ...
+    def plugin(self, name: str) -> dict[str, Any]: ...
+    def health(self, name: str) -> dict[str, Any]: ...
+    def runs(self, name: str, limit: int = 20) -> list[dict[str, Any]]: ...
+    def run(self, name: str, params: Any = None, timeout_seconds: Any = None) -> dict[str, Any]: ...
+    def render_metrics(self, openmetrics: bool = False) -> tuple[bytes, str]: ...
+    def ready(self) -> dict[str, Any]: ...
+    def ping(self) -> bool: ...
+
+
+def _error(exc: SidecarError) -> Response:
+    resp = jsonify({"error": {"code": exc.code, "message": exc.message}})
+    resp.status_code = exc.status
+    if exc.retry_after is not None:
+        resp.headers["Retry-After"] = str(exc.retry_after)
+    if isinstance(exc, Unauthorized):
+        resp.headers["WWW-Authenticate"] = 'Bearer realm="sidecar"'
+    return resp
+
+
+def create_app(settings: Settings | None = None, backend: Backend | None = None) -> Flask:
+    """App factory. Without a backend, an in-process Runner is started (tests, single process)."""
+    settings = settings or load_settings()
+    if backend is None:
+        from .runner import Runner
+
+        backend = Runner(settings)
+    app = Flask("sidecar")
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.extensions["sidecar_backend"] = backend
+    token = settings.api_token
+
+    @app.before_request
+    def _guards() -> None:
+        if request.content_length is not None and request.content_length > settings.max_body_bytes:
+            raise PayloadTooLarge(f"request body over {settings.max_body_bytes} bytes")
+        if request.method == "POST" and token:
+            given = request.headers.get("Authorization", "")
+            if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+                raise Unauthorized("missing or wrong bearer token")
+
+    @app.errorhandler(SidecarError)
+    def _sidecar_error(exc: SidecarError) -> Response:
+        return _error(exc)
+
+    @app.errorhandler(HTTPException)
+    def _http_error(exc: HTTPException) -> Response:
+        if isinstance(exc, RequestEntityTooLarge):
+            return _error(PayloadTooLarge(f"request body over {settings.max_body_bytes} bytes"))
+        resp = jsonify({"error": {"code": (exc.name or "error").lower().replace(" ", "_"),
+                                  "message": exc.description or exc.name}})
+        resp.status_code = exc.code or 500
+        return resp
+
+    @app.get("/metrics")
+    def metrics() -> Response:
+        openmetrics = "application/openmetrics-text" in request.headers.get("Accept", "")
+        body, content_type = backend.render_metrics(openmetrics)
+        return Response(body, content_type=content_type)
+
+    @app.get("/healthz")
+    def healthz() -> Response:
+        backend.ping()
+        return jsonify({"status": "ok"})
+
+    @app.get("/readyz")
+    def readyz() -> Response:
+        state = backend.ready()
+        resp = jsonify(state)
+        resp.status_code = 200 if state["ready"] else 503
+        return resp
+
+    @app.get("/plugins")
+    def plugins() -> Response:
+        return jsonify({"plugins": backend.plugins()})
+
+    @app.get("/plugins/<name>")
+    def plugin(name: str) -> Response:
+        return jsonify(backend.plugin(name))
+
+    @app.get("/plugins/<name>/health")
+    def health(name: str) -> Response:
+        return jsonify(backend.health(name))
+
+    @app.get("/plugins/<name>/runs")
+    def runs(name: str) -> Response:
+        raw = request.args.get("limit", "20")
+        if not raw.isdigit() or not 1 <= int(raw) <= 1000:
+            raise BadRequest("limit must be an integer from 1 to 1000")
+        return jsonify({"plugin": name, "runs": backend.runs(name, int(raw))})
+
+    @app.post("/plugins/<name>/run")
+    def run(name: str) -> Response:
+        raw = request.get_data(cache=False)
+        body: Any = {}
+        if raw.strip():
+            try:
+                body = json.loads(raw)
+            except ValueError as exc:
+                raise BadRequest(f"body is not valid JSON: {exc}") from None
+        if not isinstance(body, dict):
+            raise BadRequest('body must be a JSON object: {"params": {...}, "timeout_seconds": n}')
+        unknown = set(body) - {"params", "timeout_seconds"}
+        if unknown:
+            raise BadRequest(f"unknown body keys {sorted(unknown)}; allowed: params, timeout_seconds")
+        return jsonify(backend.run(name, body.get("params"), body.get("timeout_seconds")))
+
+    @app.get("/openapi.json")
+    def openapi() -> Response:
+        return jsonify(openapi_document())
+
+    return app
+
+
+def worker_app() -> Flask:
+    """Entry point of gunicorn workers started by `sidecar serve`: relay to the runner's socket."""
+    from .rpc import RunnerClient
+
+    cfg = json.loads(os.environ[WORKER_ENV])
+    settings = Settings(api_token=cfg.get("api_token"), max_body_bytes=int(cfg["max_body_bytes"]))
+    return create_app(settings, RunnerClient(cfg["socket"]))

@@ -1,0 +1,37 @@
+"""Gunicorn configuration used by `sidecar serve` (`--config python:sidecar.gunicorn_conf`).
+
+Workers are thin HTTP front ends (gthread): all state lives in the runner process, so there is
+no prometheus multiprocess directory to wipe and nothing to clean up when a worker dies.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import signal
+from typing import Any
+
+_cfg = json.loads(os.environ.get("SIDECAR_WORKER_CONFIG", "{}"))
+
+bind = [_cfg.get("bind", "127.0.0.1:9464")]
+workers = int(_cfg.get("workers", 2))
+threads = int(_cfg.get("threads", 8))
+worker_class = "gthread"
+# gthread workers heartbeat from their main loop, so long plugin runs do not trip this.
+timeout = 30
+graceful_timeout = 10
+keepalive = 5
+proc_name = "sidecar"
+accesslog = None
+errorlog = "-"
+loglevel = str(_cfg.get("log_level", "info")).lower()
+wsgi_app = "sidecar.app:worker_app()"
+
+
+def on_starting(server: Any) -> None:
+    """Die with the runner that started us (PR_SET_PDEATHSIG), so a killed runner leaves no server."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass

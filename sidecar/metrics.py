@@ -1,0 +1,210 @@
+"""Every Prometheus metric of the sidecar, defined once, and the scrape rendering.
+
+All metric values live in one process, the runner, which records every run; gunicorn workers
+only relay the rendered text. So every scrape, whichever worker answers, sees the same
+cumulative numbers, with no prometheus-client multiprocess mode (whose per-scrape cost grows
+with workers and plugins, and which cannot do scrape-time gauges).
+
+Rendering is ours, not prometheus-client's `generate_latest`: that re-formats every sample on
+every scrape (measured ~50-100 ms for 100 plugins here). Each plugin's lines are cached per
+family and re-rendered only when that plugin changes; the uptime family, computed at scrape
+time, is rendered fresh. Tests check the output with prometheus-client's own parsers.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from . import __version__
+from .sandbox.outcomes import ERROR_OUTCOMES
+from .sandbox.result import PluginSandboxResult
+
+__all__ = ["CONTENT_TYPE_TEXT", "FAMILIES", "OPENMETRICS_CONTENT_TYPE", "REJECT_REASONS", "Metrics"]
+
+CONTENT_TYPE_TEXT = "text/plain; version=0.0.4; charset=utf-8"
+OPENMETRICS_CONTENT_TYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8"
+REJECT_REASONS = ("saturated", "invalid")
+#: Peak memory buckets, bytes: 8 MiB … 4 GiB.
+MEMORY_BUCKETS: tuple[float, ...] = tuple(float(2**i * 1024 * 1024) for i in range(3, 13))
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str  # sample base name; counters' samples add _total
+    type: str
+    help: str
+    labels: tuple[str, ...] = ("plugin",)
+
+
+#: The metric contract (DESIGN.md "Metrics"); dashboards and alerts use these names.
+FAMILIES: tuple[Family, ...] = (
+    Family("sidecar_plugin_success", "counter", "Runs that ended with outcome success"),
+    Family("sidecar_plugin_errors", "counter", "Runs that ended with an error outcome", ("plugin", "error_type")),
+    Family("sidecar_plugin_execution_seconds", "histogram", "Wall time of sandboxed runs"),
+    Family("sidecar_plugin_peak_memory_bytes", "histogram", "Peak resident memory of runs"),
+    Family("sidecar_plugin_uptime_seconds", "gauge", "Seconds since this sidecar loaded the plugin"),
+    Family("sidecar_plugin_loaded_timestamp_seconds", "gauge", "When this sidecar loaded the plugin"),
+    Family("sidecar_plugin_last_run_timestamp_seconds", "gauge", "When the plugin's last run finished"),
+    Family("sidecar_plugin_interval_seconds", "gauge", "Schedule interval of a scheduled plugin or check"),
+    Family("sidecar_plugin_in_flight", "gauge", "Runs in progress"),
+    Family("sidecar_plugin_rejected", "counter", "Run requests refused before running", ("plugin", "reason")),
+    Family("sidecar_build_info", "gauge", "Always 1; the version label says which build", ("version",)),
+)
+_F = {f.name: f for f in FAMILIES}
+
+
+def _num(v: float) -> str:
+    if v == math.inf:
+        return "+Inf"
+    if v == int(v) and abs(v) < 1e15:
+        return f"{int(v)}.0"
+    return repr(float(v))
+
+
+def _escape(v: str) -> str:
+    return v.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
+
+
+@dataclass
+class _Histogram:
+    bounds: tuple[float, ...]
+    counts: list[int] = field(default_factory=list)
+    total: float = 0.0
+    count: int = 0
+
+    def __post_init__(self) -> None:
+        self.counts = [0] * len(self.bounds)
+
+    def observe(self, v: float) -> None:
+        for i, b in enumerate(self.bounds):
+            if v <= b:
+                self.counts[i] += 1
+                break
+        self.total += v
+        self.count += 1
+
+    def lines(self, name: str, plugin: str) -> list[str]:
+        out, cum = [], 0
+        for b, c in zip(self.bounds, self.counts, strict=True):
+            cum += c
+            out.append(f'{name}_bucket{{plugin="{plugin}",le="{_num(b)}"}} {_num(cum)}')
+        out.append(f'{name}_bucket{{plugin="{plugin}",le="+Inf"}} {_num(self.count)}')
+        out.append(f'{name}_count{{plugin="{plugin}"}} {_num(self.count)}')
+        out.append(f'{name}_sum{{plugin="{plugin}"}} {_num(self.total)}')
+        return out
+
+
+@dataclass
+class _Plugin:
+    name: str
+    loaded_at: float
+    interval: float | None
+    execution: _Histogram
+    memory: _Histogram
+    success: int = 0
+    errors: dict[str, int] = field(default_factory=lambda: dict.fromkeys(ERROR_OUTCOMES, 0))
+    rejected: dict[str, int] = field(default_factory=lambda: dict.fromkeys(REJECT_REASONS, 0))
+    last_run: float | None = None
+    in_flight: int = 0
+    cache: dict[str, str] | None = None
+
+    def render(self) -> dict[str, str]:
+        """This plugin's lines of every family (uptime excluded), keyed by family name."""
+        if self.cache is not None:
+            return self.cache
+        p = self.name
+        c: dict[str, list[str]] = {
+            "sidecar_plugin_success": [f'sidecar_plugin_success_total{{plugin="{p}"}} {_num(self.success)}'],
+            "sidecar_plugin_errors": [f'sidecar_plugin_errors_total{{plugin="{p}",error_type="{t}"}} {_num(n)}'
+                                      for t, n in self.errors.items()],
+            "sidecar_plugin_execution_seconds": self.execution.lines("sidecar_plugin_execution_seconds", p),
+            "sidecar_plugin_peak_memory_bytes": self.memory.lines("sidecar_plugin_peak_memory_bytes", p),
+            "sidecar_plugin_loaded_timestamp_seconds": [
+                f'sidecar_plugin_loaded_timestamp_seconds{{plugin="{p}"}} {_num(self.loaded_at)}'],
+            "sidecar_plugin_last_run_timestamp_seconds": [] if self.last_run is None else [
+                f'sidecar_plugin_last_run_timestamp_seconds{{plugin="{p}"}} {_num(self.last_run)}'],
+            "sidecar_plugin_interval_seconds": [] if not self.interval else [
+                f'sidecar_plugin_interval_seconds{{plugin="{p}"}} {_num(self.interval)}'],
+            "sidecar_plugin_in_flight": [f'sidecar_plugin_in_flight{{plugin="{p}"}} {_num(self.in_flight)}'],
+            "sidecar_plugin_rejected": [f'sidecar_plugin_rejected_total{{plugin="{p}",reason="{r}"}} {_num(n)}'
+                                        for r, n in self.rejected.items()],
+        }
+        self.cache = {k: "".join(line + "\n" for line in v) for k, v in c.items()}
+        return self.cache
+
+
+class Metrics:
+    """Metric values of every plugin, updated by the runner, rendered for scrapes."""
+
+    def __init__(self, duration_buckets: Iterable[float], clock: Callable[[], float] = time.time) -> None:
+        self.buckets = tuple(duration_buckets)
+        self._plugins: dict[str, _Plugin] = {}
+        self._lock = threading.Lock()
+        self._clock = clock
+
+    def add_plugin(self, name: str, loaded_at: float, interval_seconds: float | None) -> None:
+        """Create every series of a plugin at zero, so the first error is an increase, not a new series."""
+        with self._lock:
+            self._plugins[name] = _Plugin(name, loaded_at, interval_seconds, _Histogram(self.buckets),
+                                          _Histogram(MEMORY_BUCKETS))
+
+    def started(self, name: str) -> None:
+        with self._lock:
+            p = self._plugins[name]
+            p.in_flight += 1
+            p.cache = None
+
+    def finished(self, name: str, result: PluginSandboxResult) -> None:
+        with self._lock:
+            p = self._plugins[name]
+            p.in_flight -= 1
+            if result.ok:
+                p.success += 1
+            else:
+                p.errors[result.outcome.value] += 1
+            p.execution.observe(result.execution_time_ms / 1000.0)
+            if result.peak_memory_bytes:
+                p.memory.observe(float(result.peak_memory_bytes))
+            p.last_run = result.finished_at or self._clock()
+            p.cache = None
+
+    def reject(self, name: str, reason: str) -> None:
+        with self._lock:
+            p = self._plugins[name]
+            p.rejected[reason] += 1
+            p.cache = None
+
+    def snapshot(self, name: str) -> dict[str, float]:
+        with self._lock:
+            p = self._plugins[name]
+            return {"success": p.success, **{f"errors_{k}": v for k, v in p.errors.items()},
+                    "runs": p.execution.count, "in_flight": p.in_flight}
+
+    def render(self, openmetrics: bool = False) -> tuple[bytes, str]:
+        """(body, content type) in the Prometheus text format, or OpenMetrics when asked for."""
+        now = self._clock()
+        with self._lock:
+            chunks = [p.render() for p in self._plugins.values()]
+            uptime = "".join(f'sidecar_plugin_uptime_seconds{{plugin="{p.name}"}} {_num(max(0.0, now - p.loaded_at))}\n'
+                             for p in self._plugins.values())
+        out: list[str] = []
+        for fam in FAMILIES:
+            name = fam.name
+            if openmetrics or fam.type != "counter":
+                out.append(f"# HELP {name} {fam.help}\n# TYPE {name} {fam.type}\n")
+            else:
+                out.append(f"# HELP {name}_total {fam.help}\n# TYPE {name}_total counter\n")
+            if name == "sidecar_plugin_uptime_seconds":
+                out.append(uptime)
+            elif name == "sidecar_build_info":
+                out.append(f'sidecar_build_info{{version="{_escape(__version__)}"}} 1.0\n')
+            else:
+                out.extend(c[name] for c in chunks)
+        if openmetrics:
+            out.append("# EOF\n")
+            return "".join(out).encode(), OPENMETRICS_CONTENT_TYPE
+        return "".join(out).encode(), CONTENT_TYPE_TEXT

@@ -1,0 +1,161 @@
+"""The API's OpenAPI 3.1 document; a test checks real responses against its schemas."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import __version__
+from .sandbox.outcomes import ERROR_OUTCOMES, OUTCOMES
+
+__all__ = ["openapi_document"]
+
+_NULLABLE_STR = {"type": ["string", "null"]}
+_NULLABLE_NUM = {"type": ["number", "null"]}
+
+SCHEMAS: dict[str, Any] = {
+    "Error": {
+        "type": "object", "required": ["error"],
+        "properties": {"error": {"type": "object", "required": ["code", "message"],
+                                 "properties": {"code": {"type": "string"}, "message": {"type": "string"}}}},
+    },
+    "Stream": {
+        "type": "object", "required": ["text", "truncated", "total_bytes"],
+        "properties": {"text": {"type": "string"}, "truncated": {"type": "boolean"},
+                       "total_bytes": {"type": "integer"}},
+    },
+    "RunError": {
+        "type": ["object", "null"], "required": ["type", "message", "traceback"],
+        "properties": {"type": {"type": "string"}, "message": {"type": "string"}, "traceback": _NULLABLE_STR},
+    },
+    "RunResult": {
+        "type": "object",
+        "required": ["plugin", "outcome", "result", "error", "execution_time_ms", "peak_memory_bytes",
+                     "started_at", "finished_at", "stdout", "stderr"],
+        "properties": {
+            "plugin": {"type": "string"},
+            "outcome": {"type": "string", "enum": list(OUTCOMES)},
+            "result": {"description": "the plugin's return value (JSON), null unless success"},
+            "error": {"$ref": "#/components/schemas/RunError"},
+            "execution_time_ms": {"type": "number"},
+            "peak_memory_bytes": {"type": "integer"},
+            "started_at": {"type": "number", "description": "unix time"},
+            "finished_at": {"type": "number", "description": "unix time"},
+            "stdout": {"$ref": "#/components/schemas/Stream"},
+            "stderr": {"$ref": "#/components/schemas/Stream"},
+        },
+    },
+    "RunRequest": {
+        "type": "object", "additionalProperties": False,
+        "properties": {"params": {"type": "object"},
+                       "timeout_seconds": {"type": "number", "exclusiveMinimum": 0,
+                                           "description": "capped by SIDECAR_MAX_TIMEOUT_SECONDS (400 above)"}},
+    },
+    "Health": {
+        "type": "object",
+        "required": ["plugin", "status", "success_count", "error_count", "errors_by_type", "uptime_seconds",
+                     "last_used", "execution_time_ms", "avg_execution_time_ms", "last_error", "timeout_seconds",
+                     "memory_limit_mb", "interval_seconds"],
+        "properties": {
+            "plugin": {"type": "string"},
+            "status": {"type": "string", "enum": ["healthy", "degraded", "failing", "unknown"]},
+            "success_count": {"type": "integer"},
+            "error_count": {"type": "integer"},
+            "errors_by_type": {"type": "object", "propertyNames": {"enum": list(ERROR_OUTCOMES)},
+                               "additionalProperties": {"type": "integer"}},
+            "uptime_seconds": {"type": "number"},
+            "last_used": _NULLABLE_STR,
+            "execution_time_ms": _NULLABLE_NUM,
+            "avg_execution_time_ms": {**_NULLABLE_NUM, "description": "mean of the last 10 runs, any outcome"},
+            "last_error": {"type": ["object", "null"]},
+            "timeout_seconds": {"type": "number"},
+            "memory_limit_mb": {"type": "integer"},
+            "interval_seconds": _NULLABLE_NUM,
+        },
+    },
+    "Plugin": {
+        "type": "object",
+        "required": ["name", "plugin", "source", "description", "version", "timeout_seconds", "memory_limit_mb",
+                     "interval_seconds", "params", "loaded_at", "problem", "health"],
+        "properties": {
+            "name": {"type": "string"}, "plugin": {"type": "string"},
+            "source": {"type": "string", "enum": ["builtin", "path", "entry_point", "check"]},
+            "location": {"type": "string"}, "description": {"type": "string"}, "version": _NULLABLE_STR,
+            "timeout_seconds": {"type": "number"}, "memory_limit_mb": {"type": "integer"},
+            "interval_seconds": _NULLABLE_NUM, "params": {"type": "object"}, "loaded_at": {"type": "string"},
+            "problem": _NULLABLE_STR, "health": {"type": "object"},
+        },
+    },
+    "Run": {
+        "type": "object",
+        "required": ["id", "plugin", "outcome", "started_at", "finished_at", "execution_time_ms",
+                     "peak_memory_bytes", "error_type", "error_message", "trigger"],
+        "properties": {
+            "id": {"type": "integer"}, "plugin": {"type": "string"},
+            "outcome": {"type": "string", "enum": list(OUTCOMES)},
+            "started_at": {"type": "string"}, "finished_at": {"type": "string"},
+            "execution_time_ms": {"type": "number"}, "peak_memory_bytes": {"type": "integer"},
+            "error_type": _NULLABLE_STR, "error_message": _NULLABLE_STR,
+            "trigger": {"type": "string", "enum": ["api", "schedule"]},
+        },
+    },
+}
+
+
+def _json(ref: str) -> dict[str, Any]:
+    return {"content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{ref}"}}}}
+
+
+def _errors(*codes: int) -> dict[str, Any]:
+    text = {400: "bad request", 401: "missing or wrong bearer token", 404: "unknown plugin",
+            413: "body too large", 503: "saturated (Retry-After) or runner unavailable"}
+    return {str(c): {"description": text[c], **_json("Error")} for c in codes}
+
+
+_NAME = {"name": "name", "in": "path", "required": True, "schema": {"type": "string",
+                                                                    "pattern": "^[a-z][a-z0-9_]{0,63}$"}}
+
+
+def openapi_document() -> dict[str, Any]:
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "Sidecar", "version": __version__},
+        "paths": {
+            "/metrics": {"get": {"summary": "Prometheus metrics (OpenMetrics when asked for in Accept)",
+                                 "responses": {"200": {"description": "exposition",
+                                                       "content": {"text/plain": {}}}}}},
+            "/healthz": {"get": {"summary": "liveness", "responses": {
+                "200": {"description": "alive"}, **_errors(503)}}},
+            "/readyz": {"get": {"summary": "readiness: plugins discovered, history writable", "responses": {
+                "200": {"description": "ready"}, "503": {"description": "not ready"}}}},
+            "/plugins": {"get": {"summary": "every plugin and check with metadata and health summary",
+                                 "responses": {"200": {"description": "list", "content": {"application/json": {
+                                     "schema": {"type": "object", "required": ["plugins"], "properties": {
+                                         "plugins": {"type": "array",
+                                                     "items": {"$ref": "#/components/schemas/Plugin"}}}}}}}}}},
+            "/plugins/{name}": {"get": {"parameters": [_NAME], "responses": {
+                "200": {"description": "one plugin", **_json("Plugin")}, **_errors(404)}}},
+            "/plugins/{name}/health": {"get": {"parameters": [_NAME], "responses": {
+                "200": {"description": "health from the run history", **_json("Health")}, **_errors(404)}}},
+            "/plugins/{name}/runs": {"get": {
+                "parameters": [_NAME, {"name": "limit", "in": "query",
+                                       "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 20}}],
+                "responses": {"200": {"description": "recent runs, newest first", "content": {"application/json": {
+                    "schema": {"type": "object", "required": ["plugin", "runs"], "properties": {
+                        "plugin": {"type": "string"},
+                        "runs": {"type": "array", "items": {"$ref": "#/components/schemas/Run"}}}}}}},
+                    **_errors(400, 404)}}},
+            "/plugins/{name}/run": {"post": {
+                "summary": "run once in the sandbox; a plugin's failure is a 200 with its outcome",
+                "parameters": [_NAME],
+                "security": [{"bearer": []}, {}],
+                "requestBody": {"required": False, **_json("RunRequest")},
+                "responses": {"200": {"description": "the run's result", **_json("RunResult")},
+                              **_errors(400, 401, 404, 413, 503)}}},
+            "/openapi.json": {"get": {"responses": {"200": {"description": "this document"}}}},
+        },
+        "components": {
+            "schemas": SCHEMAS,
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
+                                           "description": "required when SIDECAR_API_TOKEN is set"}},
+        },
+    }

@@ -1,0 +1,201 @@
+"""The runner: the one owner of runs in a sidecar.
+
+One runner per sidecar owns the sandbox launcher, the concurrency limit, the scheduler, the
+history writes and the metric values. Gunicorn workers reach it over a Unix socket (`rpc`);
+tests and single-process use call it directly. Both speak the same methods, which return plain
+JSON-able values and raise `SidecarError`s.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from .config import Settings
+from .errors import BadRequest, Saturated
+from .metrics import Metrics
+from .plugins import Entry, Registry, discover
+from .sandbox.client import RunRequest, Sandbox
+from .sandbox.result import PluginSandboxResult
+from .store import Store
+
+__all__ = ["Runner"]
+
+log = logging.getLogger(__name__)
+
+#: Runs averaged by the health route's avg_execution_time_ms.
+AVERAGE_OVER = 10
+
+
+def _iso(ts: float | None) -> str | None:
+    return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
+
+
+def health_status(recent_outcomes: list[str]) -> str:
+    """unknown: never ran; failing: the last run failed; degraded: a failure among the last 10; else healthy."""
+    if not recent_outcomes:
+        return "unknown"
+    if recent_outcomes[0] != "success":
+        return "failing"
+    if any(o != "success" for o in recent_outcomes[:AVERAGE_OVER]):
+        return "degraded"
+    return "healthy"
+
+
+class Runner:
+    def __init__(self, settings: Settings, *, start_scheduler: bool = True) -> None:
+        self.settings = settings
+        self.registry: Registry = discover(settings)
+        self.store = Store(settings.data_dir, settings.history_retention)
+        self.sandbox = Sandbox(extra_env=settings.plugin_env)
+        self.metrics = Metrics(settings.buckets)
+        for entry in self.registry:
+            self.metrics.add_plugin(entry.name, entry.loaded_at, entry.interval_seconds)
+        self._slots = threading.BoundedSemaphore(settings.max_concurrent_runs)
+        self._stop = threading.Event()
+        self._scheduled_running: set[str] = set()
+        self._sched_lock = threading.Lock()
+        self._scheduler: threading.Thread | None = None
+        if start_scheduler and any(e.interval_seconds for e in self.registry):
+            self._scheduler = threading.Thread(target=self._schedule_loop, name="scheduler", daemon=True)
+            self._scheduler.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._scheduler is not None:
+            self._scheduler.join(timeout=5)
+        self.sandbox.close()
+        self.store.close()
+
+    # -- runs --------------------------------------------------------------------------------
+    def run(self, name: str, params: Any = None, timeout_seconds: Any = None, trigger: str = "api") -> dict[str, Any]:
+        entry = self.registry.get(name)
+        try:
+            if params is None:
+                params = {}
+            if not isinstance(params, dict) or not all(isinstance(k, str) for k in params):
+                raise BadRequest("params must be a JSON object")
+            timeout, memory = self.registry.limits(entry, timeout_seconds)
+        except BadRequest:
+            self.metrics.reject(name, "invalid")
+            raise
+        if not self._slots.acquire(blocking=False):
+            self.metrics.reject(name, "saturated")
+            raise Saturated(f"all {self.settings.max_concurrent_runs} sandbox slots are busy", retry_after=1)
+        try:
+            return self._run_in_slot(entry, {**entry.params, **params}, timeout, memory, trigger).to_dict()
+        finally:
+            self._slots.release()
+
+    def _run_in_slot(self, entry: Entry, params: dict[str, Any], timeout: float, memory: int,
+                     trigger: str) -> PluginSandboxResult:
+        s = self.settings
+        self.metrics.started(entry.name)
+        try:
+            result = self.sandbox.run(RunRequest(entry.ref, params, timeout, memory, s.max_result_bytes,
+                                                 s.max_output_bytes))
+            if result.plugin != entry.name:  # a check runs its plugin's code under its own name
+                result = PluginSandboxResult.from_dict({**result.to_dict(), "plugin": entry.name})
+            self.store.record(result, trigger)
+        except BaseException:
+            log.exception("run of %s failed inside the sidecar", entry.name)
+            raise
+        finally:
+            pass
+        self.metrics.finished(entry.name, result)
+        return result
+
+    # -- scheduler -----------------------------------------------------------------------------
+    def _schedule_loop(self) -> None:
+        due = {e.name: time.monotonic() for e in self.registry if e.interval_seconds}
+        while not self._stop.is_set():
+            now = time.monotonic()
+            for name, at in list(due.items()):
+                if at > now:
+                    continue
+                entry = self.registry.get(name)
+                assert entry.interval_seconds
+                due[name] = now + entry.interval_seconds
+                with self._sched_lock:
+                    if name in self._scheduled_running:
+                        continue  # still running from last time: never overlap a check with itself
+                    self._scheduled_running.add(name)
+                threading.Thread(target=self._scheduled_run, args=(name,), name=f"check-{name}", daemon=True).start()
+            self._stop.wait(max(0.05, min(due.values()) - time.monotonic()))
+
+    def _scheduled_run(self, name: str) -> None:
+        try:
+            self.run(name, trigger="schedule")
+        except Saturated:
+            pass  # counted as rejected; the next interval tries again
+        except Exception:
+            log.exception("scheduled run of %s failed", name)
+        finally:
+            with self._sched_lock:
+                self._scheduled_running.discard(name)
+
+    # -- reads -----------------------------------------------------------------------------------
+    def plugins(self) -> list[dict[str, Any]]:
+        return [self.plugin(e.name) for e in self.registry]
+
+    def plugin(self, name: str) -> dict[str, Any]:
+        entry = self.registry.get(name)
+        timeout, memory = self.registry.limits(entry)
+        return {**entry.to_dict(), "timeout_seconds": timeout, "memory_limit_mb": memory,
+                "loaded_at": _iso(entry.loaded_at), "health": self._summary(name)}
+
+    def _summary(self, name: str) -> dict[str, Any]:
+        totals = self.store.totals(name)
+        recent = self.store.recent(name, AVERAGE_OVER)
+        return {
+            "status": health_status([r["outcome"] for r in recent]),
+            "success_count": totals.get("success", 0),
+            "error_count": sum(v for k, v in totals.items() if k != "success"),
+            "last_used": _iso(recent[0]["finished_at"]) if recent else None,
+        }
+
+    def health(self, name: str) -> dict[str, Any]:
+        entry = self.registry.get(name)
+        timeout, memory = self.registry.limits(entry)
+        totals = self.store.totals(name)
+        recent = self.store.recent(name, AVERAGE_OVER)
+        last_error = self.store.last_error(name)
+        times = [r["execution_time_ms"] for r in recent]
+        return {
+            "plugin": name,
+            "status": health_status([r["outcome"] for r in recent]),
+            "success_count": totals.get("success", 0),
+            "error_count": sum(v for k, v in totals.items() if k != "success"),
+            "errors_by_type": {k: v for k, v in sorted(totals.items()) if k != "success"},
+            "uptime_seconds": max(0.0, time.time() - entry.loaded_at),
+            "last_used": _iso(recent[0]["finished_at"]) if recent else None,
+            "execution_time_ms": times[0] if times else None,
+            "avg_execution_time_ms": sum(times) / len(times) if times else None,
+            "last_error": None if last_error is None else {
+                "outcome": last_error["outcome"], "type": last_error["error_type"],
+                "message": last_error["error_message"], "at": _iso(last_error["finished_at"])},
+            "timeout_seconds": timeout,
+            "memory_limit_mb": memory,
+            "interval_seconds": entry.interval_seconds,
+        }
+
+    def runs(self, name: str, limit: int = 20) -> list[dict[str, Any]]:
+        self.registry.get(name)
+        rows = self.store.recent(name, limit)
+        for r in rows:
+            r["started_at"] = _iso(r["started_at"])
+            r["finished_at"] = _iso(r["finished_at"])
+        return rows
+
+    def render_metrics(self, openmetrics: bool = False) -> tuple[bytes, str]:
+        return self.metrics.render(openmetrics)
+
+    def ready(self) -> dict[str, Any]:
+        checks = {"plugins_discovered": len(self.registry) > 0, "store_writable": self.store.writable()}
+        return {"ready": all(checks.values()), "checks": checks}
+
+    def ping(self) -> bool:
+        return True

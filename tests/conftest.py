@@ -1,0 +1,111 @@
+"""Shared fixtures: `live_server` starts the real thing — `sidecar serve` with gunicorn workers."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+HOSTILE = Path(__file__).parent / "sandbox" / "hostile"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class LiveServer:
+    url: str
+    port: int
+    data_dir: Path
+    env: dict[str, str]
+    proc: subprocess.Popen[bytes] | None = None
+    log: Path = field(default_factory=lambda: Path("/dev/null"))
+
+    def request(self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None,
+                raw: bytes | None = None, timeout: float = 60) -> tuple[int, dict[str, str], bytes]:
+        data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+        req = urllib.request.Request(self.url + path, data=data, method=method, headers=headers or {})
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as resp:
+                return resp.status, dict(resp.headers), resp.read()
+        except urllib.error.HTTPError as err:
+            with err:
+                return err.code, dict(err.headers), err.read()
+
+    def json(self, method: str, path: str, body: Any = None, **kw: Any) -> tuple[int, Any]:
+        status, _, data = self.request(method, path, body, **kw)
+        return status, json.loads(data)
+
+    def run(self, plugin: str, timeout_seconds: float | None = None, **params: Any) -> dict[str, Any]:
+        body: dict[str, Any] = {"params": params}
+        if timeout_seconds is not None:
+            body["timeout_seconds"] = timeout_seconds
+        status, doc = self.json("POST", f"/plugins/{plugin}/run", body)
+        assert status == 200, doc
+        return dict(doc)
+
+    def start(self) -> None:
+        self.log = self.data_dir / "serve.log"
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen([str(Path(sys.executable).with_name("sidecar")), "serve"], env=self.env,
+                                         stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, self.log.read_text()
+            try:
+                if self.request("GET", "/readyz", timeout=2)[0] == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.05)
+        raise AssertionError("sidecar did not become ready:\n" + self.log.read_text())
+
+    def stop(self) -> int:
+        assert self.proc is not None
+        self.proc.terminate()
+        try:
+            return self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, 9)
+            return self.proc.wait()
+
+    def worker_pids(self) -> list[int]:
+        import psutil
+
+        assert self.proc is not None
+        kids = psutil.Process(self.proc.pid).children(recursive=True)
+        masters = [k for k in kids if k.cmdline()[1:3] == ["-m", "gunicorn"]]
+        return [w.pid for m in masters for w in m.children()]
+
+
+def make_live_server(tmp: Path, **settings: str) -> LiveServer:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SIDECAR_")}
+    env.update({"SIDECAR_BIND": f"127.0.0.1:{port}", "SIDECAR_DATA_DIR": str(tmp / "data"),
+                "SIDECAR_WORKERS": "2", "SIDECAR_THREADS": "4", "SIDECAR_PLUGIN_PATH": str(HOSTILE),
+                "SIDECAR_ENTRY_POINTS": "false"})
+    env.update({f"SIDECAR_{k.upper()}": v for k, v in settings.items()})
+    return LiveServer(f"http://127.0.0.1:{port}", port, tmp, env)
+
+
+@pytest.fixture(scope="module")
+def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    """A real `sidecar serve` (gunicorn, 2 workers) on a loopback port, hostile plugins on its path."""
+    server = make_live_server(tmp_path_factory.mktemp("live"))
+    server.start()
+    yield server
+    server.stop()
