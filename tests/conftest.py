@@ -87,9 +87,14 @@ class LiveServer:
         import psutil
 
         assert self.proc is not None
-        kids = psutil.Process(self.proc.pid).children(recursive=True)
-        masters = [k for k in kids if k.cmdline()[1:3] == ["-m", "gunicorn"]]
-        return [w.pid for m in masters for w in m.children()]
+        pids = []
+        for kid in psutil.Process(self.proc.pid).children():
+            try:
+                if kid.cmdline()[1:3] == ["-m", "gunicorn"]:
+                    pids += [w.pid for w in kid.children() if w.status() != psutil.STATUS_ZOMBIE]
+            except psutil.Error:
+                continue
+        return pids
 
 
 def make_live_server(tmp: Path, **settings: str) -> LiveServer:

@@ -33,7 +33,6 @@ from .child import spare_main
 
 __all__ = ["main"]
 
-_PR_SET_PDEATHSIG = 1
 _PR_SET_CHILD_SUBREAPER = 36
 _F_SETPIPE_SZ = 1031
 _PIPE_SIZE = 1 << 20
@@ -176,13 +175,19 @@ class Launcher:
             if fd == self.ctrl.fileno():
                 if not self._on_ctrl():
                     return False
-            elif fd in self.conns:
-                self._on_conn(self.conns[fd])
-            elif (child := self.by_fd.get(fd)) is not None:
-                if fd == child.pidfd:
-                    self._finish(child)
-                else:
-                    self._on_pipe(child, fd)
+                continue
+            try:
+                if fd in self.conns:
+                    self._on_conn(self.conns[fd])
+                elif (child := self.by_fd.get(fd)) is not None:
+                    if fd == child.pidfd:
+                        self._finish(child)
+                    elif fd in child.fds:
+                        self._on_pipe(child, fd)
+            except Exception:  # a bug must cost one run, not every run in flight
+                import traceback
+
+                traceback.print_exc()
         now = time.monotonic()
         for child in self._running():
             if not child.timed_out and now >= child.deadline:
@@ -206,6 +211,7 @@ class Launcher:
             return False
         for fd in fds:
             sock = socket.socket(fileno=fd)
+            sock.setblocking(False)
             self.conns[fd] = _Conn(sock)
             self.epoll.register(fd, select.EPOLLIN)
         return True
@@ -213,6 +219,8 @@ class Launcher:
     def _on_conn(self, conn: _Conn) -> None:
         try:
             data = conn.sock.recv(1 << 20)
+        except BlockingIOError:
+            return
         except OSError:
             data = b""
         if not data:
@@ -346,7 +354,7 @@ class Launcher:
         _kill_child(child.pid)
         child.deadline = float("inf")
         for fd, kind in list(child.fds.items()):
-            if kind != "result":
+            if kind != "result" and fd in child.fds:
                 self._on_pipe(child, fd, budget=4 * _PIPE_SIZE)
         self._report(child, None, 0, finished)
 
@@ -387,12 +395,16 @@ class Launcher:
         del self.by_fd[fd]
 
     def _finish(self, child: _Child) -> None:
-        _, status, rusage = os.wait4(child.pid, 0)  # pidfd is readable: the child has exited
+        pid, status, rusage = os.wait4(child.pid, os.WNOHANG)
+        if pid == 0:  # a stale event for a reused fd number: this child is still running
+            return
         finished = time.monotonic()
         _killpg(child.pid)  # descendants still in the plugin's process group
         del self.children[child.pid]
         self._reap_orphans()  # descendants that left the group and were re-parented to us
         for fd in list(child.fds):
+            if fd not in child.fds:  # closed while draining another pipe
+                continue
             # Whatever the child wrote is in the pipe now; descendants are dead, so this ends.
             self._on_pipe(child, fd, budget=4 * _PIPE_SIZE)
             if fd in child.fds:
@@ -409,8 +421,12 @@ class Launcher:
             self._report(child, status, rusage.ru_maxrss * 1024, finished)
 
     def _reply(self, conn: _Conn, header: dict[str, Any], message: bytes) -> None:
+        # The caller is blocked waiting for exactly this, so a blocking send drains promptly.
         try:
+            conn.sock.setblocking(True)
+            conn.sock.settimeout(10)
             conn.sock.sendall(encode(json.dumps(header).encode()) + encode(message))
+            conn.sock.setblocking(False)
         except OSError:
             self._drop_conn(conn)
 
@@ -486,11 +502,10 @@ def main(argv: list[str] | None = None) -> None:
     ctrl = socket.socket(fileno=int(args[0]))
     if _prctl is not None:
         _prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
-        _prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    # No PR_SET_PDEATHSIG here: it fires when the *thread* that spawned us exits, and callers
+    # spawn from short-lived request threads. The control socket's end-of-file is the signal.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _on_term)
-    if os.getppid() == 1:  # parent died before PDEATHSIG was armed
-        return
     if len(args) > 1:  # the caller's sys.path, so plugins import what the caller could
         sys.path.extend(p for p in json.loads(args[1]) if p and p not in sys.path)
     Launcher(ctrl).serve()

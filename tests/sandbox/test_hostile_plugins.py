@@ -191,3 +191,30 @@ def test_launcher_death_fails_runs_and_recovers():
         assert first.outcome in (Outcome.SUCCESS, Outcome.CRASH)
         assert sb.run(ok).outcome is Outcome.SUCCESS
         assert sb.launcher_pid != pid
+
+
+def test_concurrent_callers_each_get_their_own_result(sandbox):
+    """Four threads share one launcher; a caller thread's exit must not take the launcher down."""
+    import threading
+
+    from sidecar.sandbox.client import PluginRef, RunRequest
+
+    from .conftest import HOSTILE
+
+    ref = PluginRef("hello", path=str(HOSTILE / "hello.py"))
+    results: list[tuple[str, object]] = []
+
+    def drive(tag: str) -> None:
+        for i in range(15):
+            r = sandbox.run(RunRequest(ref, {"name": f"{tag}{i}"}))
+            results.append((f"{tag}{i}", r.result))
+
+    threads = [threading.Thread(target=drive, args=(t,)) for t in "abcd"]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(results) == 60
+    assert all(res == {"greeting": f"hello {name}"} for name, res in results)
+    # the threads that spawned the launcher are gone; it still serves
+    assert sandbox.run(RunRequest(ref, {"name": "after"})).result == {"greeting": "hello after"}
