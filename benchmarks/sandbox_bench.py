@@ -1,0 +1,72 @@
+"""A trivial plugin's run: direct call vs this sandbox vs subprocess-per-run vs multiprocessing spawn.
+
+    .venv/bin/python -m benchmarks.sandbox_bench [--runs N]
+
+Prints a Markdown table (median, p99, ratio to the sandbox) and writes benchmarks/results/sandbox.json.
+The sandbox is measured back to back and with 5 ms gaps (runs of a sidecar are spaced; the gap lets
+the launcher fork its next spare while nobody waits). A bare fork+exit+wait of a small Python
+process is included as the machine's floor.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from sidecar.sandbox.client import PluginRef, RunRequest, Sandbox
+
+from .common import summary, table, timed, write
+
+ECHO = Path(__file__).resolve().parent.parent / "sidecar" / "plugins" / "builtin" / "echo.py"
+
+
+def _echo(**params: object) -> object:
+    return params
+
+
+def _bare_fork(n: int) -> list[float]:
+    code = ("import os,time,json\nout=[]\nfor _ in range(%d):\n t=time.perf_counter();pid=os.fork()\n"
+            " if pid==0: os._exit(0)\n os.waitpid(pid,0);out.append((time.perf_counter()-t)*1000)\nprint(json.dumps(out))")
+    import json
+
+    return list(json.loads(subprocess.check_output([sys.executable, "-S", "-c", code % n])))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--runs", type=int, default=400)
+    args = ap.parse_args()
+    n = args.runs
+    rows = []
+    rows.append({"method": "direct call", **summary(timed(lambda: _echo(x=1), n))})
+    rows.append({"method": "bare fork+exit+wait (python -S)", **summary(_bare_fork(n))})
+    with Sandbox() as sb:
+        req = RunRequest(PluginRef("echo", path=str(ECHO)), {"x": 1})
+        for _ in range(20):
+            sb.run(req)
+        rows.append({"method": "sidecar sandbox, back to back", **summary(timed(lambda: sb.run(req), n))})
+        rows.append({"method": "sidecar sandbox, 5 ms apart", **summary(timed(lambda: sb.run(req), n, gap=0.005))})
+    code = f"import runpy; m = runpy.run_path({str(ECHO)!r}); print(m['run'](x=1))"
+    rows.append({"method": "subprocess per run", **summary(timed(
+        lambda: subprocess.run([sys.executable, "-c", code], check=True, capture_output=True), max(20, n // 8)))})
+    ctx = multiprocessing.get_context("spawn")
+
+    def spawn() -> None:
+        p = ctx.Process(target=_echo, kwargs={"x": 1})
+        p.start()
+        p.join()
+
+    rows.append({"method": "multiprocessing spawn", **summary(timed(spawn, max(10, n // 20)))})
+    ref = next(r for r in rows if r["method"] == "sidecar sandbox, back to back")["median_ms"]
+    for r in rows:
+        r["ratio_to_sandbox"] = r["median_ms"] / ref
+    print(table(rows, ["method", "n", "median_ms", "p99_ms", "ratio_to_sandbox"]))
+    print("wrote", write("sandbox", rows), "pid", os.getpid())
+
+
+if __name__ == "__main__":
+    main()
