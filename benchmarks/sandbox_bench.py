@@ -16,6 +16,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from sidecar.sandbox.client import PluginRef, RunRequest, Sandbox
 
@@ -30,7 +31,8 @@ def _echo(**params: object) -> object:
 
 def _bare_fork(n: int) -> list[float]:
     code = ("import os,time,json\nout=[]\nfor _ in range(%d):\n t=time.perf_counter();pid=os.fork()\n"
-            " if pid==0: os._exit(0)\n os.waitpid(pid,0);out.append((time.perf_counter()-t)*1000)\nprint(json.dumps(out))")
+            " if pid==0: os._exit(0)\n os.waitpid(pid,0);out.append((time.perf_counter()-t)*1000)\n"
+            "print(json.dumps(out))")
     import json
 
     return list(json.loads(subprocess.check_output([sys.executable, "-S", "-c", code % n])))
@@ -41,7 +43,7 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=400)
     args = ap.parse_args()
     n = args.runs
-    rows = []
+    rows: list[dict[str, Any]] = []
     rows.append({"method": "direct call", **summary(timed(lambda: _echo(x=1), n))})
     rows.append({"method": "bare fork+exit+wait (python -S)", **summary(_bare_fork(n))})
     with Sandbox() as sb:
@@ -61,9 +63,9 @@ def main() -> None:
         p.join()
 
     rows.append({"method": "multiprocessing spawn", **summary(timed(spawn, max(10, n // 20)))})
-    ref = next(r for r in rows if r["method"] == "sidecar sandbox, back to back")["median_ms"]
+    ref = float(next(r for r in rows if r["method"] == "sidecar sandbox, back to back")["median_ms"])
     for r in rows:
-        r["ratio_to_sandbox"] = r["median_ms"] / ref
+        r["ratio_to_sandbox"] = float(r["median_ms"]) / ref
     print(table(rows, ["method", "n", "median_ms", "p99_ms", "ratio_to_sandbox"]))
     print("wrote", write("sandbox", rows), "pid", os.getpid())
 

@@ -22,6 +22,7 @@ from tests.conftest import make_live_server
 
 from .common import summary, table, timed, write
 
+# ruff: noqa: E501
 BASELINE = textwrap.dedent("""
     import os, sys, time, json, statistics
     d = sys.argv[1]; n = int(sys.argv[2]); w = int(sys.argv[3])
@@ -76,21 +77,15 @@ def main() -> None:
                         server.run(f"p{i:04d}")
                     url = server.url + "/metrics"
 
-                    def scrape() -> None:
+                    def scrape(url: str = url) -> None:
                         with urllib.request.urlopen(url) as resp:
                             resp.read()
-
-                    between = [0]
-
-                    def scrape_after_run() -> None:
-                        scrape()
 
                     ms = []
                     for k in range(args.scrapes):
                         server.run(f"p{k % n:04d}")  # invalidate one plugin's cached lines
-                        ms += timed(scrape_after_run, 1)
+                        ms += timed(scrape, 1)
                     cached = timed(scrape, args.scrapes)
-                    del between
                 finally:
                     server.stop()
             rows.append({"what": "sidecar /metrics over HTTP (after a run)", "plugins": n, "workers": w,
