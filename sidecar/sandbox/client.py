@@ -8,18 +8,22 @@ next submission starts a fresh launcher.
 from __future__ import annotations
 
 import atexit
-import itertools
 import json
 import os
+import select
+import signal
 import socket
 import subprocess
 import sys
 import threading
+import time
+from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..framing import FrameError, recv_frame, send_frame
+from ..framing import FrameError, FrameReader, encode, send_frame, write_all
+from .capture import Capture
 from .environment import plugin_environment
 from .result import ErrorInfo, ExitFacts, Outcome, PluginSandboxResult, decide_outcome
 
@@ -159,16 +163,183 @@ class _LauncherProcess:
             self.proc.wait()
 
 
-class Sandbox:
-    """Runs plugins through one launcher process; thread-safe, one connection per thread.
+class LauncherLost(Exception):
+    pass
 
-    A calling thread blocks on its own connection, so there is no reader thread and no hand-off
-    between threads on the hot path. If the launcher dies, runs in flight end as `crash` and the
-    next run starts a fresh launcher.
+
+class _Channel:
+    """One calling thread's connection to the launcher: the messages it sends and the tickets."""
+
+    def __init__(self, sock: socket.socket, launcher: _LauncherProcess) -> None:
+        self.sock = sock
+        self.launcher = launcher
+        self.reader = FrameReader(limit=1 << 20)
+        self.messages: deque[dict[str, Any]] = deque()
+        self.fds: deque[int] = deque()
+        self.tickets: deque[tuple[int, list[int]]] = deque()
+
+    def close(self) -> None:
+        for _pid, fds in self.tickets:
+            for fd in fds:
+                os.close(fd)
+        self.tickets.clear()
+        while self.fds:
+            os.close(self.fds.popleft())
+        self.sock.close()
+
+    def _receive(self, timeout: float) -> dict[str, Any]:
+        while not self.messages:
+            self.sock.settimeout(timeout)
+            try:
+                data, fds, _flags, _addr = socket.recv_fds(self.sock, 1 << 16, 16)
+            except TimeoutError:
+                raise LauncherLost("the launcher did not answer") from None
+            except OSError as exc:
+                raise LauncherLost(f"launcher connection failed: {exc}") from None
+            if not data and not fds:
+                raise LauncherLost("the launcher exited")
+            self.fds.extend(fds)
+            self.reader.feed(data)
+            try:
+                self.messages.extend(json.loads(f) for f in self.reader.frames())
+            except (FrameError, ValueError) as exc:
+                raise LauncherLost(f"garbled launcher message: {exc}") from None
+        msg = self.messages.popleft()
+        if msg.get("t") == "ticket":  # its four fds arrived with (or before) its bytes, in order
+            self.tickets.append((int(msg["pid"]), [self.fds.popleft() for _ in range(4)]))
+        return msg
+
+    def ticket(self, timeout: float = 30.0) -> tuple[int, list[int]]:
+        while not self.tickets:
+            msg = self._receive(timeout)
+            if msg.get("t") == "error":
+                raise LauncherLost(f"the launcher could not start a child: {msg.get('message')}")
+        return self.tickets.popleft()
+
+    def exit_of(self, pid: int, timeout: float) -> dict[str, Any]:
+        while True:
+            msg = self._receive(timeout)
+            if msg.get("t") == "exit" and msg.get("pid") == pid:
+                return msg
+
+    def start(self, pid: int, request: RunRequest, t0: float) -> None:
+        self.sock.settimeout(10)
+        try:
+            send_frame(self.sock, json.dumps({"t": "start", "pid": pid, "t0": t0,
+                                              "timeout_seconds": request.timeout_seconds,
+                                              "memory_limit_mb": request.memory_limit_mb}).encode())
+        except OSError as exc:
+            raise LauncherLost(f"launcher connection failed: {exc}") from None
+
+
+def _killpg(pid: int) -> None:
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _drive(channel: _Channel, request: RunRequest, pid: int, fds: list[int],
+           grace: float) -> PluginSandboxResult:
+    """Run one request on a ticket: write it into the child, read its result and output directly."""
+    req_w, res_r, out_r, err_r = fds
+    started_at = time.time()
+    t0 = time.monotonic()
+    try:
+        write_all(req_w, encode(request.to_wire(pid)))
+    except OSError:
+        pass  # the child is already gone: its exit report says why
+    os.close(req_w)
+    fds[0] = -1
+    # Told after the child has its request, so the launcher's work overlaps the run instead of
+    # delaying it; the deadline counts from t0 all the same (CLOCK_MONOTONIC is system-wide).
+    channel.start(pid, request, t0)
+    try:
+        pidfd: int | None = os.pidfd_open(pid)
+    except OSError:
+        pidfd = None
+    result = FrameReader(limit=request.max_result_bytes + 65536)
+    frames: list[bytes] = []
+    out, err = Capture(request.max_output_bytes), Capture(request.max_output_bytes)
+    sinks = {out_r: out.feed, err_r: err.feed}
+    poller = select.poll()
+    for fd in (res_r, out_r, err_r):
+        os.set_blocking(fd, False)
+        poller.register(fd, select.POLLIN)
+    if pidfd is not None:
+        poller.register(pidfd, select.POLLIN)
+    protocol_error: str | None = None
+    exited = pidfd is None
+    deadline = t0 + request.timeout_seconds + grace
+
+    def drain(fd: int, budget: int = 1 << 62) -> bool:
+        """Read what is there; False at end-of-file."""
+        nonlocal protocol_error
+        while budget > 0:
+            try:
+                data = os.read(fd, 1 << 20)
+            except BlockingIOError:
+                return True
+            if not data:
+                return False
+            budget -= len(data)
+            if fd == res_r:
+                result.feed(data)
+                try:
+                    frames.extend(result.frames())
+                except FrameError:
+                    protocol_error = "result channel exceeded its size cap"
+                    _killpg(pid)
+                    return False
+            else:
+                sinks[fd](data)
+        return True
+
+    try:
+        while not frames and not exited and protocol_error is None:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                _killpg(pid)  # backstop: the launcher should have killed it at the deadline
+                break
+            for fd, _ev in poller.poll(remaining * 1000):
+                if fd == pidfd:
+                    exited = True
+                elif not drain(fd):
+                    poller.unregister(fd)
+        finished = time.monotonic()
+        _killpg(pid)  # the run is over: its process group goes with it
+        for fd in (res_r, out_r, err_r):  # whatever was written before the end is in the pipes
+            if not frames or fd != res_r:
+                drain(fd, budget=4 << 20)
+    finally:
+        if pidfd is not None:
+            os.close(pidfd)
+    header: dict[str, Any] = {
+        "wait_status": None, "timed_out": False, "memory_killed": False, "protocol_error": protocol_error,
+        "execution_time_ms": (finished - t0) * 1000.0, "peak_memory_bytes": 0, "started_at": started_at,
+        "finished_at": started_at + (finished - t0), "stdout": out.to_dict(), "stderr": err.to_dict(),
+    }
+    if frames and protocol_error is None:
+        return build_result(request, header, frames[0])
+    report = channel.exit_of(pid, timeout=10.0)
+    header.update(wait_status=report["status"], timed_out=report["timed_out"],
+                  memory_killed=report["memory_killed"], peak_memory_bytes=report["maxrss"])
+    if protocol_error is None and len(result):
+        header["protocol_error"] = "incomplete result frame"
+    return build_result(request, header, b"")
+
+
+class Sandbox:
+    """Runs plugins through one launcher process; thread-safe, one channel per run in flight.
+
+    A run takes an idle channel (a connection to the launcher holding tickets: pre-forked
+    children and their pipes) and talks to the child directly, so a run costs two process
+    wake-ups, not four. If the launcher dies, runs in flight end as
+    `crash` and the next run starts a fresh launcher.
     """
 
     #: extra seconds a caller waits beyond a run's timeout before declaring the launcher wedged
-    GRACE_SECONDS = 30.0
+    GRACE_SECONDS = 10.0
 
     def __init__(self, *, environ: Mapping[str, str] | None = None, extra_env: Iterable[str] = ()) -> None:
         env = plugin_environment(os.environ if environ is None else environ, extra_env)
@@ -176,10 +347,9 @@ class Sandbox:
         env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         self._env = env
         self._lock = threading.Lock()
-        self._ids = itertools.count(1)
         self._launcher: _LauncherProcess | None = None
-        self._local = threading.local()
-        self._conns: set[socket.socket] = set()
+        self._idle: list[_Channel] = []
+        self._channels: set[_Channel] = set()
         self._closed = False
 
     @property
@@ -196,62 +366,59 @@ class Sandbox:
                 self._launcher = _LauncherProcess(self._env)
             return self._launcher
 
-    def _connection(self) -> socket.socket:
+    def _checkout(self) -> _Channel:
+        """An idle channel to the current launcher, or a new one: as many as runs in flight."""
         launcher = self._current()
-        conn: socket.socket | None = getattr(self._local, "conn", None)
-        if conn is None or getattr(self._local, "launcher", None) is not launcher:
-            if conn is not None:
-                self._discard(conn)
-            conn = launcher.connect()
-            with self._lock:
-                self._conns.add(conn)
-            self._local.conn = conn
-            self._local.launcher = launcher
-        return conn
+        with self._lock:
+            while self._idle:
+                channel = self._idle.pop()
+                if channel.launcher is launcher:
+                    return channel
+                self._channels.discard(channel)
+                channel.close()
+        channel = _Channel(launcher.connect(), launcher)
+        with self._lock:
+            self._channels.add(channel)
+        return channel
+
+    def _checkin(self, channel: _Channel) -> None:
+        with self._lock:
+            if channel in self._channels:
+                self._idle.append(channel)
+
+    def _discard(self, channel: _Channel) -> None:
+        with self._lock:
+            self._channels.discard(channel)
+        channel.close()
 
     def run(self, request: RunRequest) -> PluginSandboxResult:
-        """Run one request on this thread's connection; never raises for what the plugin does."""
-        rid = next(self._ids)
+        """Run one request; never raises for what the plugin does."""
+        channel: _Channel | None = None
+        fds: list[int] = []
         try:
-            conn = self._connection()
-            conn.settimeout(request.timeout_seconds + self.GRACE_SECONDS)
-            send_frame(conn, request.to_wire(rid))
-            header_bytes = recv_frame(conn)
-            message = recv_frame(conn) if header_bytes is not None else None
-        except (OSError, FrameError) as exc:
-            self._forget_connection()
-            return self._lost(request, f"sandbox launcher connection failed: {exc}")
-        if header_bytes is None or message is None:
-            self._forget_connection()
-            return self._lost(request, "sandbox launcher exited mid-run")
-        return build_result(request, json.loads(header_bytes), message)
-
-    def _discard(self, conn: socket.socket) -> None:
-        with self._lock:
-            self._conns.discard(conn)
-        conn.close()
-
-    def _forget_connection(self) -> None:
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
-            self._discard(conn)
-        self._local.conn = None
-
-    def _lost(self, request: RunRequest, why: str) -> PluginSandboxResult:
-        with self._lock:
-            launcher = self._launcher
-        if launcher is not None and launcher.alive() and "timed out" in why:
-            launcher.proc.kill()  # wedged: the next run starts a fresh one
-        return PluginSandboxResult(request.plugin.name, Outcome.CRASH, error=ErrorInfo("LauncherDied", why))
+            channel = self._checkout()
+            pid, fds = channel.ticket()
+            result = _drive(channel, request, pid, fds, self.GRACE_SECONDS)
+            self._checkin(channel)
+            return result
+        except (LauncherLost, OSError) as exc:
+            if channel is not None:
+                self._discard(channel)
+            return PluginSandboxResult(request.plugin.name, Outcome.CRASH, error=ErrorInfo("LauncherDied", str(exc)))
+        finally:
+            for fd in fds:
+                if fd >= 0:
+                    os.close(fd)
 
     def close(self) -> None:
         """Stop the launcher; it kills whatever runs are still in flight."""
         with self._lock:
             self._closed = True
             launcher, self._launcher = self._launcher, None
-            conns, self._conns = self._conns, set()
-        for conn in conns:
-            conn.close()
+            channels, self._channels = self._channels, set()
+            self._idle.clear()
+        for channel in channels:
+            channel.close()
         if launcher is not None:
             launcher.stop()
 

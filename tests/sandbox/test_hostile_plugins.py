@@ -166,11 +166,13 @@ def test_environment_is_scrubbed(run_hostile):
 
 
 def test_core_dumps_are_off_and_the_caller_is_unharmed(run_hostile):
+    run_hostile("hello")
     before = psutil.Process().num_fds()
-    for _ in range(3):
+    for _ in range(5):
         run_hostile("segfault")
         run_hostile("loop", timeout=0.2)
-    assert psutil.Process().num_fds() == before
+    # A channel holds up to two tickets of four fds each; a leak per run would exceed that.
+    assert psutil.Process().num_fds() <= before + 8
     assert run_hostile("hello").outcome is Outcome.SUCCESS
 
 
