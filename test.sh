@@ -4,14 +4,16 @@ set -euo pipefail
 cd "$(dirname "$0")"
 scripts/bootstrap.sh "test,dev"
 
-# The integration tests need a real Prometheus and promtool (Debian package `prometheus`).
-if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null; then
+# The integration tests need a real Prometheus and promtool (Debian package `prometheus`);
+# the Alertmanager config is checked with amtool (`prometheus-alertmanager`).
+if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null || ! command -v amtool >/dev/null; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-        echo "test.sh: installing Debian's prometheus package" >&2
+        echo "test.sh: installing Debian's prometheus and prometheus-alertmanager packages" >&2
         apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+            prometheus prometheus-alertmanager >/dev/null
     else
-        echo "test.sh: prometheus/promtool missing and cannot apt-get install them" >&2
+        echo "test.sh: prometheus/promtool/amtool missing and cannot apt-get install them" >&2
         exit 1
     fi
 fi

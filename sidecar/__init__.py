@@ -9,14 +9,16 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from .app import create_app
     from .config import Settings
     from .sandbox.client import run_plugin_sandboxed
     from .sandbox.result import PluginSandboxResult
 
 __version__ = "0.1.0"
-__all__ = ["PluginSandboxResult", "Settings", "__version__", "run_plugin_sandboxed"]
+__all__ = ["PluginSandboxResult", "Settings", "__version__", "create_app", "run_plugin_sandboxed"]
 
 _WHERE = {
+    "create_app": "app",
     "Settings": "config",
     "run_plugin_sandboxed": "sandbox.client",
     "PluginSandboxResult": "sandbox.result",

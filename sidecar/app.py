@@ -49,7 +49,6 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
 
         backend = Runner(settings)
     app = Flask("sidecar")
-    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.extensions["sidecar_backend"] = backend
     token = settings.api_token
 
@@ -108,19 +107,23 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
     @app.get("/plugins/<name>/runs")
     def runs(name: str) -> Response:
         raw = request.args.get("limit", "20")
-        if not raw.isdigit() or not 1 <= int(raw) <= 1000:
+        if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= 1000:
             raise BadRequest("limit must be an integer from 1 to 1000")
         return jsonify({"plugin": name, "runs": backend.runs(name, int(raw))})
 
     @app.post("/plugins/<name>/run")
     def run(name: str) -> Response:
-        raw = request.get_data(cache=False)
+        # Read at most one byte past the limit ourselves: a chunked body has no Content-Length, and
+        # werkzeug's limited stream would silently truncate it rather than refuse it.
+        raw = request.stream.read(settings.max_body_bytes + 1)
+        if len(raw) > settings.max_body_bytes:
+            raise PayloadTooLarge(f"request body over {settings.max_body_bytes} bytes")
         body: Any = {}
         if raw.strip():
             try:
                 body = json.loads(raw)
-            except ValueError as exc:
-                raise BadRequest(f"body is not valid JSON: {exc}") from None
+            except (ValueError, RecursionError) as exc:
+                raise BadRequest(f"body is not valid JSON: {type(exc).__name__}: {exc}") from None
         if not isinstance(body, dict):
             raise BadRequest('body must be a JSON object: {"params": {...}, "timeout_seconds": n}')
         unknown = set(body) - {"params", "timeout_seconds"}

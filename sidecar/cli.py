@@ -1,4 +1,4 @@
-"""`sidecar serve | run | list | check` — a stable interface scripts rely on.
+"""`sidecar serve | run | list | check | bench | settings` — a stable interface scripts rely on.
 
 Exit codes: 0 success; 1 a run or check failed; 2 usage error (unknown plugin, bad parameter),
 with a one-line message on stderr.
@@ -132,6 +132,44 @@ def _cmd_check(args: argparse.Namespace) -> int:
     return 1 if broken else 0
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    """Time sandboxed runs of one plugin from this process: what a run costs on this machine."""
+    import statistics
+    import time
+    from collections import Counter
+
+    from .plugins import discover
+    from .sandbox.client import RunRequest, Sandbox
+
+    settings = _settings(args)
+    registry = discover(settings)
+    if args.name not in registry.entries:
+        raise UsageError(f"unknown plugin {args.name!r}")
+    if args.runs < 1:
+        raise UsageError("--runs must be >= 1")
+    entry = registry.get(args.name)
+    timeout, memory = registry.limits(entry)
+    request = RunRequest(entry.ref, {**entry.params, **_params(args)}, timeout, memory,
+                         settings.max_result_bytes, settings.max_output_bytes)
+    outcomes: Counter[str] = Counter()
+    times: list[float] = []
+    with Sandbox(extra_env=settings.plugin_env) as sandbox:
+        sandbox.run(request)  # start the launcher outside the measurement
+        for _ in range(args.runs):
+            t = time.perf_counter()
+            outcomes[sandbox.run(request).outcome.value] += 1
+            times.append((time.perf_counter() - t) * 1000.0)
+    times.sort()
+    report = {"plugin": entry.name, "runs": args.runs, "median_ms": statistics.median(times),
+              "p99_ms": times[min(len(times) - 1, int(len(times) * 0.99))], "outcomes": dict(outcomes)}
+    if args.json:
+        print(json.dumps(report))
+    else:
+        print(f"{entry.name}: {args.runs} runs, median {report['median_ms']:.2f} ms, p99 {report['p99_ms']:.2f} ms, "
+              + ", ".join(f"{k} {v}" for k, v in sorted(outcomes.items())))
+    return 0
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
     from .serve import serve
 
@@ -176,6 +214,15 @@ def build_parser() -> argparse.ArgumentParser:
     chk = sub.add_parser("check", help="import every plugin in the sandbox; exit 1 if any is broken")
     plugin_path(chk)
     chk.set_defaults(func=_cmd_check)
+
+    bench = sub.add_parser("bench", help="time sandboxed runs of one plugin (median, p99)")
+    bench.add_argument("name")
+    bench.add_argument("--runs", type=int, default=200)
+    bench.add_argument("--param", action="append", metavar="KEY=VALUE")
+    bench.add_argument("--params-json", metavar="JSON")
+    bench.add_argument("--json", action="store_true")
+    plugin_path(bench)
+    bench.set_defaults(func=_cmd_bench)
 
     serve = sub.add_parser("serve", help="serve the HTTP API and /metrics under gunicorn",
                            epilog="Every option is also an environment variable SIDECAR_<NAME> and a TOML key.")

@@ -158,6 +158,13 @@ class Metrics:
             p.in_flight += 1
             p.cache = None
 
+    def aborted(self, name: str) -> None:
+        """A run that ended without a result (a sidecar fault, not a plugin outcome): only in-flight changes."""
+        with self._lock:
+            p = self._plugins[name]
+            p.in_flight -= 1
+            p.cache = None
+
     def finished(self, name: str, result: PluginSandboxResult) -> None:
         with self._lock:
             p = self._plugins[name]

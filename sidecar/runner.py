@@ -101,10 +101,9 @@ class Runner:
                 result = PluginSandboxResult.from_dict({**result.to_dict(), "plugin": entry.name})
             self.store.record(result, trigger)
         except BaseException:
+            self.metrics.aborted(entry.name)
             log.exception("run of %s failed inside the sidecar", entry.name)
             raise
-        finally:
-            pass
         self.metrics.finished(entry.name, result)
         return result
 

@@ -59,3 +59,12 @@ def test_list_json_and_check():
     assert "BROKEN  missing_dependency: import" in p.stdout
     assert "ok      hello" in p.stdout
     assert sidecar("check").returncode == 0
+
+
+def test_bench_reports_figures():
+    p = sidecar("bench", "echo", "--runs", "20", "--json")
+    assert p.returncode == 0, p.stderr
+    doc = json.loads(p.stdout)
+    assert doc["runs"] == 20 and doc["outcomes"] == {"success": 20}
+    assert 0 < doc["median_ms"] <= doc["p99_ms"]
+    assert sidecar("bench", "nope").returncode == 2

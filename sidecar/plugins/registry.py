@@ -10,6 +10,7 @@ ones are rejected with a log line, as are names outside `NAME_PATTERN`. An entry
 from __future__ import annotations
 
 import logging
+import math
 import re
 import time
 from collections.abc import Iterable, Iterator, Mapping
@@ -110,8 +111,8 @@ class Registry:
         s = self.settings
         if timeout_seconds is not None:
             if not isinstance(timeout_seconds, int | float) or isinstance(timeout_seconds, bool) \
-                    or timeout_seconds <= 0:
-                raise BadRequest("timeout_seconds must be a positive number")
+                    or not math.isfinite(timeout_seconds) or timeout_seconds <= 0:
+                raise BadRequest("timeout_seconds must be a positive finite number")
             if timeout_seconds > s.max_timeout_seconds:
                 raise BadRequest(
                     f"timeout_seconds {timeout_seconds:g} exceeds the server maximum {s.max_timeout_seconds:g}"

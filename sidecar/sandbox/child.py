@@ -121,6 +121,11 @@ def _execute(request: dict[str, Any]) -> dict[str, Any]:
         return {"outcome": "success", "result": None}
     try:
         result = func(**request.get("params", {}))
+    except TypeError as exc:
+        if exc.__traceback__ is not None and exc.__traceback__.tb_next is None:
+            # Raised while binding the arguments, before `run` started: the params do not fit it.
+            return _error("value", "TypeError", f"parameters do not match run(): {exc}")
+        return _error_from(exc, classify_exception(exc))
     except BaseException as exc:  # noqa: B036 - SystemExit and KeyboardInterrupt are outcomes too
         return _error_from(exc, classify_exception(exc))
     return {"outcome": "success", "result": result}

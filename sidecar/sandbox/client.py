@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import atexit
 import json
+import math
 import os
 import select
 import signal
@@ -63,6 +64,18 @@ class RunRequest:
     max_processes: int | None = None
     #: "run" calls the plugin; "import" only loads it (used by `sidecar check`)
     mode: str = "run"
+
+    def __post_init__(self) -> None:
+        """Refuse impossible limits up front: a NaN deadline would never fire."""
+        if not (isinstance(self.timeout_seconds, int | float) and math.isfinite(self.timeout_seconds)
+                and self.timeout_seconds > 0):
+            raise ValueError(f"timeout_seconds must be a positive finite number, got {self.timeout_seconds!r}")
+        for name in ("memory_limit_mb", "max_result_bytes", "max_output_bytes"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.mode not in ("run", "import"):
+            raise ValueError(f"mode must be 'run' or 'import', got {self.mode!r}")
 
     def to_wire(self, rid: int) -> bytes:
         return json.dumps({
@@ -398,13 +411,21 @@ class Sandbox:
         try:
             channel = self._checkout()
             pid, fds = channel.ticket()
-            result = _drive(channel, request, pid, fds, self.GRACE_SECONDS)
-            self._checkin(channel)
-            return result
         except (LauncherLost, OSError) as exc:
             if channel is not None:
                 self._discard(channel)
             return PluginSandboxResult(request.plugin.name, Outcome.CRASH, error=ErrorInfo("LauncherDied", str(exc)))
+        try:
+            result = _drive(channel, request, pid, fds, self.GRACE_SECONDS)
+            self._checkin(channel)
+            return result
+        except (LauncherLost, OSError) as exc:
+            self._discard(channel)
+            return PluginSandboxResult(request.plugin.name, Outcome.CRASH, error=ErrorInfo("LauncherDied", str(exc)))
+        except BaseException:
+            _killpg(pid)  # whatever went wrong here, the child must not outlive the call
+            self._discard(channel)
+            raise
         finally:
             for fd in fds:
                 if fd >= 0:

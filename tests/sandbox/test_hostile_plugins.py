@@ -31,6 +31,15 @@ def _gone(pids: list[int], within: float = 5.0) -> list[int]:
         time.sleep(0.02)
 
 
+def test_parameters_that_do_not_fit_run_are_a_value_error(run_hostile):
+    r = run_hostile("hello", nonsense=1)
+    assert r.outcome is Outcome.VALUE
+    assert r.error is not None and r.error.type == "TypeError"
+    assert "nonsense" in r.error.message
+    # a TypeError raised inside the plugin is still an ordinary exception
+    assert run_hostile("raises", kind="TypeError").outcome is Outcome.EXCEPTION
+
+
 def test_success_with_output(run_hostile):
     r = run_hostile("hello", name="sidecar")
     assert r.outcome is Outcome.SUCCESS
@@ -220,3 +229,25 @@ def test_concurrent_callers_each_get_their_own_result(sandbox):
     assert all(res == {"greeting": f"hello {name}"} for name, res in results)
     # the threads that spawned the launcher are gone; it still serves
     assert sandbox.run(RunRequest(ref, {"name": "after"})).result == {"greeting": "hello after"}
+
+
+def test_outside_rss_watch_catches_a_plugin_that_lifts_its_rlimit(run_hostile):
+    if os.geteuid() != 0:
+        pytest.skip("only root (CAP_SYS_RESOURCE) can raise its own hard RLIMIT_AS")
+    r = run_hostile("raise_own_limit", timeout=30.0, memory_mb=150, megabytes=2000)
+    if r.outcome is Outcome.VALUE and r.error and "not allowed to raise" in r.error.message:
+        pytest.skip("this root lacks CAP_SYS_RESOURCE, so the rlimit itself holds")
+    assert r.outcome is Outcome.MEMORY
+    assert r.error is not None and r.error.type == "MemoryLimitExceeded"
+
+
+@pytest.mark.parametrize("timeout", [float("nan"), float("inf"), 0, -1])
+def test_impossible_limits_are_refused_before_anything_runs(timeout):
+    from sidecar.sandbox.client import PluginRef, RunRequest, run_plugin_sandboxed
+
+    from .conftest import HOSTILE
+
+    with pytest.raises(ValueError, match="timeout_seconds"):
+        RunRequest(PluginRef("loop", path=str(HOSTILE / "loop.py")), timeout_seconds=timeout)
+    with pytest.raises(ValueError, match="timeout_seconds"):
+        run_plugin_sandboxed(str(HOSTILE / "loop.py"), timeout_seconds=timeout)

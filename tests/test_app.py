@@ -1,0 +1,431 @@
+"""The Flask app through its test client: every route, every error shape, the guards."""
+
+from __future__ import annotations
+
+import io
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+
+from sidecar.app import create_app
+from sidecar.config import Settings
+from sidecar.errors import PluginNotFound
+from sidecar.metrics import CONTENT_TYPE_TEXT, OPENMETRICS_CONTENT_TYPE
+from sidecar.runner import Runner
+from sidecar.sandbox.client import RunRequest
+from sidecar.sandbox.result import Outcome, PluginSandboxResult
+
+from .conftest import HOSTILE
+
+MAX_BODY = 1024
+
+
+def _settings(data_dir: Path, **kw: Any) -> Settings:
+    return Settings(data_dir=str(data_dir), plugin_path=(str(HOSTILE),), entry_points=False,
+                    max_body_bytes=MAX_BODY, **kw)
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Flask]:
+    flask_app = create_app(_settings(tmp_path_factory.mktemp("app"), max_timeout_seconds=30.0,
+                                     default_timeout_seconds=20.0))
+    yield flask_app
+    flask_app.extensions["sidecar_backend"].close()
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    return app.test_client()
+
+
+def _error(resp: Any, status: int, code: str) -> dict[str, Any]:
+    assert resp.status_code == status, resp.get_data(as_text=True)
+    assert resp.mimetype == "application/json"
+    doc = resp.get_json()
+    assert set(doc) == {"error"}
+    assert set(doc["error"]) == {"code", "message"}
+    assert doc["error"]["code"] == code
+    assert isinstance(doc["error"]["message"], str) and doc["error"]["message"]
+    return dict(doc["error"])
+
+
+class FakeBackend:
+    """A Backend whose `run` blocks until released; everything else canned."""
+
+    def __init__(self, ready: bool = True) -> None:
+        self.is_ready = ready
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        self.calls: list[tuple[str, Any, Any]] = []
+
+    def plugins(self) -> list[dict[str, Any]]:
+        return [self.plugin("hello")]
+
+    def plugin(self, name: str) -> dict[str, Any]:
+        if name != "hello":
+            raise PluginNotFound(f"unknown plugin {name!r}")
+        return {"name": name}
+
+    def health(self, name: str) -> dict[str, Any]:
+        return {"plugin": self.plugin(name)["name"]}
+
+    def runs(self, name: str, limit: int = 20) -> list[dict[str, Any]]:
+        self.plugin(name)
+        return []
+
+    def run(self, name: str, params: Any = None, timeout_seconds: Any = None) -> dict[str, Any]:
+        self.plugin(name)
+        self.calls.append((name, params, timeout_seconds))
+        return {"plugin": name, "outcome": "success"}
+
+    def render_metrics(self, openmetrics: bool = False) -> tuple[bytes, str]:
+        return (b"# EOF\n", OPENMETRICS_CONTENT_TYPE) if openmetrics else (b"", CONTENT_TYPE_TEXT)
+
+    def ready(self) -> dict[str, Any]:
+        return {"ready": self.is_ready, "checks": {"plugins_discovered": self.is_ready, "store_writable": True}}
+
+    def ping(self) -> bool:
+        return True
+
+
+# -- happy paths ------------------------------------------------------------------------------------
+
+
+def test_healthz(client: FlaskClient) -> None:
+    resp = client.get("/healthz")
+    assert resp.status_code == 200
+    assert resp.get_json() == {"status": "ok"}
+
+
+def test_readyz_ready(client: FlaskClient) -> None:
+    resp = client.get("/readyz")
+    assert resp.status_code == 200
+    assert resp.get_json() == {"ready": True, "checks": {"plugins_discovered": True, "store_writable": True}}
+
+
+def test_plugins_list(client: FlaskClient) -> None:
+    resp = client.get("/plugins")
+    assert resp.status_code == 200
+    plugins = resp.get_json()["plugins"]
+    names = [p["name"] for p in plugins]
+    assert {"hello", "raises", "loop", "segfault"} <= set(names)
+    assert len(names) == len(set(names))
+    hello = next(p for p in plugins if p["name"] == "hello")
+    assert hello["source"] == "path" and hello["description"] == "says hello" and hello["version"] == "1.0"
+
+
+def test_plugin_detail(client: FlaskClient) -> None:
+    resp = client.get("/plugins/hello")
+    assert resp.status_code == 200
+    doc = resp.get_json()
+    assert doc["name"] == doc["plugin"] == "hello"
+    assert doc["timeout_seconds"] == 20.0
+    assert doc["loaded_at"].endswith("Z")
+    assert set(doc["health"]) == {"status", "success_count", "error_count", "last_used"}
+
+
+def test_run_success_then_health_and_runs(client: FlaskClient) -> None:
+    before = client.get("/plugins/hello/health").get_json()["success_count"]
+    resp = client.post("/plugins/hello/run", json={"params": {"name": "tests"}, "timeout_seconds": 10})
+    assert resp.status_code == 200, resp.get_data(as_text=True)
+    doc = resp.get_json()
+    assert doc["plugin"] == "hello" and doc["outcome"] == "success" and doc["error"] is None
+    assert doc["result"] == {"greeting": "hello tests"}
+    assert doc["stdout"]["text"] == "hello tests\n"
+
+    health = client.get("/plugins/hello/health").get_json()
+    assert health["plugin"] == "hello"
+    assert health["status"] == "healthy"
+    assert health["success_count"] == before + 1
+    assert health["last_error"] is None
+
+    runs = client.get("/plugins/hello/runs?limit=1").get_json()
+    assert runs["plugin"] == "hello"
+    assert len(runs["runs"]) == 1
+    assert runs["runs"][0]["outcome"] == "success" and runs["runs"][0]["trigger"] == "api"
+
+
+def test_run_without_body_uses_default_params(client: FlaskClient) -> None:
+    resp = client.post("/plugins/hello/run")
+    assert resp.status_code == 200, resp.get_data(as_text=True)
+    assert resp.get_json()["result"] == {"greeting": "hello world"}
+    resp = client.post("/plugins/hello/run", data=b"  \n", content_type="application/json")
+    assert resp.status_code == 200
+    resp = client.post("/plugins/hello/run", json={"params": None})
+    assert resp.get_json()["result"] == {"greeting": "hello world"}
+
+
+def test_run_plugin_error_is_200_with_outcome(client: FlaskClient) -> None:
+    resp = client.post("/plugins/raises/run", json={"params": {"kind": "ValueError"}})
+    assert resp.status_code == 200
+    doc = resp.get_json()
+    assert doc["outcome"] == "value"
+    assert doc["error"]["type"] == "ValueError" and doc["error"]["message"] == "boom: ValueError"
+    health = client.get("/plugins/raises/health").get_json()
+    assert health["status"] == "failing"
+    assert health["errors_by_type"].get("value", 0) >= 1
+    assert health["last_error"]["type"] == "ValueError"
+
+
+def test_runs_default_limit_and_order(client: FlaskClient) -> None:
+    for _ in range(2):
+        assert client.post("/plugins/hello/run").status_code == 200
+    runs = client.get("/plugins/hello/runs").get_json()["runs"]
+    assert 2 <= len(runs) <= 20
+    ids = [r["id"] for r in runs]
+    assert ids == sorted(ids, reverse=True)
+
+
+def test_metrics_text_and_openmetrics(client: FlaskClient) -> None:
+    resp = client.get("/metrics")
+    assert resp.status_code == 200
+    assert resp.headers["Content-Type"] == CONTENT_TYPE_TEXT
+    text = resp.get_data(as_text=True)
+    assert "# TYPE sidecar_plugin_success_total counter" in text
+    assert not text.endswith("# EOF\n")
+
+    resp = client.get("/metrics", headers={"Accept": "application/openmetrics-text; version=1.0.0"})
+    assert resp.status_code == 200
+    assert resp.headers["Content-Type"] == OPENMETRICS_CONTENT_TYPE
+    body = resp.get_data(as_text=True)
+    assert "# TYPE sidecar_plugin_success counter" in body
+    assert body.endswith("# EOF\n")
+
+
+def test_openapi_route(client: FlaskClient) -> None:
+    resp = client.get("/openapi.json")
+    assert resp.status_code == 200
+    assert resp.get_json()["openapi"].startswith("3.1")
+
+
+# -- errors ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", ["/plugins/nope", "/plugins/nope/health", "/plugins/nope/runs"])
+def test_unknown_plugin_get_404(client: FlaskClient, path: str) -> None:
+    err = _error(client.get(path), 404, "unknown_plugin")
+    assert "nope" in err["message"]
+
+
+def test_unknown_plugin_run_404(client: FlaskClient) -> None:
+    _error(client.post("/plugins/nope/run", json={}), 404, "unknown_plugin")
+
+
+def test_unknown_route_404_is_json(client: FlaskClient) -> None:
+    _error(client.get("/no/such/route"), 404, "not_found")
+
+
+def test_wrong_method_405_is_json(client: FlaskClient) -> None:
+    _error(client.get("/plugins/hello/run"), 405, "method_not_allowed")
+
+
+@pytest.mark.parametrize(("body", "needle"), [
+    (b"{", "not valid JSON"),
+    (b"\xff\xfe", "not valid JSON"),
+    (b"[1, 2]", "JSON object"),
+    (b'"params"', "JSON object"),
+    (b"null", "JSON object"),
+    (b'{"params": {}, "timeout": 5}', "unknown body keys"),
+    (b'{"params": [1]}', "params"),
+    (b'{"params": "x"}', "params"),
+    (b'{"timeout_seconds": 0}', "timeout_seconds"),
+    (b'{"timeout_seconds": -1}', "timeout_seconds"),
+    (b'{"timeout_seconds": "5"}', "timeout_seconds"),
+    (b'{"timeout_seconds": true}', "timeout_seconds"),
+    (b'{"timeout_seconds": 31}', "exceeds"),
+    (b'{"timeout_seconds": Infinity}', "timeout_seconds"),
+    (b'{"timeout_seconds": NaN}', "timeout_seconds"),
+    (b'{"timeout_seconds": -Infinity}', "timeout_seconds"),
+])
+def test_run_bad_request(client: FlaskClient, body: bytes, needle: str) -> None:
+    err = _error(client.post("/plugins/hello/run", data=body, content_type="application/json"), 400, "bad_request")
+    assert needle in err["message"]
+
+
+def test_bad_requests_are_counted_as_rejected_invalid(client: FlaskClient) -> None:
+    def invalid() -> float:
+        for line in client.get("/metrics").get_data(as_text=True).splitlines():
+            if line.startswith('sidecar_plugin_rejected_total{plugin="echo",reason="invalid"}'):
+                return float(line.rsplit(" ", 1)[1])
+        raise AssertionError("no rejected series for echo")
+
+    before = invalid()
+    _error(client.post("/plugins/echo/run", json={"timeout_seconds": 10_000}), 400, "bad_request")
+    assert invalid() == before + 1
+
+
+@pytest.mark.parametrize("limit", ["0", "1001", "-1", "abc", "1.5", "", "%201"])
+def test_runs_bad_limit(client: FlaskClient, limit: str) -> None:
+    err = _error(client.get(f"/plugins/hello/runs?limit={limit}"), 400, "bad_request")
+    assert "limit" in err["message"]
+
+
+def test_runs_unicode_digit_limit_is_400(client: FlaskClient) -> None:
+    _error(client.get("/plugins/hello/runs", query_string={"limit": "\u00b2"}), 400, "bad_request")
+
+
+def test_deeply_nested_body_is_400(client: FlaskClient) -> None:
+    _error(client.post("/plugins/hello/run", data=b"[" * (MAX_BODY - 1)), 400, "bad_request")
+
+
+def test_nan_timeout_is_400(client: FlaskClient) -> None:
+    _error(client.post("/plugins/hello/run", data=b'{"timeout_seconds": NaN}',
+                       content_type="application/json"), 400, "bad_request")
+
+
+def test_body_over_max_is_413(client: FlaskClient) -> None:
+    body = b'{"params": {"name": "' + b"x" * MAX_BODY + b'"}}'
+    _error(client.post("/plugins/hello/run", data=body, content_type="application/json"), 413,
+           "payload_too_large")
+
+
+def test_body_at_max_is_accepted(client: FlaskClient) -> None:
+    prefix, suffix = b'{"params": {"name": "', b'"}}'
+    body = prefix + b"x" * (MAX_BODY - len(prefix) - len(suffix)) + suffix
+    assert len(body) == MAX_BODY
+    resp = client.post("/plugins/hello/run", data=body, content_type="application/json")
+    assert resp.status_code == 200, resp.get_data(as_text=True)
+
+
+def test_chunked_body_over_max_is_413(client: FlaskClient) -> None:
+    # No Content-Length (gunicorn sets wsgi.input_terminated): the limit must hold while reading the stream.
+    body = b'{"params": {}}' + b" " * (2 * MAX_BODY)
+    resp = client.post("/plugins/hello/run", input_stream=io.BytesIO(body), content_type="application/json",
+                       headers={"Transfer-Encoding": "chunked"}, environ_overrides={"wsgi.input_terminated": True})
+    _error(resp, 413, "payload_too_large")
+
+
+def test_chunked_body_under_max_is_read(client: FlaskClient) -> None:
+    body = b'{"params": {"name": "chunked"}}' + b" " * (MAX_BODY - 40)
+    resp = client.post("/plugins/hello/run", input_stream=io.BytesIO(body), content_type="application/json",
+                       headers={"Transfer-Encoding": "chunked"}, environ_overrides={"wsgi.input_terminated": True})
+    assert resp.status_code == 200, resp.get_data(as_text=True)
+    assert resp.get_json()["result"] == {"greeting": "hello chunked"}
+
+
+# -- bearer token ----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def token_client(tmp_path: Path) -> tuple[FlaskClient, FakeBackend]:
+    backend = FakeBackend()
+    flask_app = create_app(_settings(tmp_path, api_token="s3cret"), backend)
+    return flask_app.test_client(), backend
+
+
+@pytest.mark.parametrize("headers", [
+    {},
+    {"Authorization": "Bearer wrong"},
+    {"Authorization": "s3cret"},
+    {"Authorization": "Basic s3cret"},
+    {"Authorization": "Bearer s3cret "},
+    {"Authorization": "bearer s3cret"},
+])
+def test_run_requires_bearer(token_client: tuple[FlaskClient, FakeBackend], headers: dict[str, str]) -> None:
+    client, backend = token_client
+    resp = client.post("/plugins/hello/run", json={}, headers=headers)
+    _error(resp, 401, "unauthorized")
+    assert resp.headers["WWW-Authenticate"].startswith("Bearer")
+    assert backend.calls == []
+
+
+def test_run_with_bearer(token_client: tuple[FlaskClient, FakeBackend]) -> None:
+    client, backend = token_client
+    resp = client.post("/plugins/hello/run", json={"params": {"a": 1}, "timeout_seconds": 2},
+                       headers={"Authorization": "Bearer s3cret"})
+    assert resp.status_code == 200
+    assert backend.calls == [("hello", {"a": 1}, 2)]
+
+
+@pytest.mark.parametrize("path", ["/healthz", "/readyz", "/metrics", "/plugins", "/plugins/hello",
+                                  "/plugins/hello/health", "/plugins/hello/runs", "/openapi.json"])
+def test_get_routes_open_with_token_set(token_client: tuple[FlaskClient, FakeBackend], path: str) -> None:
+    client, _ = token_client
+    assert client.get(path).status_code == 200
+
+
+# -- readiness with a fake backend -------------------------------------------------------------------
+
+
+def test_readyz_not_ready_is_503(tmp_path: Path) -> None:
+    client = create_app(_settings(tmp_path), FakeBackend(ready=False)).test_client()
+    resp = client.get("/readyz")
+    assert resp.status_code == 503
+    assert resp.get_json()["ready"] is False
+    assert client.get("/healthz").status_code == 200
+
+
+def test_fake_backend_openmetrics_negotiation(tmp_path: Path) -> None:
+    client = create_app(_settings(tmp_path), FakeBackend()).test_client()
+    assert client.get("/metrics").headers["Content-Type"] == CONTENT_TYPE_TEXT
+    resp = client.get("/metrics", headers={"Accept": "application/openmetrics-text;version=1.0.0,text/plain;q=0.5"})
+    assert resp.headers["Content-Type"] == OPENMETRICS_CONTENT_TYPE
+
+
+# -- saturation with a real Runner whose sandbox is held -------------------------------------------
+
+
+def test_saturated_503_with_retry_after(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    flask_app = create_app(_settings(tmp_path, max_concurrent_runs=1))
+    runner = flask_app.extensions["sidecar_backend"]
+    assert isinstance(runner, Runner)
+    entered, release = threading.Event(), threading.Event()
+
+    def held_run(request: RunRequest) -> PluginSandboxResult:
+        entered.set()
+        assert release.wait(30), "test never released the slot"
+        now = time.time()
+        return PluginSandboxResult(request.plugin.name, Outcome.SUCCESS, result={"held": True},
+                                   execution_time_ms=1.0, peak_memory_bytes=1, started_at=now, finished_at=now)
+
+    monkeypatch.setattr(runner.sandbox, "run", held_run)
+    responses: list[Any] = []
+
+    def first() -> None:
+        responses.append(flask_app.test_client().post("/plugins/hello/run"))
+
+    worker = threading.Thread(target=first)
+    worker.start()
+    try:
+        assert entered.wait(30)
+        client = flask_app.test_client()
+        resp = client.post("/plugins/echo/run")
+        err = _error(resp, 503, "saturated")
+        assert "1" in err["message"]
+        assert resp.headers["Retry-After"] == "1"
+        metrics = client.get("/metrics").get_data(as_text=True)
+        assert 'sidecar_plugin_rejected_total{plugin="echo",reason="saturated"} 1.0' in metrics
+        assert 'sidecar_plugin_in_flight{plugin="hello"} 1.0' in metrics
+    finally:
+        release.set()
+        worker.join(30)
+        runner.close()
+    assert len(responses) == 1 and responses[0].status_code == 200
+    assert responses[0].get_json()["result"] == {"held": True}
+    # the slot is free again
+    snapshot = runner.metrics.snapshot("hello")
+    assert snapshot["in_flight"] == 0 and snapshot["success"] == 1
+
+
+def test_in_flight_returns_to_zero_when_the_sandbox_raises(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    flask_app = create_app(_settings(tmp_path))
+    runner = flask_app.extensions["sidecar_backend"]
+    assert isinstance(runner, Runner)
+
+    def broken_run(request: RunRequest) -> PluginSandboxResult:
+        raise OSError("launcher gone")
+
+    monkeypatch.setattr(runner.sandbox, "run", broken_run)
+    flask_app.logger.disabled = True
+    try:
+        resp = flask_app.test_client().post("/plugins/hello/run")
+        assert resp.status_code == 500
+        assert runner.metrics.snapshot("hello")["in_flight"] == 0
+    finally:
+        runner.close()

@@ -1,0 +1,263 @@
+"""The hand-rendered exposition, checked with prometheus-client's own parsers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from prometheus_client.metrics_core import Metric
+from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
+from prometheus_client.parser import text_string_to_metric_families as parse_text
+
+from sidecar import __version__
+from sidecar.metrics import (
+    CONTENT_TYPE_TEXT,
+    FAMILIES,
+    MEMORY_BUCKETS,
+    OPENMETRICS_CONTENT_TYPE,
+    REJECT_REASONS,
+    Metrics,
+)
+from sidecar.sandbox.outcomes import ERROR_OUTCOMES
+from sidecar.sandbox.result import ErrorInfo, Outcome, PluginSandboxResult
+
+BUCKETS = (0.01, 0.1, 1.0, 10.0)
+
+
+class Clock:
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _families(m: Metrics, openmetrics: bool = False) -> dict[str, Metric]:
+    body, content_type = m.render(openmetrics)
+    text = body.decode()
+    if openmetrics:
+        assert content_type == OPENMETRICS_CONTENT_TYPE
+        assert text.endswith("# EOF\n")
+        fams = list(parse_openmetrics(text))  # type: ignore[no-untyped-call]
+    else:
+        assert content_type == CONTENT_TYPE_TEXT
+        assert "# EOF" not in text
+        fams = list(parse_text(text))
+    names = [f.name for f in fams]
+    assert len(names) == len(set(names)), names
+    return {f.name: f for f in fams}
+
+
+def _value(fams: dict[str, Metric], family: str, sample: str, **labels: str) -> float:
+    hits = [s.value for s in fams[family].samples if s.name == sample and s.labels == labels]
+    assert len(hits) == 1, (family, sample, labels, fams[family].samples)
+    return float(hits[0])
+
+
+def _result(plugin: str, outcome: Outcome = Outcome.SUCCESS, ms: float = 50.0, mem: int = 20 * 1024 * 1024,
+            finished_at: float = 990.0) -> PluginSandboxResult:
+    error = None if outcome is Outcome.SUCCESS else ErrorInfo("E", "m")
+    return PluginSandboxResult(plugin, outcome, error=error, execution_time_ms=ms, peak_memory_bytes=mem,
+                               started_at=finished_at - ms / 1000, finished_at=finished_at)
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def metrics(clock: Clock) -> Metrics:
+    m = Metrics(BUCKETS, clock=clock)
+    m.add_plugin("alpha", 900.0, None)
+    m.add_plugin("beta", 950.0, 30.0)
+    return m
+
+
+@pytest.mark.parametrize("openmetrics", [False, True])
+def test_every_family_present_with_its_type(metrics: Metrics, openmetrics: bool) -> None:
+    fams = _families(metrics, openmetrics)
+    assert set(fams) == {f.name for f in FAMILIES}
+    for f in FAMILIES:
+        assert fams[f.name].type == f.type, f.name
+        assert fams[f.name].documentation == f.help
+        for s in fams[f.name].samples:
+            assert set(s.labels) - {"le"} == set(f.labels), (f.name, s)
+
+
+@pytest.mark.parametrize("openmetrics", [False, True])
+def test_empty_metrics_still_parse(openmetrics: bool) -> None:
+    fams = _families(Metrics(BUCKETS), openmetrics)
+    assert set(fams) == {f.name for f in FAMILIES}
+    assert _value(fams, "sidecar_build_info", "sidecar_build_info", version=__version__) == 1.0
+
+
+@pytest.mark.parametrize("openmetrics", [False, True])
+def test_fresh_plugin_series_at_zero(metrics: Metrics, openmetrics: bool) -> None:
+    fams = _families(metrics, openmetrics)
+    for p in ("alpha", "beta"):
+        assert _value(fams, "sidecar_plugin_success", "sidecar_plugin_success_total", plugin=p) == 0
+        for t in ERROR_OUTCOMES:
+            assert _value(fams, "sidecar_plugin_errors", "sidecar_plugin_errors_total", plugin=p, error_type=t) == 0
+        for r in REJECT_REASONS:
+            assert _value(fams, "sidecar_plugin_rejected", "sidecar_plugin_rejected_total", plugin=p, reason=r) == 0
+        for hist, bounds in (("sidecar_plugin_execution_seconds", BUCKETS),
+                             ("sidecar_plugin_peak_memory_bytes", MEMORY_BUCKETS)):
+            buckets = {s.labels["le"]: s.value for s in fams[hist].samples
+                       if s.name == f"{hist}_bucket" and s.labels["plugin"] == p}
+            assert len(buckets) == len(bounds) + 1 and set(buckets.values()) == {0}
+            assert float(max(buckets, key=float)) == float("inf")
+            assert _value(fams, hist, f"{hist}_count", plugin=p) == 0
+            assert _value(fams, hist, f"{hist}_sum", plugin=p) == 0
+        assert _value(fams, "sidecar_plugin_in_flight", "sidecar_plugin_in_flight", plugin=p) == 0
+    assert fams["sidecar_plugin_last_run_timestamp_seconds"].samples == []
+    assert set(ERROR_OUTCOMES) == {o.value for o in Outcome} - {"success"}
+
+
+def test_loaded_and_interval(metrics: Metrics) -> None:
+    fams = _families(metrics)
+    assert _value(fams, "sidecar_plugin_loaded_timestamp_seconds", "sidecar_plugin_loaded_timestamp_seconds",
+                  plugin="alpha") == 900.0
+    interval = fams["sidecar_plugin_interval_seconds"].samples
+    assert [(s.labels, s.value) for s in interval] == [({"plugin": "beta"}, 30.0)]
+
+
+def test_uptime_uses_injected_clock(metrics: Metrics, clock: Clock) -> None:
+    fams = _families(metrics)
+    assert _value(fams, "sidecar_plugin_uptime_seconds", "sidecar_plugin_uptime_seconds", plugin="alpha") == 100.0
+    assert _value(fams, "sidecar_plugin_uptime_seconds", "sidecar_plugin_uptime_seconds", plugin="beta") == 50.0
+    clock.now = 1234.5
+    fams = _families(metrics)  # uptime is computed per scrape, never cached
+    assert _value(fams, "sidecar_plugin_uptime_seconds", "sidecar_plugin_uptime_seconds", plugin="alpha") == 334.5
+    clock.now = 0.0  # a clock behind loaded_at never gives negative uptime
+    fams = _families(metrics)
+    assert _value(fams, "sidecar_plugin_uptime_seconds", "sidecar_plugin_uptime_seconds", plugin="alpha") == 0.0
+
+
+def _buckets(fams: dict[str, Metric], hist: str, plugin: str) -> list[tuple[float, float]]:
+    out = [(float(s.labels["le"]), s.value) for s in fams[hist].samples
+           if s.name == f"{hist}_bucket" and s.labels["plugin"] == plugin]
+    return sorted(out)
+
+
+@pytest.mark.parametrize("openmetrics", [False, True])
+def test_started_and_finished(metrics: Metrics, clock: Clock, openmetrics: bool) -> None:
+    metrics.started("alpha")
+    metrics.started("alpha")
+    fams = _families(metrics, openmetrics)
+    assert _value(fams, "sidecar_plugin_in_flight", "sidecar_plugin_in_flight", plugin="alpha") == 2
+    assert fams["sidecar_plugin_last_run_timestamp_seconds"].samples == []
+
+    metrics.finished("alpha", _result("alpha", ms=50.0, mem=20 * 1024 * 1024, finished_at=990.0))
+    metrics.finished("alpha", _result("alpha", Outcome.TIMEOUT, ms=5000.0, mem=600 * 1024 * 1024, finished_at=995.0))
+    fams = _families(metrics, openmetrics)
+    assert _value(fams, "sidecar_plugin_in_flight", "sidecar_plugin_in_flight", plugin="alpha") == 0
+    assert _value(fams, "sidecar_plugin_success", "sidecar_plugin_success_total", plugin="alpha") == 1
+    for t in ERROR_OUTCOMES:
+        want = 1 if t == "timeout" else 0
+        assert _value(fams, "sidecar_plugin_errors", "sidecar_plugin_errors_total", plugin="alpha",
+                      error_type=t) == want
+    hist = "sidecar_plugin_execution_seconds"
+    assert _buckets(fams, hist, "alpha") == [(0.01, 0), (0.1, 1), (1.0, 1), (10.0, 2), (float("inf"), 2)]
+    assert _value(fams, hist, f"{hist}_count", plugin="alpha") == 2
+    assert _value(fams, hist, f"{hist}_sum", plugin="alpha") == pytest.approx(5.05)
+    mem = "sidecar_plugin_peak_memory_bytes"
+    mem_buckets = _buckets(fams, mem, "alpha")
+    values = [v for _, v in mem_buckets]
+    assert values == sorted(values) and values[-1] == 2
+    assert dict(mem_buckets)[16 * 1024 * 1024] == 0 and dict(mem_buckets)[32 * 1024 * 1024] == 1
+    assert dict(mem_buckets)[512 * 1024 * 1024] == 1 and dict(mem_buckets)[1024 * 1024 * 1024] == 2
+    assert _value(fams, mem, f"{mem}_sum", plugin="alpha") == 620 * 1024 * 1024
+    assert _value(fams, "sidecar_plugin_last_run_timestamp_seconds", "sidecar_plugin_last_run_timestamp_seconds",
+                  plugin="alpha") == 995.0
+    # beta untouched
+    assert _value(fams, "sidecar_plugin_success", "sidecar_plugin_success_total", plugin="beta") == 0
+    assert _value(fams, hist, f"{hist}_count", plugin="beta") == 0
+    assert metrics.snapshot("alpha") == {"success": 1, **{f"errors_{t}": int(t == "timeout") for t in ERROR_OUTCOMES},
+                                         "runs": 2, "in_flight": 0}
+
+
+def test_buckets_cumulative_and_monotone(metrics: Metrics) -> None:
+    for ms in (1, 5, 20, 80, 300, 900, 2000, 20_000, 50, 7):
+        metrics.started("beta")
+        metrics.finished("beta", _result("beta", ms=ms, mem=ms * 1024 * 1024))
+    fams = _families(metrics)
+    for hist in ("sidecar_plugin_execution_seconds", "sidecar_plugin_peak_memory_bytes"):
+        pairs = _buckets(fams, hist, "beta")
+        values = [v for _, v in pairs]
+        assert values == sorted(values), (hist, pairs)
+        assert values[-1] == _value(fams, hist, f"{hist}_count", plugin="beta") == 10
+    exec_buckets = dict(_buckets(fams, "sidecar_plugin_execution_seconds", "beta"))
+    assert exec_buckets == {0.01: 3, 0.1: 6, 1.0: 8, 10.0: 9, float("inf"): 10}
+
+
+def test_finished_without_time_uses_clock_and_no_memory_skips_histogram(metrics: Metrics, clock: Clock) -> None:
+    metrics.started("alpha")
+    metrics.finished("alpha", _result("alpha", Outcome.CRASH, mem=0, finished_at=0.0))
+    fams = _families(metrics)
+    assert _value(fams, "sidecar_plugin_last_run_timestamp_seconds", "sidecar_plugin_last_run_timestamp_seconds",
+                  plugin="alpha") == clock.now
+    assert _value(fams, "sidecar_plugin_peak_memory_bytes", "sidecar_plugin_peak_memory_bytes_count",
+                  plugin="alpha") == 0
+    assert _value(fams, "sidecar_plugin_errors", "sidecar_plugin_errors_total", plugin="alpha",
+                  error_type="crash") == 1
+
+
+def test_reject(metrics: Metrics) -> None:
+    metrics.reject("alpha", "saturated")
+    metrics.reject("alpha", "saturated")
+    metrics.reject("beta", "invalid")
+    fams = _families(metrics, openmetrics=True)
+    got = {(s.labels["plugin"], s.labels["reason"]): s.value for s in fams["sidecar_plugin_rejected"].samples}
+    assert got == {("alpha", "saturated"): 2, ("alpha", "invalid"): 0, ("beta", "saturated"): 0,
+                   ("beta", "invalid"): 1}
+
+
+def test_cache_is_invalidated_on_every_change(metrics: Metrics) -> None:
+    def success() -> float:
+        return _value(_families(metrics), "sidecar_plugin_success", "sidecar_plugin_success_total", plugin="alpha")
+
+    def in_flight() -> float:
+        return _value(_families(metrics), "sidecar_plugin_in_flight", "sidecar_plugin_in_flight", plugin="alpha")
+
+    first, _ = metrics.render()
+    assert metrics.render()[0] == first  # cached render is stable
+    metrics.started("alpha")
+    assert in_flight() == 1
+    metrics.finished("alpha", _result("alpha"))
+    assert in_flight() == 0 and success() == 1
+    metrics.started("alpha")
+    metrics.finished("alpha", _result("alpha"))
+    assert success() == 2
+    metrics.reject("alpha", "invalid")
+    fams = _families(metrics)
+    assert _value(fams, "sidecar_plugin_rejected", "sidecar_plugin_rejected_total", plugin="alpha",
+                  reason="invalid") == 1
+    # the text and the OpenMetrics renders share the cache and agree
+    om = _families(metrics, openmetrics=True)
+    assert _value(om, "sidecar_plugin_success", "sidecar_plugin_success_total", plugin="alpha") == 2
+    metrics.add_plugin("gamma", 999.0, None)
+    assert "gamma" in {s.labels.get("plugin") for s in _families(metrics)["sidecar_plugin_success"].samples}
+
+
+def test_label_values_only_from_added_plugins(metrics: Metrics) -> None:
+    metrics.started("alpha")
+    metrics.finished("alpha", _result("alpha", Outcome.VALUE))
+    metrics.reject("beta", "saturated")
+    allowed: dict[str, set[Any]] = {"plugin": {"alpha", "beta"}, "error_type": set(ERROR_OUTCOMES),
+                                    "reason": set(REJECT_REASONS), "version": {__version__}}
+    for openmetrics in (False, True):
+        for fam in _families(metrics, openmetrics).values():
+            for s in fam.samples:
+                for k, v in s.labels.items():
+                    if k == "le":
+                        float(v)
+                        continue
+                    assert v in allowed[k], (fam.name, k, v)
+
+
+def test_unknown_plugin_is_a_key_error(metrics: Metrics) -> None:
+    with pytest.raises(KeyError):
+        metrics.started("nope")
+    with pytest.raises(KeyError):
+        metrics.reject("nope", "saturated")
