@@ -27,6 +27,9 @@ accesslog = None
 errorlog = "-"
 loglevel = str(_cfg.get("log_level", "info")).lower()
 wsgi_app = "sidecar.app:worker_app()"
+# Gunicorn >= 25 opens a control socket in $HOME by default: unused here, and a read-only root
+# filesystem (the Kubernetes manifest) has nowhere to put it.
+control_socket_disable = True
 
 
 def on_starting(server: Any) -> None:
