@@ -1,8 +1,8 @@
 """What a sandboxed run produced, and the pure rules that decide its outcome.
 
-Nothing here does I/O: the launcher reports facts (exit status, whether the deadline or the
-memory watch killed the child, the child's message) and `decide_outcome` turns them into one
-`Outcome`. Keeping the rules pure keeps them testable without forking anything.
+Nothing here does I/O: the caller and the launcher report facts (the child's message, its exit
+status, whether the deadline or the memory watch killed it) and `decide_outcome` turns them into
+one `Outcome`. Keeping the rules pure keeps them testable without forking anything.
 """
 
 from __future__ import annotations
