@@ -230,7 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
         if s.name in ("plugin_path", "config"):
             continue
         serve.add_argument(s.flag, dest=s.name, metavar=s.name.upper(),
-                           help=f"{s.help} [env {s.env}; default {s.default_doc or s.default!r}]")
+                           help=f"{s.help} [env {s.env}; default {(s.default_doc or repr(s.default)).replace('`', '')}]")
     plugin_path(serve)
     serve.set_defaults(func=_cmd_serve)
 
