@@ -229,8 +229,9 @@ def build_parser() -> argparse.ArgumentParser:
     for s in SETTINGS:
         if s.name in ("plugin_path", "config"):
             continue
+        default = (s.default_doc or repr(s.default)).replace("`", "")
         serve.add_argument(s.flag, dest=s.name, metavar=s.name.upper(),
-                           help=f"{s.help} [env {s.env}; default {(s.default_doc or repr(s.default)).replace('`', '')}]")
+                           help=f"{s.help} [env {s.env}; default {default}]")
     plugin_path(serve)
     serve.set_defaults(func=_cmd_serve)
 
