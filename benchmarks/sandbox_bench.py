@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import os
+import resource
 import subprocess
 import sys
 from pathlib import Path
@@ -38,6 +39,13 @@ def _bare_fork(n: int) -> list[float]:
     return list(json.loads(subprocess.check_output([sys.executable, "-S", "-c", code % n])))
 
 
+def _cpu(pid: int) -> tuple[float, float]:
+    """(own CPU, reaped children's CPU) seconds of a process, from /proc/PID/stat."""
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    hz = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / hz, (int(fields[13]) + int(fields[14])) / hz
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=400)
@@ -50,7 +58,16 @@ def main() -> None:
         req = RunRequest(PluginRef("echo", path=str(ECHO)), {"x": 1})
         for _ in range(20):
             sb.run(req)
+        launcher = sb.launcher_pid
+        assert launcher is not None
+        before, self_before = _cpu(launcher), resource.getrusage(resource.RUSAGE_SELF)
         rows.append({"method": "sidecar sandbox, back to back", **summary(timed(lambda: sb.run(req), n))})
+        after, self_after = _cpu(launcher), resource.getrusage(resource.RUSAGE_SELF)
+        cpu = {
+            "caller": (self_after.ru_utime + self_after.ru_stime - self_before.ru_utime - self_before.ru_stime),
+            "launcher": after[0] - before[0],
+            "children": after[1] - before[1],
+        }
         rows.append({"method": "sidecar sandbox, 5 ms apart", **summary(timed(lambda: sb.run(req), n, gap=0.005))})
     code = f"import runpy; m = runpy.run_path({str(ECHO)!r}); print(m['run'](x=1))"
     rows.append({"method": "subprocess per run", **summary(timed(
@@ -67,7 +84,11 @@ def main() -> None:
     for r in rows:
         r["ratio_to_sandbox"] = float(r["median_ms"]) / ref
     print(table(rows, ["method", "n", "median_ms", "p99_ms", "ratio_to_sandbox"]))
-    print("wrote", write("sandbox", rows), "pid", os.getpid())
+    per_run = {k: v / n * 1000.0 for k, v in cpu.items()}
+    print("CPU per back-to-back run, ms: " + ", ".join(f"{k} {v:.2f}" for k, v in per_run.items())
+          + f" (total {sum(per_run.values()):.2f} on {os.cpu_count()} cores)")
+    rows.append({"method": "cpu per back-to-back run (ms)", **{k: round(v, 3) for k, v in per_run.items()}})
+    print("wrote", write("sandbox", rows))
 
 
 if __name__ == "__main__":
