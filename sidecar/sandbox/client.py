@@ -1,8 +1,8 @@
-"""Client side of the sandbox: starts a launcher process and turns its reports into results.
+"""Caller side of the sandbox: starts the launcher, drives each run, turns what it saw into a result.
 
-`Sandbox` is thread-safe: gunicorn threads and the scheduler submit runs concurrently; one
-reader thread resolves their futures. If the launcher dies, pending runs end as `crash` and the
-next submission starts a fresh launcher.
+`Sandbox` is thread-safe: runner threads and the scheduler run plugins concurrently, each on a
+channel of its own (a connection to the launcher holding pre-forked children). If the launcher
+dies, runs in flight end as `crash` and the next run starts a fresh launcher.
 """
 
 from __future__ import annotations
@@ -92,10 +92,8 @@ class RunRequest:
 
 
 def build_result(request: RunRequest, header: dict[str, Any], message: bytes) -> PluginSandboxResult:
-    """Combine the launcher's observations and the child's message into the result (pure)."""
+    """Combine what the caller and the launcher observed with the child's message (pure)."""
     name = request.plugin.name
-    if "launch_error" in header:
-        return PluginSandboxResult(name, Outcome.CRASH, error=ErrorInfo("LaunchError", header["launch_error"]))
     decoded: dict[str, Any] | None = None
     protocol_error = header.get("protocol_error")
     if message and protocol_error is None:
@@ -133,7 +131,7 @@ def _package_root() -> str:
 
 
 class _LauncherProcess:
-    """One launcher process and its control socket; connections are made per calling thread."""
+    """One launcher process and its control socket, over which channel connections are handed."""
 
     def __init__(self, env: dict[str, str]) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
