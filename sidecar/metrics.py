@@ -54,7 +54,6 @@ FAMILIES: tuple[Family, ...] = (
     Family("sidecar_plugin_rejected", "counter", "Run requests refused before running", ("plugin", "reason")),
     Family("sidecar_build_info", "gauge", "Always 1; the version label says which build", ("version",)),
 )
-_F = {f.name: f for f in FAMILIES}
 
 
 def _num(v: float) -> str:

@@ -3,22 +3,17 @@
 from __future__ import annotations
 
 import ast
-import re
 from pathlib import Path
 
 import pytest
 
 import sidecar.plugins.builtin as builtin
+from sidecar.plugins import NAME_PATTERN
+from sidecar.plugins.metadata import FIELDS
 
 BUILTIN_DIR = Path(builtin.__file__).parent
-NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
-TYPES: dict[str, tuple[type, ...]] = {
-    "description": (str,),
-    "version": (str,),
-    "timeout_seconds": (int, float),
-    "memory_limit_mb": (int,),
-    "interval_seconds": (int, float),
-}
+NAME = NAME_PATTERN
+TYPES = FIELDS
 EXPECTED = {"disk_usage", "echo", "http_probe", "process_check", "sleep", "tcp_probe"}
 FILES = sorted(p for p in BUILTIN_DIR.glob("*.py") if p.name != "__init__.py")
 
