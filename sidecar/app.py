@@ -143,5 +143,7 @@ def worker_app() -> Flask:
     from .rpc import RunnerClient
 
     cfg = json.loads(os.environ[WORKER_ENV])
-    settings = Settings(api_token=cfg.get("api_token"), max_body_bytes=int(cfg["max_body_bytes"]))
+    token_fd = cfg.get("api_token_fd")  # a memfd from `serve`: the token is never in the environment
+    token = os.pread(int(token_fd), 1 << 16, 0).decode() if token_fd is not None else None
+    settings = Settings(api_token=token, max_body_bytes=int(cfg["max_body_bytes"]))
     return create_app(settings, RunnerClient(cfg["socket"]))

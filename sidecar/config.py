@@ -67,6 +67,12 @@ def _optional_str(raw: str) -> str | None:
     return raw or None
 
 
+def _isolation(raw: str) -> str:
+    if raw not in ("default", "strict"):
+        raise ValueError("expected default or strict")
+    return raw
+
+
 def _bool(raw: str) -> bool:
     if raw.lower() in ("1", "true", "yes", "on"):
         return True
@@ -101,7 +107,13 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("config", _optional_str, None, "TOML file with settings and [checks.NAME] tables"),
     Setting("data_dir", str, "./.sidecar", "directory of the run-history database",
             "`./.sidecar` (container: `/var/lib/sidecar`)"),
-    Setting("api_token", _optional_str, None, "bearer token required by write routes; never passed to plugins"),
+    Setting("api_token", _optional_str, None,
+            "bearer token required by write routes; never passed to plugins. As `--api-token` it shows in the "
+            "process list: prefer the environment or `api_token_file`"),
+    Setting("api_token_file", _optional_str, None,
+            "file holding the bearer token (Docker and Kubernetes secrets); read once at start"),
+    Setting("isolation", _isolation, "default",
+            "plugin isolation: `default`, or `strict` (read-only system, no network; needs bubblewrap)"),
     Setting("default_timeout_seconds", _positive(float), 60.0, "per-run timeout when a plugin or call sets none"),
     Setting("max_timeout_seconds", _positive(float), 300.0, "upper bound a plugin or call may ask for"),
     Setting("default_memory_limit_mb", _positive(int), 1024,
@@ -133,6 +145,10 @@ class CheckConfig:
     timeout_seconds: float | None = None
     memory_limit_mb: int | None = None
     description: str | None = None
+    #: "default" or "strict" for this check's runs (else the sidecar's isolation)
+    isolation: str | None = None
+    #: strict mode: the check may use the network
+    network: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -144,6 +160,8 @@ class Settings:
     config: str | None = None
     data_dir: str = "./.sidecar"
     api_token: str | None = None
+    api_token_file: str | None = None
+    isolation: str = "default"
     default_timeout_seconds: float = 60.0
     max_timeout_seconds: float = 300.0
     default_memory_limit_mb: int = 1024
@@ -203,6 +221,10 @@ def _checks(table: Any, path: str) -> tuple[CheckConfig, ...]:
             raise ConfigError(f"{path}: [checks.{name}] unknown keys {sorted(unknown)}; allowed: {sorted(allowed)}")
         if not isinstance(body.get("params", {}), dict):
             raise ConfigError(f"{path}: [checks.{name}] params must be a table")
+        if body.get("isolation", "default") not in ("default", "strict"):
+            raise ConfigError(f"{path}: [checks.{name}] isolation must be \"default\" or \"strict\"")
+        if not isinstance(body.get("network", False), bool):
+            raise ConfigError(f"{path}: [checks.{name}] network must be true or false")
         out.append(CheckConfig(name=str(name), **body))
     return tuple(out)
 
@@ -233,7 +255,22 @@ def load_settings(
     for name, value in cli.items():
         if name in _BY_NAME:
             values[name] = value if not isinstance(value, str) else _coerce(_BY_NAME[name], value, _BY_NAME[name].flag)
+    if values.get("api_token_file"):
+        values["api_token"] = _read_token(values["api_token_file"], values.get("api_token"))
     return Settings(**values, checks=checks)
+
+
+def _read_token(path: str, given: str | None) -> str:
+    """The token from its file (a Docker or Kubernetes secret): one place, never a command line."""
+    if given:
+        raise ConfigError("api_token and api_token_file are both set: keep one (the file)")
+    try:
+        token = Path(path).read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read api_token_file {path}: {exc}") from None
+    if not token:
+        raise ConfigError(f"api_token_file {path} is empty")
+    return token
 
 
 def settings_table() -> str:

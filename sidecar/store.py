@@ -43,8 +43,15 @@ CREATE TABLE IF NOT EXISTS totals (
 
 class Store:
     def __init__(self, data_dir: str, retention: int = 1000) -> None:
-        os.makedirs(data_dir, exist_ok=True)
+        # The history is the sidecar's alone: directory 0700, files 0600 (SQLite gives the -wal and
+        # -shm files the database file's mode), whatever the umask or an older install left.
+        os.makedirs(data_dir, mode=0o700, exist_ok=True)
+        os.chmod(data_dir, 0o700)
         self.path = os.path.join(data_dir, "history.sqlite3")
+        os.close(os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
+        for suffix in ("", "-wal", "-shm"):
+            if os.path.exists(self.path + suffix):
+                os.chmod(self.path + suffix, 0o600)
         self.retention = retention
         self._lock = threading.Lock()
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)

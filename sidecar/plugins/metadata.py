@@ -19,6 +19,7 @@ FIELDS: dict[str, tuple[type, ...]] = {
     "timeout_seconds": (int, float),
     "memory_limit_mb": (int,),
     "interval_seconds": (int, float),
+    "network": (bool,),
 }
 
 
@@ -31,6 +32,8 @@ class Metadata:
     interval_seconds: float | None = None
     #: why the source could not be read or parsed; the plugin stays listed
     problem: str | None = None
+    #: the plugin needs the network even in strict isolation
+    network: bool = False
 
 
 def _docstring_line(tree: ast.Module) -> str:
@@ -59,10 +62,10 @@ def read_metadata(source: str, filename: str = "<plugin>") -> Metadata:
         except ValueError:
             problems.append(f"{target} is not a plain literal")
             continue
-        if not isinstance(value, FIELDS[target]) or isinstance(value, bool):
+        if not isinstance(value, FIELDS[target]) or (isinstance(value, bool) and bool not in FIELDS[target]):
             problems.append(f"{target} has type {type(value).__name__}")
             continue
-        if target not in ("description", "version") and not value > 0:  # type: ignore[operator]
+        if target not in ("description", "version", "network") and not value > 0:  # type: ignore[operator]
             problems.append(f"{target} must be > 0")
             continue
         values[target] = value

@@ -48,6 +48,10 @@ class Entry:
     interval_seconds: float | None = None
     timeout_seconds: float | None = None
     memory_limit_mb: int | None = None
+    #: "default" or "strict" for this entry's runs; None: the sidecar's isolation
+    isolation: str | None = None
+    #: strict isolation keeps the network for this entry (plugin metadata or check says `network = true`)
+    network: bool = False
 
     @property
     def description(self) -> str:
@@ -131,7 +135,7 @@ def _file_entry(path: Path, source: str, now: float) -> Entry:
     return Entry(
         name=path.stem, plugin=path.stem, ref=PluginRef(path.stem, path=str(path.resolve())), source=source,
         location=str(path), metadata=meta, loaded_at=now, interval_seconds=meta.interval_seconds,
-        timeout_seconds=meta.timeout_seconds, memory_limit_mb=meta.memory_limit_mb,
+        timeout_seconds=meta.timeout_seconds, memory_limit_mb=meta.memory_limit_mb, network=meta.network,
     )
 
 
@@ -159,7 +163,7 @@ def _entry_point_entries(now: float) -> Iterable[Entry]:
             name=ep.name, plugin=ep.name, ref=PluginRef(ep.name, module=module.strip(), attr=attr),
             source="entry_point", location=f"{ep.value} ({ep.dist.name if ep.dist else '?'})",
             metadata=meta, loaded_at=now, interval_seconds=meta.interval_seconds,
-            timeout_seconds=meta.timeout_seconds, memory_limit_mb=meta.memory_limit_mb,
+            timeout_seconds=meta.timeout_seconds, memory_limit_mb=meta.memory_limit_mb, network=meta.network,
         )
 
 
@@ -178,6 +182,7 @@ def _check_entry(check: CheckConfig, registry: Registry, now: float) -> Entry | 
         interval_seconds=check.interval_seconds if check.interval_seconds is not None else base.interval_seconds,
         timeout_seconds=check.timeout_seconds or base.timeout_seconds,
         memory_limit_mb=check.memory_limit_mb or base.memory_limit_mb,
+        isolation=check.isolation, network=base.network if check.network is None else check.network,
     )
 
 

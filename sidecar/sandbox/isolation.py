@@ -1,0 +1,145 @@
+"""What keeps a plugin out of the sidecar that runs it, set up once per launcher, never per run.
+
+Two layers:
+
+- **Namespaces** (bubblewrap, when installed): the launcher starts inside its own mount, PID and
+  IPC namespaces. There the sidecar's data directory, the runner's socket directory and the token
+  file are covered, `/proc` lists the namespace's processes only, `/tmp` is private, and
+  directories a plugin needs behind a closed ancestor (`/root`, a 0700 clone) are bound into a
+  fresh, traversable tree. When the namespace's first process dies, the kernel kills everything
+  inside it: nothing a plugin starts outlives the launcher.
+- **An identity of its own per run** (when the sidecar runs as root): each run drops, before any
+  plugin code is imported, to a uid and gid nobody else has (`setgroups([])`, `setgid`, `setuid`,
+  then `no_new_privs`), so it cannot signal or trace the sidecar's processes or another run, nor
+  read root's files.
+
+Strict mode adds a read-only view of the whole system and, unless the check or the plugin says
+`network = true`, a network namespace of its own (no network at all, not even loopback).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import sys
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from ..errors import ConfigError
+from .child import PLUGIN_ID_BASE
+
+__all__ = ["MODES", "PLUGIN_ID_BASE", "Confinement", "Isolation", "bwrap_command", "require_available"]
+
+MODES = ("default", "strict")
+
+
+
+@dataclass(frozen=True, slots=True)
+class Confinement:
+    """What one launcher enforces; runs needing another confinement get another launcher."""
+
+    strict: bool = False
+    network: bool = True
+
+
+@dataclass(frozen=True)
+class Isolation:
+    """The sandbox's isolation policy: the mode, and what plugins must not see or must read."""
+
+    mode: str = "default"
+    #: paths covered inside the namespace: data directory, runner socket directory, token file
+    hidden: tuple[str, ...] = ()
+    #: directories plugins import from, beyond the interpreter's own `sys.path` (plugin directories)
+    readable: tuple[str, ...] = ()
+    bwrap: str | None = field(default_factory=lambda: shutil.which("bwrap"))
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ConfigError(f"isolation must be one of {', '.join(MODES)}, got {self.mode!r}")
+
+    def confinement(self, mode: str | None = None, network: bool = False) -> Confinement:
+        """The confinement of one run: its check's mode (else ours); network only matters in strict."""
+        strict = (mode or self.mode) == "strict"
+        return Confinement(strict=strict, network=network or not strict)
+
+
+def require_available(mode: str, bwrap: str | None = None) -> None:
+    """Strict mode cannot be had without bubblewrap: refuse to start rather than run unconfined."""
+    if mode == "strict" and (bwrap or shutil.which("bwrap")) is None:
+        raise ConfigError("isolation = strict needs bubblewrap (the `bwrap` command, Debian package `bubblewrap`), "
+                          "which is not on PATH")
+
+
+def _closed_ancestor(path: str) -> str | None:
+    """The outermost directory above `path` that other users cannot enter, if any."""
+    parts = path.strip("/").split("/")
+    for i in range(1, len(parts)):
+        ancestor = "/" + "/".join(parts[:i])
+        try:
+            if not os.stat(ancestor).st_mode & stat.S_IXOTH:
+                return ancestor
+        except OSError:
+            return None
+    return None
+
+
+def needed_paths(readable: Iterable[str] = ()) -> list[str]:
+    """What a plugin must be able to read: the interpreter, its `sys.path`, the plugin directories."""
+    candidates = [sys.prefix, sys.base_prefix, sys.exec_prefix, os.path.dirname(os.path.realpath(sys.executable)),
+                  *sys.path, *readable]
+    out: list[str] = []
+    for p in candidates:
+        if not p:
+            continue
+        real = os.path.realpath(p)
+        if os.path.exists(real) and real != "/" and real not in out:
+            out.append(real)
+    return out
+
+
+def bwrap_command(bwrap: str, confinement: Confinement, needed: Iterable[str], hidden: Iterable[str],
+                  as_root: bool) -> list[str]:
+    """bubblewrap's arguments for a launcher (pure: decided from the paths' modes, nothing started)."""
+    args = [bwrap, "--unshare-pid", "--unshare-ipc", "--unshare-uts"]
+    if not as_root:
+        args.append("--unshare-user")
+    if confinement.strict and not confinement.network:
+        args.append("--unshare-net")
+    args += ["--ro-bind" if confinement.strict else "--bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
+             "--perms", "1777", "--tmpfs", "/tmp"]
+    if os.path.isdir("/var/tmp"):
+        args += ["--perms", "1777", "--tmpfs", "/var/tmp"]
+    covered = ["/tmp", "/var/tmp"]
+    binds: list[str] = []
+    for path in needed:
+        closed = _closed_ancestor(path)
+        if closed and not any(_within(closed, c) for c in covered):
+            args += ["--tmpfs", closed]  # hide the closed directory, then bind back only what is needed
+            covered.append(closed)
+        if path not in covered and any(_within(path, c) for c in covered):
+            binds.append(path)
+    made: list[str] = []
+    for path in sorted(set(binds), key=lambda p: p.count("/")):
+        # bubblewrap makes missing parents 0700: make them traversable first, outside what is bound
+        parts = path.strip("/").split("/")
+        for i in range(1, len(parts)):
+            parent = "/" + "/".join(parts[:i])
+            if parent not in covered and parent not in made and not any(_within(parent, m) for m in binds
+                                                                          if m in made):
+                if any(_within(parent, c) for c in covered):
+                    args += ["--perms", "0755", "--dir", parent]
+                made.append(parent)
+        args += ["--ro-bind", path, path]
+        made.append(path)
+    for path in hidden:
+        real = os.path.realpath(path)
+        if os.path.isdir(real):
+            args += ["--perms", "0700", "--tmpfs", real]
+        elif os.path.exists(real):
+            args += ["--ro-bind", "/dev/null", real]
+    return [*args, "--"]
+
+
+def _within(path: str, directory: str) -> bool:
+    return path == directory or path.startswith(directory.rstrip("/") + "/")
