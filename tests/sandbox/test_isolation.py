@@ -55,7 +55,7 @@ class Sidecar:
         return dict(doc)
 
     def socket_paths(self) -> list[str]:
-        return [c.laddr for c in self.runner.net_connections(kind="unix") if c.laddr]
+        return [str(c.laddr) for c in self.runner.net_connections(kind="unix") if c.laddr]
 
     def launchers(self) -> list[int]:
         return [p.pid for p in self.runner.children() if "gunicorn" not in " ".join(p.cmdline())]
