@@ -61,3 +61,25 @@ def test_readme_configuration_table_is_current():
     text = README.read_text()
     assert settings_table() in text, "README configuration table is stale: paste `sidecar settings` output"
     assert re.search(r"## Configuration", text)
+
+
+def test_the_token_comes_from_its_file_and_never_from_two_places(tmp_path):
+    token = tmp_path / "token"
+    token.write_text("from-a-secret\n")
+    assert load_settings(environ={"SIDECAR_API_TOKEN_FILE": str(token)}).api_token == "from-a-secret"
+    with pytest.raises(ConfigError, match="both set"):
+        load_settings(environ={"SIDECAR_API_TOKEN_FILE": str(token), "SIDECAR_API_TOKEN": "x"})
+    with pytest.raises(ConfigError, match="cannot read api_token_file"):
+        load_settings(environ={"SIDECAR_API_TOKEN_FILE": str(tmp_path / "missing")})
+    with pytest.raises(ConfigError, match="SIDECAR_ISOLATION"):
+        load_settings(environ={"SIDECAR_ISOLATION": "off"})
+
+
+def test_a_check_may_ask_for_strict_isolation_and_the_network(tmp_path):
+    config = tmp_path / "c.toml"
+    config.write_text('[checks.x]\nplugin = "echo"\nisolation = "strict"\nnetwork = true\n')
+    check = load_settings(environ={"SIDECAR_CONFIG": str(config)}).checks[0]
+    assert (check.isolation, check.network) == ("strict", True)
+    config.write_text('[checks.x]\nplugin = "echo"\nisolation = "none"\n')
+    with pytest.raises(ConfigError, match="isolation must be"):
+        load_settings(environ={"SIDECAR_CONFIG": str(config)})

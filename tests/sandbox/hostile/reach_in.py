@@ -51,7 +51,7 @@ def _socket_attempts(targets):
             with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
                 s.settimeout(2)
                 s.connect(path)
-                s.sendall(struct.pack(">I", len(frame)) + frame)
+                s.sendall(struct.pack(">Q", len(frame)) + frame)
                 out[path] = "answered" if s.recv(4096) else "closed"
         except OSError as exc:
             out[path] = f"!{type(exc).__name__}"
