@@ -26,7 +26,7 @@ from typing import Any
 from ..framing import FrameError, FrameReader, encode, send_frame, write_all
 from .capture import Capture
 from .environment import plugin_environment
-from .isolation import Confinement, Isolation, bwrap_command, needed_paths
+from .isolation import Confinement, Isolation, bwrap_command, namespaces_unavailable, needed_paths
 from .result import ErrorInfo, ExitFacts, Outcome, PluginSandboxResult, decide_outcome
 
 __all__ = ["PluginRef", "RunRequest", "Sandbox", "default_sandbox", "run_plugin_sandboxed"]
@@ -382,8 +382,8 @@ class Sandbox:
         if iso is None or confinement is None:
             return [], False
         as_root = os.geteuid() == 0
-        if iso.bwrap is None:
-            return [], as_root
+        if iso.bwrap is None or (not confinement.strict and namespaces_unavailable(iso.bwrap)):
+            return [], as_root  # default mode degrades to the identity layer (SECURITY.md says what holds)
         needed = needed_paths((*iso.readable, _package_root()))
         return bwrap_command(iso.bwrap, confinement, needed, iso.hidden, as_root), as_root
 

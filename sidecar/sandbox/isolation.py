@@ -19,9 +19,12 @@ Strict mode adds a read-only view of the whole system and, unless the check or t
 
 from __future__ import annotations
 
+import functools
+import logging
 import os
 import shutil
 import stat
+import subprocess
 import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -29,7 +32,10 @@ from dataclasses import dataclass, field
 from ..errors import ConfigError
 from .child import PLUGIN_ID_BASE
 
-__all__ = ["MODES", "PLUGIN_ID_BASE", "Confinement", "Isolation", "bwrap_command", "require_available"]
+__all__ = ["MODES", "PLUGIN_ID_BASE", "Confinement", "Isolation", "bwrap_command", "namespaces_unavailable",
+           "require_available"]
+
+log = logging.getLogger(__name__)
 
 MODES = ("default", "strict")
 
@@ -65,10 +71,33 @@ class Isolation:
 
 
 def require_available(mode: str, bwrap: str | None = None) -> None:
-    """Strict mode cannot be had without bubblewrap: refuse to start rather than run unconfined."""
-    if mode == "strict" and (bwrap or shutil.which("bwrap")) is None:
+    """Strict mode cannot be had without working namespaces: refuse to start rather than run unconfined."""
+    if mode != "strict":
+        return
+    bwrap = bwrap or shutil.which("bwrap")
+    if bwrap is None:
         raise ConfigError("isolation = strict needs bubblewrap (the `bwrap` command, Debian package `bubblewrap`), "
                           "which is not on PATH")
+    why = namespaces_unavailable(bwrap)
+    if why:
+        raise ConfigError(f"isolation = strict: bubblewrap cannot create namespaces here ({why}); a container "
+                          "needs user namespaces allowed (its seccomp profile may block them)")
+
+
+@functools.cache
+def namespaces_unavailable(bwrap: str) -> str | None:
+    """Why bubblewrap fails here (e.g. a container's seccomp profile forbids user namespaces), else None."""
+    cmd = [bwrap, "--unshare-pid", "--unshare-ipc", *([] if os.geteuid() == 0 else ["--unshare-user"]),
+           "--ro-bind", "/", "/", "--proc", "/proc", "--dev", "/dev", "--", sys.executable, "-S", "-c", ""]
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return str(exc)
+    if done.returncode != 0:
+        why = done.stderr.strip() or f"exit status {done.returncode}"
+        log.warning("bubblewrap cannot create namespaces here: %s", why)
+        return why
+    return None
 
 
 def _closed_ancestor(path: str) -> str | None:
