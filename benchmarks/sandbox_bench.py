@@ -1,11 +1,13 @@
-"""A trivial plugin's run: direct call vs this sandbox vs subprocess-per-run vs multiprocessing spawn.
+"""A trivial plugin's run: direct call vs this sandbox (no isolation, default and strict isolation) vs
+subprocess-per-run vs multiprocessing spawn.
 
     .venv/bin/python -m benchmarks.sandbox_bench [--runs N]
 
 Prints a Markdown table (median, p99, ratio to the sandbox) and writes benchmarks/results/sandbox.json.
 The sandbox is measured back to back and with 5 ms gaps (runs of a sidecar are spaced; the gap lets
-the launcher fork its next spare while nobody waits). A bare fork+exit+wait of a small Python
-process is included as the machine's floor.
+the launcher fork its next spare while nobody waits), in each isolation mode, with the one-off cost of
+starting that mode's launcher (bubblewrap's namespaces are set up then, never per run). A bare
+fork+exit+wait of a small Python process is included as the machine's floor.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from sidecar.sandbox.client import PluginRef, RunRequest, Sandbox
+from sidecar.sandbox.isolation import Isolation
 
 from .common import summary, table, timed, write
 
@@ -54,21 +57,32 @@ def main() -> None:
     rows: list[dict[str, Any]] = []
     rows.append({"method": "direct call", **summary(timed(lambda: _echo(x=1), n))})
     rows.append({"method": "bare fork+exit+wait (python -S)", **summary(_bare_fork(n))})
-    with Sandbox() as sb:
-        req = RunRequest(PluginRef("echo", path=str(ECHO)), {"x": 1})
-        for _ in range(20):
-            sb.run(req)
-        launcher = sb.launcher_pid
-        assert launcher is not None
-        before, self_before = _cpu(launcher), resource.getrusage(resource.RUSAGE_SELF)
-        rows.append({"method": "sidecar sandbox, back to back", **summary(timed(lambda: sb.run(req), n))})
-        after, self_after = _cpu(launcher), resource.getrusage(resource.RUSAGE_SELF)
-        cpu = {
-            "caller": (self_after.ru_utime + self_after.ru_stime - self_before.ru_utime - self_before.ru_stime),
-            "launcher": after[0] - before[0],
-            "children": after[1] - before[1],
-        }
-        rows.append({"method": "sidecar sandbox, 5 ms apart", **summary(timed(lambda: sb.run(req), n, gap=0.005))})
+    req = RunRequest(PluginRef("echo", path=str(ECHO)), {"x": 1})
+    cpu: dict[str, float] = {}
+    modes: list[tuple[str, Isolation | None]] = [("no isolation", None), ("default isolation", Isolation())]
+    if Isolation().bwrap is not None:
+        modes.append(("strict isolation", Isolation("strict")))
+    for label, isolation in modes:
+        with Sandbox(isolation=isolation) as sb:
+            rows.append({"method": f"sandbox ({label}), first run incl. launcher start",
+                         **summary(timed(lambda sb=sb: sb.run(req), 1))})
+            for _ in range(20):
+                sb.run(req)
+            launcher = sb.launcher_pid
+            assert launcher is not None
+            before, self_before = _cpu(launcher), resource.getrusage(resource.RUSAGE_SELF)
+            rows.append({"method": f"sandbox ({label}), back to back",
+                         **summary(timed(lambda sb=sb: sb.run(req), n))})
+            after, self_after = _cpu(launcher), resource.getrusage(resource.RUSAGE_SELF)
+            if isolation is None:
+                cpu = {
+                    "caller": (self_after.ru_utime + self_after.ru_stime - self_before.ru_utime
+                               - self_before.ru_stime),
+                    "launcher": after[0] - before[0],
+                    "children": after[1] - before[1],
+                }
+            rows.append({"method": f"sandbox ({label}), 5 ms apart",
+                         **summary(timed(lambda sb=sb: sb.run(req), n, gap=0.005))})
     code = f"import runpy; m = runpy.run_path({str(ECHO)!r}); print(m['run'](x=1))"
     rows.append({"method": "subprocess per run", **summary(timed(
         lambda: subprocess.run([sys.executable, "-c", code], check=True, capture_output=True), max(20, n // 8)))})
@@ -80,7 +94,7 @@ def main() -> None:
         p.join()
 
     rows.append({"method": "multiprocessing spawn", **summary(timed(spawn, max(10, n // 20)))})
-    ref = float(next(r for r in rows if r["method"] == "sidecar sandbox, back to back")["median_ms"])
+    ref = float(next(r for r in rows if r["method"] == "sandbox (default isolation), back to back")["median_ms"])
     for r in rows:
         r["ratio_to_sandbox"] = float(r["median_ms"]) / ref
     print(table(rows, ["method", "n", "median_ms", "p99_ms", "ratio_to_sandbox"]))
