@@ -13,6 +13,7 @@ fork+exit+wait of a small Python process is included as the machine's floor.
 from __future__ import annotations
 
 import argparse
+import functools
 import multiprocessing
 import os
 import resource
@@ -65,14 +66,14 @@ def main() -> None:
     for label, isolation in modes:
         with Sandbox(isolation=isolation) as sb:
             rows.append({"method": f"sandbox ({label}), first run incl. launcher start",
-                         **summary(timed(lambda sb=sb: sb.run(req), 1))})
+                         **summary(timed(functools.partial(sb.run, req), 1))})
             for _ in range(20):
                 sb.run(req)
             launcher = sb.launcher_pid
             assert launcher is not None
             before, self_before = _cpu(launcher), resource.getrusage(resource.RUSAGE_SELF)
             rows.append({"method": f"sandbox ({label}), back to back",
-                         **summary(timed(lambda sb=sb: sb.run(req), n))})
+                         **summary(timed(functools.partial(sb.run, req), n))})
             after, self_after = _cpu(launcher), resource.getrusage(resource.RUSAGE_SELF)
             if isolation is None:
                 cpu = {
@@ -82,7 +83,7 @@ def main() -> None:
                     "children": after[1] - before[1],
                 }
             rows.append({"method": f"sandbox ({label}), 5 ms apart",
-                         **summary(timed(lambda sb=sb: sb.run(req), n, gap=0.005))})
+                         **summary(timed(functools.partial(sb.run, req), n, gap=0.005))})
     code = f"import runpy; m = runpy.run_path({str(ECHO)!r}); print(m['run'](x=1))"
     rows.append({"method": "subprocess per run", **summary(timed(
         lambda: subprocess.run([sys.executable, "-c", code], check=True, capture_output=True), max(20, n // 8)))})
