@@ -59,7 +59,7 @@ def main() -> None:
     rows.append({"method": "direct call", **summary(timed(lambda: _echo(x=1), n))})
     rows.append({"method": "bare fork+exit+wait (python -S)", **summary(_bare_fork(n))})
     req = RunRequest(PluginRef("echo", path=str(ECHO)), {"x": 1})
-    cpu: dict[str, float] = {}
+    cpu: dict[str, dict[str, float]] = {}
     modes: list[tuple[str, Isolation | None]] = [("no isolation", None), ("default isolation", Isolation())]
     if Isolation().bwrap is not None:
         modes.append(("strict isolation", Isolation("strict")))
@@ -75,13 +75,12 @@ def main() -> None:
             rows.append({"method": f"sandbox ({label}), back to back",
                          **summary(timed(functools.partial(sb.run, req), n))})
             after, self_after = _cpu(launcher), resource.getrusage(resource.RUSAGE_SELF)
-            if isolation is None:
-                cpu = {
-                    "caller": (self_after.ru_utime + self_after.ru_stime - self_before.ru_utime
-                               - self_before.ru_stime),
-                    "launcher": after[0] - before[0],
-                    "children": after[1] - before[1],
-                }
+            cpu[label] = {
+                "caller": (self_after.ru_utime + self_after.ru_stime - self_before.ru_utime
+                           - self_before.ru_stime),
+                "launcher": after[0] - before[0],
+                "children": after[1] - before[1],
+            }
             rows.append({"method": f"sandbox ({label}), 5 ms apart",
                          **summary(timed(functools.partial(sb.run, req), n, gap=0.005))})
     code = f"import runpy; m = runpy.run_path({str(ECHO)!r}); print(m['run'](x=1))"
@@ -99,10 +98,12 @@ def main() -> None:
     for r in rows:
         r["ratio_to_sandbox"] = float(r["median_ms"]) / ref
     print(table(rows, ["method", "n", "median_ms", "p99_ms", "ratio_to_sandbox"]))
-    per_run = {k: v / n * 1000.0 for k, v in cpu.items()}
-    print("CPU per back-to-back run, ms: " + ", ".join(f"{k} {v:.2f}" for k, v in per_run.items())
-          + f" (total {sum(per_run.values()):.2f} on {os.cpu_count()} cores)")
-    rows.append({"method": "cpu per back-to-back run (ms)", **{k: round(v, 3) for k, v in per_run.items()}})
+    for label, used in cpu.items():
+        per_run = {k: v / n * 1000.0 for k, v in used.items()}
+        print(f"CPU per back-to-back run ({label}), ms: " + ", ".join(f"{k} {v:.2f}" for k, v in per_run.items())
+              + f" (total {sum(per_run.values()):.2f} on {os.cpu_count()} cores)")
+        rows.append({"method": f"cpu per back-to-back run, ms ({label})",
+                     **{k: round(v, 3) for k, v in per_run.items()}})
     print("wrote", write("sandbox", rows))
 
 
