@@ -39,6 +39,8 @@ def test_empty(store: Store) -> None:
 
 def test_record_and_recent_newest_first(store: Store) -> None:
     ids = [store.record(_result(at=1000.0 + i), trigger="schedule" if i == 1 else "api") for i in range(3)]
+    assert None not in ids
+    ids = [i for i in ids if i is not None]
     assert ids == sorted(ids) and len(set(ids)) == 3
     rows = store.recent("p")
     assert [r["id"] for r in rows] == ids[::-1]
@@ -144,7 +146,7 @@ def test_not_writable_when_writes_fail(tmp_path: Path) -> None:
 
 def _sqlite_error(message: str, code: int) -> sqlite3.OperationalError:
     exc = sqlite3.OperationalError(message)
-    exc.sqlite_errorcode = code  # type: ignore[attr-defined]
+    exc.sqlite_errorcode = code
     return exc
 
 
