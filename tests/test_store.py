@@ -38,9 +38,9 @@ def test_empty(store: Store) -> None:
 
 
 def test_record_and_recent_newest_first(store: Store) -> None:
-    ids = [store.record(_result(at=1000.0 + i), trigger="schedule" if i == 1 else "api") for i in range(3)]
-    assert None not in ids
-    ids = [i for i in ids if i is not None]
+    recorded = [store.record(_result(at=1000.0 + i), trigger="schedule" if i == 1 else "api") for i in range(3)]
+    ids = [i for i in recorded if i is not None]
+    assert len(ids) == 3
     assert ids == sorted(ids) and len(set(ids)) == 3
     rows = store.recent("p")
     assert [r["id"] for r in rows] == ids[::-1]
