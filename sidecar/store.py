@@ -173,6 +173,11 @@ class Store:
         if self._retrier is not None:
             self._retrier.join(timeout=5)
         with self._lock:
+            if self._pending:
+                self._flush_locked()  # a last try
+            if self._pending:
+                log.error("history %s: %d run(s) could not be written before stopping and are lost",
+                          self.path, len(self._pending))
             self._db.close()
 
     # -- writes ----------------------------------------------------------------------------------

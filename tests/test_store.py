@@ -303,3 +303,24 @@ def test_full_file_system_then_space_returns(tmp_path: Path) -> None:
             assert s.probe() == (True, "ok")
         finally:
             s.close()
+
+
+def test_failed_read_is_store_unavailable(tmp_path: Path) -> None:
+    s = Store(str(tmp_path))
+    s._db.close()  # any sqlite3 error on a read
+    with pytest.raises(StoreUnavailable, match="unreadable"):
+        s.totals("p")
+    s.close()
+
+
+def test_corrupt_write_is_kept_like_a_full_disk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    s = Store(str(tmp_path), retry_seconds=3600)
+    try:
+        failing = _Failing(s)
+        monkeypatch.setattr(s, "_write", failing)
+        monkeypatch.setattr(s, "_probe_locked", lambda: failing.error is None)
+        failing.error = _sqlite_error("database disk image is malformed", sqlite3.SQLITE_CORRUPT)
+        assert s.record(_result()) is None
+        assert s.stats().errors["corrupt"] == 1 and s.stats().pending == 1
+    finally:
+        s.close()
