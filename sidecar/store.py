@@ -80,7 +80,7 @@ def fault_reason(exc: BaseException) -> str:
             return "read_only"
         if primary in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB):
             return "corrupt"
-        if primary == sqlite3.SQLITE_IOERR and code != sqlite3.SQLITE_IOERR:
+        if primary == sqlite3.SQLITE_IOERR:
             return "io"
     if isinstance(exc, OSError):
         return {errno.ENOSPC: "disk_full", errno.EDQUOT: "disk_full", errno.EROFS: "read_only",
