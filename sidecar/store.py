@@ -126,6 +126,7 @@ class Store:
         self._fault: _Fault | None = None
         self._stop = threading.Event()
         self._retrier: threading.Thread | None = None
+        self._retrying = False  # under _lock: whether a retry thread is (still) looping
         #: Where a corrupt history file found at start was moved, if one was.
         self.moved_aside: str | None = None
         try:
@@ -183,10 +184,15 @@ class Store:
     # -- writes ----------------------------------------------------------------------------------
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
-        """One IMMEDIATE transaction; the caller holds `_lock`."""
+        """One IMMEDIATE transaction; the caller holds `_lock`.
+
+        A failed COMMIT (disk full) may leave the transaction open: roll it back, or every later
+        BEGIN would fail with a misleading "transaction within a transaction".
+        """
         self._db.execute("BEGIN IMMEDIATE")
         try:
             yield self._db
+            self._db.execute("COMMIT")
         except BaseException:
             if self._db.in_transaction:
                 try:
@@ -194,7 +200,6 @@ class Store:
                 except sqlite3.Error:
                     pass  # the failed statement may have rolled back already
             raise
-        self._db.execute("COMMIT")
 
     def _write(self, result: PluginSandboxResult, trigger: str) -> int:
         err = result.error
@@ -263,7 +268,8 @@ class Store:
             self._fault = _Fault(reason, str(exc))
             log.error("history %s: %s failed: %s (%s); %d run(s) kept in memory, retrying every %.0f s",
                       self.path, doing, _DESCRIBE[reason], exc, len(self._pending), self.retry_seconds)
-        if self._retrier is None or not self._retrier.is_alive():
+        if not self._retrying:
+            self._retrying = True
             self._retrier = threading.Thread(target=self._retry_loop, name="store-retry", daemon=True)
             self._retrier.start()
 
@@ -277,6 +283,7 @@ class Store:
         while not self._stop.wait(self.retry_seconds):
             with self._lock:
                 if self._fault is None and not self._pending:
+                    self._retrying = False
                     return
                 if self._probe_locked():
                     self._flush_locked()
