@@ -160,3 +160,19 @@ def test_corrupt_history_is_moved_aside_at_start(tmp_path: Path) -> None:
         assert len(aside) == 1 and aside[0] in server.log.read_text()
     finally:
         server.stop()
+
+
+def test_a_run_longer_than_the_worker_timeout_is_answered(tmp_path: Path) -> None:
+    """Heartbeats continue while a greenlet waits on the runner: gunicorn's worker timeout (cut to 2 s
+    here, 30 s as shipped) never kills a worker in the middle of a long run."""
+    server = make_live_server(tmp_path)
+    server.env["GUNICORN_CMD_ARGS"] = "--timeout 2"
+    server.start()
+    try:
+        workers = set(server.worker_pids())
+        doc = server.run("sleep", seconds=5)
+        assert doc["outcome"] == "success"
+        assert set(server.worker_pids()) == workers
+        assert "WORKER TIMEOUT" not in server.log.read_text()
+    finally:
+        server.stop()
