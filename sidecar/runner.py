@@ -102,7 +102,7 @@ class Runner:
         try:
             result = self.sandbox.run(RunRequest(entry.ref, params, timeout, memory, s.max_result_bytes,
                                                  s.max_output_bytes, isolation=entry.isolation,
-                                                 network=entry.network))
+                                                 network=entry.network, host_processes=entry.host_processes))
             if result.plugin != entry.name:  # a check runs its plugin's code under its own name
                 result = PluginSandboxResult.from_dict({**result.to_dict(), "plugin": entry.name})
         except BaseException:

@@ -20,6 +20,7 @@ FIELDS: dict[str, tuple[type, ...]] = {
     "memory_limit_mb": (int,),
     "interval_seconds": (int, float),
     "network": (bool,),
+    "host_processes": (bool,),
 }
 
 
@@ -34,6 +35,8 @@ class Metadata:
     problem: str | None = None
     #: the plugin needs the network even in strict isolation
     network: bool = False
+    #: the plugin reads the host's processes (`/proc`); isolation still hides them from its signals
+    host_processes: bool = False
 
 
 def _docstring_line(tree: ast.Module) -> str:
@@ -65,7 +68,7 @@ def read_metadata(source: str, filename: str = "<plugin>") -> Metadata:
         if not isinstance(value, FIELDS[target]) or (isinstance(value, bool) and bool not in FIELDS[target]):
             problems.append(f"{target} has type {type(value).__name__}")
             continue
-        if target not in ("description", "version", "network") and not value > 0:  # type: ignore[operator]
+        if FIELDS[target] != (bool,) and target not in ("description", "version") and not value > 0:  # type: ignore[operator]
             problems.append(f"{target} must be > 0")
             continue
         values[target] = value

@@ -52,6 +52,8 @@ class Entry:
     isolation: str | None = None
     #: strict isolation keeps the network for this entry (plugin metadata or check says `network = true`)
     network: bool = False
+    #: the plugin's metadata asks to read the host's processes
+    host_processes: bool = False
 
     @property
     def description(self) -> str:
@@ -136,6 +138,7 @@ def _file_entry(path: Path, source: str, now: float) -> Entry:
         name=path.stem, plugin=path.stem, ref=PluginRef(path.stem, path=str(path.resolve())), source=source,
         location=str(path), metadata=meta, loaded_at=now, interval_seconds=meta.interval_seconds,
         timeout_seconds=meta.timeout_seconds, memory_limit_mb=meta.memory_limit_mb, network=meta.network,
+        host_processes=meta.host_processes,
     )
 
 
@@ -164,6 +167,7 @@ def _entry_point_entries(now: float) -> Iterable[Entry]:
             source="entry_point", location=f"{ep.value} ({ep.dist.name if ep.dist else '?'})",
             metadata=meta, loaded_at=now, interval_seconds=meta.interval_seconds,
             timeout_seconds=meta.timeout_seconds, memory_limit_mb=meta.memory_limit_mb, network=meta.network,
+            host_processes=meta.host_processes,
         )
 
 
@@ -183,6 +187,7 @@ def _check_entry(check: CheckConfig, registry: Registry, now: float) -> Entry | 
         timeout_seconds=check.timeout_seconds or base.timeout_seconds,
         memory_limit_mb=check.memory_limit_mb or base.memory_limit_mb,
         isolation=check.isolation, network=base.network if check.network is None else check.network,
+        host_processes=base.host_processes,
     )
 
 

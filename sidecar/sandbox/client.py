@@ -69,6 +69,8 @@ class RunRequest:
     isolation: str | None = None
     #: strict mode only: keep the host's network (the check or the plugin's metadata says so)
     network: bool = False
+    #: show the host's /proc (the plugin's metadata says so); its PID namespace stays its own
+    host_processes: bool = False
 
     def __post_init__(self) -> None:
         """Refuse impossible limits up front: a NaN deadline would never fire."""
@@ -374,7 +376,7 @@ class Sandbox:
     def confinement(self, request: RunRequest) -> Confinement | None:
         if self.isolation is None:
             return None
-        return self.isolation.confinement(request.isolation, request.network)
+        return self.isolation.confinement(request.isolation, request.network, request.host_processes)
 
     def _command(self, confinement: Confinement | None) -> tuple[list[str], bool]:
         """The launcher's command prefix (bubblewrap's, when isolating with it) and whether runs drop root."""

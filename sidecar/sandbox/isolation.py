@@ -47,6 +47,8 @@ class Confinement:
 
     strict: bool = False
     network: bool = True
+    #: the host's /proc stays visible (reading only: the PID namespace still keeps signals inside)
+    host_processes: bool = False
 
 
 @dataclass(frozen=True)
@@ -64,10 +66,11 @@ class Isolation:
         if self.mode not in MODES:
             raise ConfigError(f"isolation must be one of {', '.join(MODES)}, got {self.mode!r}")
 
-    def confinement(self, mode: str | None = None, network: bool = False) -> Confinement:
+    def confinement(self, mode: str | None = None, network: bool = False,
+                    host_processes: bool = False) -> Confinement:
         """The confinement of one run: its check's mode (else ours); network only matters in strict."""
         strict = (mode or self.mode) == "strict"
-        return Confinement(strict=strict, network=network or not strict)
+        return Confinement(strict=strict, network=network or not strict, host_processes=host_processes)
 
 
 def require_available(mode: str, bwrap: str | None = None) -> None:
@@ -135,8 +138,10 @@ def bwrap_command(bwrap: str, confinement: Confinement, needed: Iterable[str], h
         args.append("--unshare-user")
     if confinement.strict and not confinement.network:
         args.append("--unshare-net")
-    args += ["--ro-bind" if confinement.strict else "--bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
-             "--perms", "1777", "--tmpfs", "/tmp"]
+    args += ["--ro-bind" if confinement.strict else "--bind", "/", "/", "--dev", "/dev"]
+    if not confinement.host_processes:  # else the host's /proc, bound with `/`, stays
+        args += ["--proc", "/proc"]
+    args += ["--perms", "1777", "--tmpfs", "/tmp"]
     if os.path.isdir("/var/tmp"):
         args += ["--perms", "1777", "--tmpfs", "/var/tmp"]
     covered = ["/tmp", "/var/tmp"]

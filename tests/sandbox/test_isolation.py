@@ -142,12 +142,15 @@ class Attack:
     hello_before: dict[str, Any]
 
 
-@pytest.fixture(scope="module", params=["own sidecar", "other sidecar"])
+@pytest.fixture(scope="module", params=[("own sidecar", "reach_in"), ("other sidecar", "reach_in"),
+                                        ("own sidecar", "reach_in_host")], ids=lambda p: f"{p[0]}, {p[1]}")
 def attack(request: pytest.FixtureRequest, sidecars: tuple[Sidecar, Sidecar], listener: int) -> Attack:
+    """reach_in_host sees the host's /proc (as process_check does): it must fail all the same."""
     a, b = sidecars
-    target = a if request.param == "own sidecar" else b
+    where, plugin = request.param
+    target = a if where == "own sidecar" else b
     family, hello = target.family(), target.health("hello")
-    result, nonce = _attack(a, target, listener)
+    result, nonce = _attack(a, target, listener, plugin)
     return Attack(target, result, nonce, family, hello)
 
 
@@ -193,6 +196,13 @@ def test_6_what_plugins_need_still_works(attack: Attack) -> None:
 def test_the_sidecar_is_unaffected(attack: Attack) -> None:
     assert all(p.is_running() for p in attack.family)
     assert attack.target.run("hello", name="after")["result"] == {"greeting": "hello after"}
+
+
+def test_process_check_still_sees_the_hosts_processes(sidecars: tuple[Sidecar, Sidecar]) -> None:
+    a, b = sidecars
+    doc = a.run("process_check", name="sidecar", min_count=2)
+    assert doc["outcome"] == "success", doc
+    assert {a.runner.pid, b.runner.pid} <= set(doc["result"]["pids"])
 
 
 def test_strict_mode_sees_a_read_only_system_without_network(sidecars: tuple[Sidecar, Sidecar],

@@ -68,3 +68,9 @@ def test_strict_without_bubblewrap_is_refused_naming_it(monkeypatch: pytest.Monk
     require_available("default")
     with pytest.raises(ConfigError, match="isolation must be"):
         Isolation("off")
+
+
+def test_host_processes_keeps_the_hosts_proc_and_a_pid_namespace_of_its_own() -> None:
+    args = bwrap_command("bwrap", Confinement(host_processes=True), [], [], True)
+    assert "--proc" not in args and "--unshare-pid" in args
+    assert "--proc" in bwrap_command("bwrap", Confinement(), [], [], True)

@@ -52,8 +52,8 @@ def test_metadata_are_plain_literals(path: Path) -> None:
     description = values.get("description")
     assert isinstance(description, str) and description.strip()
     for key, value in values.items():
-        assert isinstance(value, TYPES[key]) and (key == "network" or not isinstance(value, bool)), (key, value)
-        if key not in ("description", "version", "network"):
+        assert isinstance(value, TYPES[key]) and (TYPES[key] == (bool,) or not isinstance(value, bool)), (key, value)
+        if key not in ("description", "version") and TYPES[key] != (bool,):
             assert isinstance(value, int | float) and value > 0, (key, value)
     assert "interval_seconds" not in values, "built-ins are not scheduled by themselves"
 
