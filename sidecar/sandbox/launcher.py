@@ -41,7 +41,7 @@ import time
 from typing import Any
 
 from ..framing import FrameError, FrameReader, encode
-from .child import spare_main
+from .child import PLUGIN_ID_BASE, spare_main
 
 __all__ = ["main"]
 
@@ -329,10 +329,28 @@ class Launcher:
                         found.add(int(entry))
             return found
 
+    def _of_a_live_run(self, pid: int, live: set[int]) -> bool:
+        """Whether an escaped descendant may belong to a run still in flight (then it is left alone).
+
+        Under per-run identities its uid names its run; otherwise nobody can tell, so escaped
+        descendants wait until no run is in flight."""
+        if not live:
+            return False
+        if not self.drop_privileges:
+            return True
+        try:
+            with open(f"/proc/{pid}/status", "rb") as f:
+                uid = int(next(line for line in f if line.startswith(b"Uid:")).split()[1])
+        except (OSError, StopIteration, ValueError, IndexError):
+            return True
+        return uid - PLUGIN_ID_BASE in live
+
     def _reap_orphans(self) -> None:
-        """Kill and reap every child of ours that is not a ticket or a run: escaped descendants."""
+        """Kill and reap every child of ours that is not a ticket nor a run's: escaped descendants of
+        runs that ended. One run's end must not kill another run's daemon while that run goes on."""
+        live = {c.pid for c in self.children.values() if c.started}
         for pid in self._our_children() - self.children.keys():
-            if pid not in self.orphans:
+            if pid not in self.orphans and not self._of_a_live_run(pid, live):
                 try:
                     pgid = os.getpgid(pid)
                     if pgid not in (self.pgrp, self.pid):
