@@ -249,3 +249,29 @@ def test_serve_refuses_strict_mode_without_bubblewrap(tmp_path: Path) -> None:
                           text=True, timeout=60)
     assert done.returncode == 2, done.stderr
     assert "bubblewrap" in done.stderr
+
+
+def test_under_isolation_one_runs_end_does_not_kill_another_runs_daemon() -> None:
+    """The launcher tells whose an escaped descendant is by its uid (the run's own identity)."""
+    import threading
+
+    from sidecar.sandbox.client import PluginRef, RunRequest, Sandbox
+    from sidecar.sandbox.isolation import Isolation
+    from sidecar.sandbox.result import Outcome
+
+    from .conftest import HOSTILE
+
+    def request(name: str, **params: Any) -> RunRequest:
+        return RunRequest(PluginRef(name, path=str(HOSTILE / f"{name}.py")), params, timeout_seconds=30.0)
+
+    with Sandbox(isolation=Isolation()) as sb:
+        done: dict[str, Any] = {}
+        slow = threading.Thread(target=lambda: done.update(r=sb.run(request("daemon_checked", wait=1.0))))
+        slow.start()
+        ends = 0
+        while slow.is_alive():
+            assert sb.run(request("hello")).outcome is Outcome.SUCCESS
+            ends += 1
+        slow.join()
+        assert done["r"].outcome is Outcome.SUCCESS, done["r"].error
+        assert ends > 1 and done["r"].result["alive"] is True
