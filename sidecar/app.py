@@ -160,6 +160,8 @@ def worker_app() -> Flask:
     from .rpc import RunnerClient
 
     cfg = json.loads(os.environ[WORKER_ENV])
+    max_timeout = float(cfg.get("max_timeout_seconds", defaults.MAX_TIMEOUT_SECONDS))
     settings = Settings(api_token=cfg.get("api_token"), max_body_bytes=int(cfg["max_body_bytes"]),
-                        max_timeout_seconds=float(cfg.get("max_timeout_seconds", defaults.MAX_TIMEOUT_SECONDS)))
+                        max_timeout_seconds=max_timeout,  # the worker never picks a default timeout itself
+                        default_timeout_seconds=min(defaults.DEFAULT_TIMEOUT_SECONDS, max_timeout))
     return create_app(settings, RunnerClient(cfg["socket"]))
