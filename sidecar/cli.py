@@ -103,7 +103,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
         print(json.dumps([e.to_dict() for e in registry], indent=2))
         return 0
     for e in registry:
-        flag = f"  [problem: {e.metadata.problem}]" if e.metadata.problem else ""
+        flag = f"  [problem: {e.metadata.issues}]" if e.metadata.issues else ""
         print(f"{e.name:<24} {e.source:<12} {e.description}{flag}")
     return 0
 
