@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from ..conftest import make_live_server
+from tests.conftest import make_live_server
 
 pytestmark = pytest.mark.integration
 
