@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import socket
+from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -33,7 +34,7 @@ def _state(server: LiveServer) -> tuple[int, float, float]:
     return len(doc["runs"]), runs, values[("sidecar_plugin_rejected_total", "invalid", None)]
 
 
-def _raw(server: LiveServer, head: bytes, body: bytes) -> tuple[int, dict[str, object]]:
+def _raw(server: LiveServer, head: bytes, body: bytes) -> tuple[int, dict[str, Any]]:
     with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
         sock.sendall(head + body)
         data = b""
