@@ -35,6 +35,8 @@ __all__ = ["SETTINGS", "CheckConfig", "ConfigFileMissing", "Setting", "Settings"
 class ConfigFileMissing(ConfigError):
     """The config file named by `--config`/`SIDECAR_CONFIG` does not exist: a usage error."""
 
+    code = "config_file_missing"  # its own code, so that a rebuilt "config" error stays a ConfigError
+
 
 def _cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)

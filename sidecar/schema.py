@@ -94,21 +94,41 @@ class RunBody(Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
 
 
 _PATH = re.compile(r" - at `\$(.*)`$")
+_WORDS = {"float": "a number", "int": "an integer", "str": "a string", "object": "an object (table)",
+          "array": "an array", "bool": "a boolean", "null": "null"}
+_TYPE = re.compile(r"`(\w+)(?: \| null)?`")
 
 
-def _explain(exc: msgspec.ValidationError, data: Any, where: str) -> Invalid:
+def _plain(text: str) -> str:
+    """msgspec's "Expected `float | null`, got `str`" in words: "expected a number, got a string"."""
+    text = _TYPE.sub(lambda m: _WORDS.get(m.group(1), m.group(0)), text)
+    text = re.sub(r"(\d)\.0\b", r"\1", text)
+    return text[:1].lower() + text[1:]
+
+
+def _explain(exc: msgspec.ValidationError, data: Any, where: str, kind: Any = None) -> Invalid:
     """Turn msgspec's "Expected `int` >= 1 - at `$.memory_limit_mb`" into a line naming the value."""
     text = str(exc)
+    unknown = re.match(r"Object contains unknown field `(.*)`", text)
+    if unknown and match_path(text) == "" and hasattr(kind, "__struct_fields__"):
+        prefix = f"{where}: " if where else ""
+        return Invalid(f"{prefix}unknown key {unknown.group(1)!r}; allowed: "
+                       f"{', '.join(sorted(kind.__struct_fields__))}", unknown.group(1))
     match = _PATH.search(text)
-    allowed = text[: match.start()] if match else text
+    allowed = _plain(text[: match.start()] if match else text)
     path = match.group(1) if match else ""
     key_match = re.match(r"\.([A-Za-z_][A-Za-z0-9_]*)", path)
     key = key_match.group(1) if key_match else None
     prefix = f"{where}: " if where else ""
     if key is not None and isinstance(data, dict) and key in data:
-        allowed = allowed[0].lower() + allowed[1:]
         return Invalid(f"{prefix}{key}{path[len(key) + 1:]} = {data[key]!r} is invalid: {allowed}", key)
     return Invalid(f"{prefix}{allowed}{' at ' + path if path else ''}", key)
+
+
+def match_path(text: str) -> str:
+    """The `$...` path of a msgspec error message, without the `$` ("" for the document itself)."""
+    found = _PATH.search(text)
+    return found.group(1) if found else ""
 
 
 def convert(data: Any, kind: type[T], where: str = "", *, strict: bool = True) -> T:
@@ -116,7 +136,7 @@ def convert(data: Any, kind: type[T], where: str = "", *, strict: bool = True) -
     try:
         return msgspec.convert(data, kind, strict=strict)
     except msgspec.ValidationError as exc:
-        raise _explain(exc, data, where) from None
+        raise _explain(exc, data, where, kind) from None
 
 
 def depth(value: Any, limit: int) -> int:
@@ -141,7 +161,7 @@ def decode_json(raw: bytes, kind: type[T], where: str = "body") -> T:
             data = msgspec.json.decode(raw)
         except (msgspec.DecodeError, RecursionError):
             data = None
-        raise _explain(exc, data, where) from None
+        raise _explain(exc, data, where, kind) from None
     except msgspec.DecodeError as exc:
         raise Invalid(f"{where} is not valid JSON: {exc}") from None
     except RecursionError:

@@ -23,7 +23,7 @@ def test_precedence_cli_over_env_over_file(tmp_path):
 
 @pytest.mark.parametrize(("env", "message"), [
     ({"SIDECAR_WORKERS": "zero"}, "SIDECAR_WORKERS"),
-    ({"SIDECAR_WORKERS": "0"}, r"workers = '0' is invalid: expected `int` >= 1"),
+    ({"SIDECAR_WORKERS": "0"}, r"workers = '0' is invalid: expected an integer >= 1"),
     ({"SIDECAR_BIND": "localhost"}, "HOST:PORT"),
     ({"SIDECAR_DURATION_BUCKETS": "1,0.5"}, "increasing"),
     ({"SIDECAR_DEFAULT_TIMEOUT_SECONDS": "500"}, "exceeds max_timeout_seconds"),
@@ -39,7 +39,7 @@ def test_bad_config_file(tmp_path):
     with pytest.raises(ConfigError, match="unknown setting 'no_such_setting'"):
         load_settings({"config": str(cfg)}, {})
     cfg.write_text("[checks.x]\nparams = {}\n")
-    with pytest.raises(ConfigError, match=r"\[checks.x\]: Object missing required field `plugin`"):
+    with pytest.raises(ConfigError, match=r"\[checks.x\]: object missing required field `plugin`"):
         load_settings({"config": str(cfg)}, {})
 
 
@@ -105,7 +105,8 @@ def test_bad_check_values_name_file_table_key_and_value(tmp_path, line, key, val
 
 @pytest.mark.parametrize(("toml", "needle"), [
     ('[checks.c]\nplugin = "Echo"\n', "plugin = 'Echo' is invalid"),
-    ('[checks.c]\nplugin = "echo"\nbogus = 1\n', "unknown field `bogus`"),
+    ('[checks.c]\nplugin = "echo"\nbogus = 1\n',
+     "unknown key 'bogus'; allowed: description, interval_seconds, memory_limit_mb, params, plugin, timeout_seconds"),
     ('[checks.Bad-Name]\nplugin = "echo"\n', "the name 'Bad-Name' is invalid"),
     ('checks = 5\n', "checks = 5 is invalid"),
     ('[checks]\nc = 5\n', "checks.c = 5 is invalid: expected a table"),

@@ -11,7 +11,7 @@ from sidecar import schema
     (b'{"params": {"a": ' + b"[" * 100_000 + b"]" * 100_000 + b"}}", "nested too deeply"),
     (b'{"params": {"a": 1' + b"0" * 5000 + b"}}", "out of range"),
     (b'{"timeout_seconds": 1' + b"0" * 400 + b"}", "timeout_seconds = "),
-    (b'{"timeout_seconds": -1}', "timeout_seconds = -1 is invalid: expected `float` > 0.0"),
+    (b'{"timeout_seconds": -1}', "timeout_seconds = -1 is invalid: expected a number > 0"),
     (b'{"timeout_seconds": true}', "timeout_seconds = True is invalid"),
     (b'{"params": {"1": ' + b'{"a": ' * 40 + b"1" + b"}" * 40 + b"}}", "nested more than 32 deep"),
     (b"\xff", "not valid JSON"),

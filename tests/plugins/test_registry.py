@@ -95,10 +95,10 @@ def test_metadata_from_docstring_when_no_description():
 BAD_METADATA = [
     ('interval_seconds = "often"', "interval_seconds = 'often' is invalid"),
     ("interval_seconds = float('nan')", "interval_seconds is invalid: not a plain literal"),
-    ("interval_seconds = -5", "interval_seconds = -5 is invalid: expected `float` > 0.0"),
+    ("interval_seconds = -5", "interval_seconds = -5 is invalid: expected a number > 0"),
     ("timeout_seconds = -1", "timeout_seconds = -1 is invalid"),
     ("timeout_seconds = 1e999", "timeout_seconds = inf is invalid"),
-    ("memory_limit_mb = 0", "memory_limit_mb = 0 is invalid: expected `int` >= 1"),
+    ("memory_limit_mb = 0", "memory_limit_mb = 0 is invalid: expected an integer >= 1"),
     ("memory_limit_mb = 1.5", "memory_limit_mb = 1.5 is invalid"),
     ("memory_limit_mb = True", "memory_limit_mb = True is invalid"),
     ("version = 2", "version = 2 is invalid"),
