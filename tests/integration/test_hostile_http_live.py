@@ -93,3 +93,10 @@ def test_405_is_json_with_allow(live_server: LiveServer) -> None:
     status, headers, data = live_server.request("DELETE", f"/plugins/{PLUGIN}/run")
     assert status == 405 and "POST" in str(headers.get("Allow"))
     assert json.loads(data)["error"]["code"] == "method_not_allowed"
+
+
+def test_a_plugin_that_does_not_import_does_not_stop_serve(live_server: LiveServer) -> None:
+    """The live server's plugin path holds syntax_error.py and missing_dependency.py: serve started anyway."""
+    status, doc = live_server.json("GET", "/plugins/syntax_error")
+    assert status == 200 and doc["problem"].startswith("SyntaxError")
+    assert live_server.run("missing_dependency")["outcome"] == "import"
