@@ -121,8 +121,14 @@ def _explain(exc: msgspec.ValidationError, data: Any, where: str, kind: Any = No
     key = key_match.group(1) if key_match else None
     prefix = f"{where}: " if where else ""
     if key is not None and isinstance(data, dict) and key in data:
-        return Invalid(f"{prefix}{key}{path[len(key) + 1:]} = {data[key]!r} is invalid: {allowed}", key)
+        return Invalid(f"{prefix}{key}{path[len(key) + 1:]} = {_short(data[key])} is invalid: {allowed}", key)
     return Invalid(f"{prefix}{allowed}{' at ' + path if path else ''}", key)
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    """A value's repr for an error line, cut so a hostile megabyte never lands in a message or a log."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(text)} characters)"
 
 
 def match_path(text: str) -> str:

@@ -47,3 +47,10 @@ def test_metadata_and_check_share_their_limit_fields() -> None:
 def test_json_schema_is_inlined() -> None:
     doc = schema.json_schema(schema.RunBody)
     assert "$ref" not in str(doc) and doc["additionalProperties"] is False
+
+
+def test_a_huge_bad_value_is_cut_in_the_message() -> None:
+    raw = b'{"params": {"a": "' + b"x" * 100_000 + b'", "b": 1e999}}'
+    with pytest.raises(schema.Invalid) as caught:
+        schema.decode_json(raw, schema.RunBody)
+    assert len(str(caught.value)) < 300 and "characters)" in str(caught.value)
