@@ -50,7 +50,7 @@ def test_json_schema_is_inlined() -> None:
 
 
 def test_a_huge_bad_value_is_cut_in_the_message() -> None:
-    raw = b'{"params": {"a": "' + b"x" * 100_000 + b'", "b": 1e999}}'
+    raw = b'{"params": "' + b"x" * 100_000 + b'"}'
     with pytest.raises(schema.Invalid) as caught:
         schema.decode_json(raw, schema.RunBody)
     assert len(str(caught.value)) < 300 and "characters)" in str(caught.value)
