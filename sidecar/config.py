@@ -90,7 +90,9 @@ class Settings:
     bind: str = _setting(defaults.BIND, "listen address HOST:PORT (loopback by default)", Bind,
                          check=_port_in_range)
     workers: int = _setting(defaults.WORKERS, "gunicorn worker processes (HTTP front ends)", Count)
-    threads: int = _setting(defaults.THREADS, "threads per gunicorn worker", Count)
+    threads: int = _setting(defaults.THREADS,
+                            "unused: workers are gevent (a greenlet per connection); accepted so older configs start",
+                            Count)
     plugin_path: tuple[str, ...] = _setting((), "extra plugin directories, os.pathsep-separated",
                                             tuple[str, ...], sep=os.pathsep)
     config: str | None = _setting(None, "TOML file with settings and [checks.NAME] tables", str | None)
