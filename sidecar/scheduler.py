@@ -147,13 +147,13 @@ class Scheduler:
             try:
                 now = self._clock()
                 for check in self._checks:
-                    if check.due <= now:
+                    if not check.due > now:  # due, or not a number: _tick raises and the guard retries later
                         self._guarded_tick(check, now)
                 wait = min(c.due for c in self._checks) - self._clock()
             except Exception:
                 log.exception("the scheduler loop failed; it goes on")
                 self._error()
-            self._stop.wait(min(max(wait, 0.001), RETRY_AFTER_ERROR_SECONDS * 60))
+            self._stop.wait(min(max(wait, 0.001), 60.0) if math.isfinite(wait) else RETRY_AFTER_ERROR_SECONDS)
 
     def _guarded_tick(self, check: _Check, now: float) -> None:
         try:
@@ -166,6 +166,7 @@ class Scheduler:
 
     def _tick(self, check: _Check, now: float) -> None:
         # Next tick first, keeping the phase; ticks missed while the loop was held are skipped, not bunched.
+        # (math.floor raises on a NaN or infinite interval: the guard counts it.)
         check.due += check.interval * (math.floor((now - check.due) / check.interval) + 1)
         with self._lock:
             state = check.state
