@@ -109,6 +109,8 @@ class _Histogram:
         self.les = tuple(_num(b) for b in self.bounds)
 
     def observe(self, v: float) -> None:
+        if math.isnan(v):  # not a measurement; a NaN sum is invalid OpenMetrics (counter-like samples)
+            return
         for i, b in enumerate(self.bounds):
             if v <= b:
                 self.counts[i] += 1

@@ -69,7 +69,7 @@ class Runner:
 
     # -- runs --------------------------------------------------------------------------------
     @operation(resend=False)  # a plugin never runs twice for one request
-    def run(self, name: str, params: Any = None, timeout_seconds: Any = None, trigger: str = "api") -> dict[str, Any]:
+    def run(self, name: str, params: Any = None, timeout_seconds: Any = None) -> dict[str, Any]:
         entry = self.registry.get(name)
         try:
             if params is None:
@@ -84,7 +84,7 @@ class Runner:
             self.metrics.reject(name, "saturated")
             raise Saturated(f"all {self.settings.max_concurrent_runs} sandbox slots are busy", retry_after=1)
         try:
-            return self._run_in_slot(entry, {**entry.params, **params}, timeout, memory, trigger).to_dict()
+            return self._run_in_slot(entry, {**entry.params, **params}, timeout, memory, "api").to_dict()
         finally:
             self._slots.release()
 
