@@ -96,7 +96,7 @@ def test_undeclared_names_are_refused_on_both_sides(served: tuple[Runner, Runner
     with pytest.raises(AttributeError):
         client.render_metric()  # a typo
     with pytest.raises(AttributeError):
-        client.scheduler.start()  # a Runner attribute, but not an operation
+        _ = client.scheduler  # a Runner attribute, but not an operation
     with socket.socket(socket.AF_UNIX) as conn:
         conn.connect(str(sock_dir / "runner.sock"))
         send_frame(conn, json.dumps({"op": "close", "args": [], "kwargs": {}}).encode())
