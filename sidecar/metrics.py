@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 from . import __version__
 from .sandbox.outcomes import ERROR_OUTCOMES
 from .sandbox.result import PluginSandboxResult
+from .store import FAULT_REASONS, StoreStats
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -69,6 +70,9 @@ FAMILIES: tuple[Family, ...] = (
     Family("sidecar_build_info", "gauge", "Always 1; the version label says which build", ("version",)),
     Family("sidecar_scheduler_errors", "counter", "Faults while scheduling a check; the scheduler goes on", ()),
     Family("sidecar_metrics_render_errors", "counter", "Plugins left out of a scrape because rendering failed", ()),
+    Family("sidecar_store_errors", "counter", "Runs whose history write failed (kept pending)", ("reason",)),
+    Family("sidecar_store_dropped_runs", "counter", "Pending runs dropped because the write buffer was full", ()),
+    Family("sidecar_store_pending_runs", "gauge", "Runs waiting in memory for the history store to recover", ()),
 )
 
 
@@ -196,6 +200,8 @@ class Metrics:
         self._render_errors = 0
         self._failing: set[str] = set()  # plugins whose last render failed (logged once until they recover)
         self._process = _process_registry() if process_metrics else None
+        #: Read at scrape time: the history store's fault counters (set by the runner).
+        self.store_stats: Callable[[], StoreStats] = lambda: StoreStats(dict.fromkeys(FAULT_REASONS, 0), 0, 0)
 
     def add_plugin(self, name: str, loaded_at: float, interval_seconds: float | None) -> None:
         """Create every series of a plugin at zero, so the first error is an increase, not a new series."""
@@ -286,9 +292,19 @@ class Metrics:
                 self._render_errors += 1
             return ""
 
+    def _store_stats(self) -> StoreStats | None:
+        try:
+            return self.store_stats()
+        except Exception:
+            log.exception("reading the history store's counters failed; left out of this scrape")
+            with self._lock:
+                self._render_errors += 1
+            return None
+
     def render(self, openmetrics: bool = False) -> tuple[bytes, str]:
         """(body, content type) in the Prometheus text format, or OpenMetrics when asked for."""
         process = self._process_text(openmetrics)
+        store = self._store_stats()
         chunks = self._plugin_chunks(self._clock())
         with self._lock:
             totals = {"sidecar_scheduler_errors": self._scheduler_errors,
@@ -304,6 +320,16 @@ class Metrics:
                 out.append(f'sidecar_build_info{{version="{_escape(__version__)}"}} 1.0\n')
             elif name in totals:
                 out.append(f"{name}_total {_num(totals[name])}\n")
+            elif name.startswith("sidecar_store_"):
+                if store is None:
+                    continue
+                if name == "sidecar_store_errors":
+                    out.extend(f'sidecar_store_errors_total{{reason="{r}"}} {_num(store.errors.get(r, 0))}\n'
+                               for r in FAULT_REASONS)
+                elif name == "sidecar_store_dropped_runs":
+                    out.append(f"sidecar_store_dropped_runs_total {_num(store.dropped)}\n")
+                elif name == "sidecar_store_pending_runs":
+                    out.append(f"sidecar_store_pending_runs {_num(store.pending)}\n")
             else:
                 out.extend(c[name] for c in chunks)
         out.append(process)
