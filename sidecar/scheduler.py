@@ -149,7 +149,7 @@ class Scheduler:
                 for check in self._checks:
                     if not check.due > now:  # due, or not a number: _tick raises and the guard retries later
                         self._guarded_tick(check, now)
-                wait = min(c.due for c in self._checks) - self._clock()
+                wait = min((c.due for c in self._checks), default=math.inf) - self._clock()
             except Exception:
                 log.exception("the scheduler loop failed; it goes on")
                 self._error()

@@ -219,3 +219,11 @@ def test_a_reject_callback_that_raises_is_counted_and_the_check_recovers(started
         assert scheduler.alive
     finally:
         scheduler.stop()
+
+
+def test_no_checks_is_no_fault(started: Callable[..., Scheduler]) -> None:
+    rec = Recorder()
+    scheduler = started([], Slots(1), rec)
+    assert scheduler.alive
+    scheduler.stop()
+    assert not scheduler.alive and rec.errors == 0
