@@ -2,33 +2,32 @@
 
 from __future__ import annotations
 
+import gzip
 import hmac
 import json
 import os
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, cast
 
-from flask import Flask, Response, jsonify, request
+from flask import Flask, Request, Response, jsonify, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
+from . import defaults, schema
 from .config import Settings, load_settings
 from .errors import BadRequest, PayloadTooLarge, SidecarError, Unauthorized
 from .openapi import openapi_document
 
-__all__ = ["Backend", "create_app", "worker_app"]
+if TYPE_CHECKING:
+    # What routes may call: the runner's `@operation` methods, declared once on `Runner`. A worker's
+    # `rpc.RunnerClient` forwards the same names to the runner process; tests may pass a fake.
+    from .runner import Runner as Backend
+
+__all__ = ["create_app", "worker_app"]
 
 #: Set by `sidecar serve` for its gunicorn workers: the runner's socket and what workers enforce.
 WORKER_ENV = "SIDECAR_WORKER_CONFIG"
-
-
-class Backend(Protocol):
-    def plugins(self) -> list[dict[str, Any]]: ...
-    def plugin(self, name: str) -> dict[str, Any]: ...
-    def health(self, name: str) -> dict[str, Any]: ...
-    def runs(self, name: str, limit: int = 20) -> list[dict[str, Any]]: ...
-    def run(self, name: str, params: Any = None, timeout_seconds: Any = None) -> dict[str, Any]: ...
-    def render_metrics(self, openmetrics: bool = False) -> tuple[bytes, str]: ...
-    def ready(self) -> dict[str, Any]: ...
-    def ping(self) -> bool: ...
+#: gzip level of scrape bodies. Measured on a 1000-plugin scrape (3.1 MiB): level 1 gives 154 KiB in 9 ms,
+#: 6 gives 138 KiB in 36 ms, 9 (prometheus-client's) 133 KiB in 194 ms; a sidecar's CPU is worth more.
+GZIP_LEVEL = 1
 
 
 def _error(exc: SidecarError) -> Response:
@@ -39,6 +38,28 @@ def _error(exc: SidecarError) -> Response:
     if isinstance(exc, Unauthorized):
         resp.headers["WWW-Authenticate"] = 'Bearer realm="sidecar"'
     return resp
+
+
+def _run_body(req: Request, settings: Settings) -> schema.RunBody:
+    """The whole run request, validated before anything runs: size, JSON, depth, types, ranges."""
+    # Read at most one byte past the limit ourselves: a chunked body has no Content-Length, and
+    # werkzeug's limited stream would silently truncate it rather than refuse it.
+    try:
+        raw = req.stream.read(settings.max_body_bytes + 1)
+    except Exception as exc:  # a malformed chunked body surfaces here as the server's parse error
+        raise BadRequest(f"body could not be read: {type(exc).__name__}: {exc}") from None
+    if len(raw) > settings.max_body_bytes:
+        raise PayloadTooLarge(f"request body over {settings.max_body_bytes} bytes")
+    if not raw.strip():
+        return schema.RunBody()
+    try:
+        body = schema.decode_json(raw, schema.RunBody)
+    except schema.Invalid as exc:
+        raise BadRequest(str(exc)) from None
+    if body.timeout_seconds is not None and body.timeout_seconds > settings.max_timeout_seconds:
+        raise BadRequest(f"body: timeout_seconds = {body.timeout_seconds:g} is invalid: it exceeds the server "
+                         f"maximum {settings.max_timeout_seconds:g} (SIDECAR_MAX_TIMEOUT_SECONDS)")
+    return body
 
 
 def create_app(settings: Settings | None = None, backend: Backend | None = None) -> Flask:
@@ -72,13 +93,21 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
         resp = jsonify({"error": {"code": (exc.name or "error").lower().replace(" ", "_"),
                                   "message": exc.description or exc.name}})
         resp.status_code = exc.code or 500
+        for key, value in exc.get_headers():  # e.g. Allow on a 405
+            if key.lower() != "content-type":
+                resp.headers[key] = value
         return resp
 
     @app.get("/metrics")
     def metrics() -> Response:
         openmetrics = "application/openmetrics-text" in request.headers.get("Accept", "")
         body, content_type = backend.render_metrics(openmetrics)
-        return Response(body, content_type=content_type)
+        resp = Response(body, content_type=content_type)
+        resp.vary.add("Accept-Encoding")
+        if request.accept_encodings["gzip"] > 0:  # Prometheus asks for gzip on every scrape
+            resp.set_data(gzip.compress(body, compresslevel=GZIP_LEVEL))
+            resp.headers["Content-Encoding"] = "gzip"
+        return resp
 
     @app.get("/healthz")
     def healthz() -> Response:
@@ -113,27 +142,17 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
 
     @app.post("/plugins/<name>/run")
     def run(name: str) -> Response:
-        # Read at most one byte past the limit ourselves: a chunked body has no Content-Length, and
-        # werkzeug's limited stream would silently truncate it rather than refuse it.
-        raw = request.stream.read(settings.max_body_bytes + 1)
-        if len(raw) > settings.max_body_bytes:
-            raise PayloadTooLarge(f"request body over {settings.max_body_bytes} bytes")
-        body: Any = {}
-        if raw.strip():
-            try:
-                body = json.loads(raw)
-            except (ValueError, RecursionError) as exc:
-                raise BadRequest(f"body is not valid JSON: {type(exc).__name__}: {exc}") from None
-        if not isinstance(body, dict):
-            raise BadRequest('body must be a JSON object: {"params": {...}, "timeout_seconds": n}')
-        unknown = set(body) - {"params", "timeout_seconds"}
-        if unknown:
-            raise BadRequest(f"unknown body keys {sorted(unknown)}; allowed: params, timeout_seconds")
-        return jsonify(backend.run(name, body.get("params"), body.get("timeout_seconds")))
+        try:
+            body = _run_body(request, settings)
+        except BadRequest:
+            # `reason="invalid"` counts every 400 for a known plugin; for an unknown one this raises its 404.
+            backend.reject(name, "invalid")
+            raise
+        return jsonify(backend.run(name, body.params, body.timeout_seconds))
 
     @app.get("/openapi.json")
     def openapi() -> Response:
-        return jsonify(openapi_document())
+        return jsonify(openapi_document(settings))
 
     return app
 
@@ -145,5 +164,8 @@ def worker_app() -> Flask:
     cfg = json.loads(os.environ[WORKER_ENV])
     token_fd = cfg.get("api_token_fd")  # a memfd from `serve`: the token is never in the environment
     token = os.pread(int(token_fd), 1 << 16, 0).decode() if token_fd is not None else None
-    settings = Settings(api_token=token, max_body_bytes=int(cfg["max_body_bytes"]))
-    return create_app(settings, RunnerClient(cfg["socket"]))
+    max_timeout = float(cfg.get("max_timeout_seconds", defaults.MAX_TIMEOUT_SECONDS))
+    settings = Settings(api_token=token, max_body_bytes=int(cfg["max_body_bytes"]),
+                        max_timeout_seconds=max_timeout,  # the worker never picks a default timeout itself
+                        default_timeout_seconds=min(defaults.DEFAULT_TIMEOUT_SECONDS, max_timeout))
+    return create_app(settings, cast("Backend", RunnerClient(cfg["socket"])))

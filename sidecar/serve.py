@@ -54,6 +54,7 @@ def serve(settings: Settings) -> int:
     env[WORKER_ENV] = json.dumps({
         "socket": server.server_address, "bind": settings.bind, "workers": settings.workers,
         "threads": settings.threads, "api_token_fd": token_fd, "max_body_bytes": settings.max_body_bytes,
+        "max_timeout_seconds": settings.max_timeout_seconds,
         "log_level": settings.log_level,
     })
     try:
