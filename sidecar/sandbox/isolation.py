@@ -153,19 +153,20 @@ def bwrap_command(bwrap: str, confinement: Confinement, needed: Iterable[str], h
             covered.append(closed)
         if path not in covered and any(_within(path, c) for c in covered):
             binds.append(path)
-    made: list[str] = []
+    made: set[str] = set()
+    bound: list[str] = []
     for path in sorted(set(binds), key=lambda p: p.count("/")):
-        # bubblewrap makes missing parents 0700: make them traversable first, outside what is bound
+        if any(_within(path, b) for b in bound):
+            continue  # visible already through a bind of its ancestor
+        # bubblewrap creates missing parents 0700: create those on a tmpfs (not inside a bind) 0755 first
         parts = path.strip("/").split("/")
-        for i in range(1, len(parts)):
-            parent = "/" + "/".join(parts[:i])
-            if parent not in covered and parent not in made and not any(_within(parent, m) for m in binds
-                                                                          if m in made):
-                if any(_within(parent, c) for c in covered):
-                    args += ["--perms", "0755", "--dir", parent]
-                made.append(parent)
+        for parent in ("/" + "/".join(parts[:i]) for i in range(1, len(parts))):
+            if (parent not in covered and parent not in made and any(_within(parent, c) for c in covered)
+                    and not any(_within(parent, b) for b in bound)):
+                args += ["--perms", "0755", "--dir", parent]
+                made.add(parent)
         args += ["--ro-bind", path, path]
-        made.append(path)
+        bound.append(path)
     for path in hidden:
         real = os.path.realpath(path)
         if os.path.isdir(real):
