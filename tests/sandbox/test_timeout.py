@@ -279,3 +279,12 @@ def test_bad_plugin_inputs_are_refused_before_running(tmp_path: Path, monkeypatc
     with pytest.raises(ValueError, match="timeout_seconds"):
         run_sandboxed_with_timeout("echo", timeout_seconds=-1)
     assert os.listdir(tmp_path) == []
+
+
+def test_calls_from_several_threads_run_side_by_side() -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(lambda i: run_with_timeout(targets.add, i, i, timeout_seconds=30), range(8)))
+    assert [r.value for r in results] == [2 * i for i in range(8)]
+    assert all(r.ok for r in results)
