@@ -213,8 +213,9 @@ def read_request() -> dict[str, Any] | None:
     return dict(json.loads(bytes(data[HEADER.size :])))
 
 
-def confine_fds(fds: tuple[int, int, int, int]) -> None:
-    """Own process group, default signals, and fds 0-4 as the run expects them; every other fd closed."""
+def confine_fds(fds: tuple[int, int, int, int], keep_others: bool = False) -> None:
+    """Own process group, default signals, and fds 0-4 as the run expects them; every other fd closed
+    (`keep_others`: only the ones given, so a template's run keeps the fds its plugin opened at import)."""
     os.setpgid(0, 0)
     signal.set_wakeup_fd(-1)
     for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGHUP):
@@ -228,7 +229,11 @@ def confine_fds(fds: tuple[int, int, int, int]) -> None:
     os.dup2(err_w, 2)
     os.dup2(result_w, RESULT_FD, inheritable=False)
     os.dup2(request_r, REQUEST_FD, inheritable=False)
-    os.closerange(REQUEST_FD + 1, 1 << 16)
+    if keep_others:
+        for fd in {*fds, result_w, out_w, err_w, request_r, devnull} - {0, 1, 2, RESULT_FD, REQUEST_FD}:
+            os.close(fd)
+    else:
+        os.closerange(REQUEST_FD + 1, 1 << 16)
 
 
 def serve_request(request: dict[str, Any], preloaded: Any = None) -> None:

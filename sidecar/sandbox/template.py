@@ -32,6 +32,7 @@ from typing import Any, NoReturn
 from .child import (
     _PR_SET_NO_NEW_PRIVS,
     _PR_SET_PDEATHSIG,
+    REQUEST_FD,
     _confine,
     _flush_std,
     confine_fds,
@@ -75,7 +76,10 @@ def _settle(sock: int, tmp: str, prctl: Any, drop: bool) -> None:
     devnull = os.open(os.devnull, os.O_RDWR)
     for fd in (0, 1, 2):  # import-time output goes nowhere: no run would own it
         os.dup2(devnull, fd)
-    os.closerange(TEMPLATE_FD + 1, 1 << 16)
+    # fd 4 is held too, so that what the plugin opens at import lands above the run's fixed fds
+    # (0-4) and is still open in each run, as it would be had the run imported the plugin itself.
+    os.dup2(devnull, REQUEST_FD, inheritable=False)
+    os.closerange(REQUEST_FD + 1, 1 << 16)
     os.environ["TMPDIR"] = os.environ["HOME"] = tmp
     if drop:
         drop_privileges(prctl, tmp)
@@ -87,7 +91,7 @@ def _run_main(fds: tuple[int, int, int, int], tmp: str, func: Any, prctl: Any, l
     """The run: like a launcher's spare, but the plugin is already imported."""
     code = 0
     try:
-        confine_fds(fds)
+        confine_fds(fds, keep_others=True)  # fd 3 (the template's socket) is overwritten by the result's
         os.environ["TMPDIR"] = os.environ["HOME"] = tmp
         request = read_request()
         if request is None:
