@@ -55,7 +55,8 @@ class Runner:
         self.store = Store(settings.data_dir, settings.history_retention)
         secrets = (settings.data_dir, *hidden, *((settings.api_token_file,) if settings.api_token_file else ()))
         self.sandbox = Sandbox(extra_env=settings.plugin_env, isolation=Isolation(
-            settings.isolation, hidden=secrets, readable=settings.plugin_path))
+            settings.isolation, hidden=secrets, readable=settings.plugin_path), templates=settings.templates == "on",
+            max_templates=settings.max_templates)
         self.metrics = Metrics(settings.buckets)
         self.metrics.store_stats = self.store.stats
         for entry in self.registry:

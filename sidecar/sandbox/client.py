@@ -406,7 +406,7 @@ class Sandbox:
     GRACE_SECONDS = 10.0
 
     def __init__(self, *, environ: Mapping[str, str] | None = None, extra_env: Iterable[str] = (),
-                 isolation: Isolation | None = None, templates: bool = TEMPLATES,
+                 isolation: Isolation | None = None, templates: bool = TEMPLATES == "on",
                  max_templates: int = MAX_TEMPLATES) -> None:
         """`templates`: fork each plugin's runs from a process that imported it once (see `template`)."""
         env = plugin_environment(os.environ if environ is None else environ, extra_env)
