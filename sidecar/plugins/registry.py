@@ -153,7 +153,8 @@ def _file_entry(path: Path, source: str, now: float) -> Entry:
     except (OSError, UnicodeDecodeError) as exc:
         meta = Metadata(problem=f"{type(exc).__name__}: {exc}")
     return Entry(
-        name=path.stem, plugin=path.stem, ref=PluginRef(path.stem, path=str(path.resolve()), preload=meta.preload), source=source,
+        name=path.stem, plugin=path.stem, ref=PluginRef(path.stem, path=str(path.resolve()), preload=meta.preload),
+        source=source,
         location=str(path), metadata=meta, loaded_at=now, interval_seconds=meta.interval_seconds,
         timeout_seconds=meta.timeout_seconds, memory_limit_mb=meta.memory_limit_mb, network=meta.network,
         host_processes=meta.host_processes,
