@@ -59,6 +59,7 @@ class Runner:
             max_templates=settings.max_templates)
         self.metrics = Metrics(settings.buckets)
         self.metrics.store_stats = self.store.stats
+        self.metrics.template_stats = self.sandbox.template_stats
         for entry in self.registry:
             self.metrics.add_plugin(entry.name, entry.loaded_at, entry.interval_seconds)
         self._slots = Slots(settings.max_concurrent_runs)

@@ -28,6 +28,10 @@ METRIC_TYPES: Final[Mapping[str, str]] = MappingProxyType(
         "sidecar_build_info": "gauge",
         "sidecar_scheduler_errors_total": "counter",
         "sidecar_metrics_render_errors_total": "counter",
+        "sidecar_templates": "gauge",
+        "sidecar_template_builds_total": "counter",
+        "sidecar_template_evictions_total": "counter",
+        "sidecar_templates_resident_bytes": "gauge",
     }
 )
 
@@ -50,6 +54,10 @@ METRIC_LABELS: Final[Mapping[str, frozenset[str]]] = MappingProxyType(
         "sidecar_build_info": frozenset({"version"}),
         "sidecar_scheduler_errors_total": frozenset(),
         "sidecar_metrics_render_errors_total": frozenset(),
+        "sidecar_templates": frozenset(),
+        "sidecar_template_builds_total": frozenset(),
+        "sidecar_template_evictions_total": frozenset(),
+        "sidecar_templates_resident_bytes": frozenset(),
     }
 )
 
