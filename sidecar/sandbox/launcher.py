@@ -61,12 +61,14 @@ except (OSError, AttributeError):  # pragma: no cover - non-glibc platforms
 
 class _Child:
     __slots__ = ("pid", "pidfd", "conn", "deadline", "rss_limit", "started", "timed_out", "memory_killed", "tmp",
-                 "owner")
+                 "owner", "ticket_fds")
 
     def __init__(self, pid: int, pidfd: int, conn: _Conn | None, tmp: str, owner: int = 0) -> None:
         self.pid = pid
         #: the process whose identity the run wears: itself, or the template it was forked from
         self.owner = owner or pid
+        #: a template's spare: the caller's ends of its pipes, held here until a run of its plugin asks
+        self.ticket_fds: tuple[int, ...] = ()
         self.pidfd = pidfd
         self.tmp = tmp
         self.conn: _Conn | None = conn
@@ -94,7 +96,7 @@ class _Template:
     """A plugin's template as the launcher sees it: its process, its socket and who waits on it."""
 
     __slots__ = ("key", "pid", "pidfd", "sock", "tmp", "signature", "ready", "deadline", "timed_out",
-                 "waiting", "forking")
+                 "waiting", "forking", "spares")
 
     def __init__(self, key: str, pid: int, pidfd: int, sock: socket.socket, tmp: str,
                  signature: tuple[int, ...] | None, deadline: float) -> None:
@@ -110,7 +112,11 @@ class _Template:
         self.timed_out = False
         #: connections waiting for the import to finish, then for a fork
         self.waiting: list[_Conn] = []
-        self.forking: list[_Conn] = []
+        #: fork requests in flight, in order: who gets the child (None: kept as a spare), the caller's
+        #: ends of its pipes and its private directory
+        self.forking: list[tuple[_Conn | None, tuple[int, ...], str]] = []
+        #: children forked ahead of need, handed to the next runs of this plugin
+        self.spares: list[_Child] = []
 
 
 def _signature(path: str | None) -> tuple[int, ...] | None:
@@ -153,7 +159,6 @@ class Launcher:
         self.builds = 0
         self.evictions = 0
         self.reap_due = False
-        self._pending_tickets: dict[tuple[int, int], tuple[tuple[int, ...], str]] = {}
         self._origins: dict[str, str] = {}
         self.tmp_root = os.environ.get("TMPDIR") or "/tmp"
         self.epoll = select.epoll()
@@ -365,6 +370,11 @@ class Launcher:
         os.close(child.pidfd)
         del self.by_pidfd[child.pidfd]
         self._reap_orphans()  # descendants that left the group and were re-parented to us
+        for fd in child.ticket_fds:  # a template's spare that never ran
+            os.close(fd)
+        for tpl in self.templates.values():
+            if child in tpl.spares:
+                tpl.spares.remove(child)
         conn = child.conn
         if conn is not None and conn.sock.fileno() in self.conns:
             conn.children.discard(child.pid)
@@ -401,10 +411,23 @@ class Launcher:
                 self._send(conn, {"t": "fallback", "reason": "fork"})
                 return
         self.templates.move_to_end(key)
-        if tpl.ready:
+        if tpl.ready and tpl.spares:
+            self._hand_out(tpl.spares.pop(0), conn)
+            self._fork_from(tpl, None)  # the next run's, while nobody waits
+        elif tpl.ready:
             self._fork_from(tpl, conn)
         else:
             tpl.waiting.append(conn)
+
+    def _hand_out(self, child: _Child, conn: _Conn) -> None:
+        fds, child.ticket_fds = child.ticket_fds, ()
+        child.conn = conn
+        conn.children.add(child.pid)
+        try:
+            self._send(conn, {"t": "ticket", "pid": child.pid, "template": True}, [*fds, child.pidfd])
+        finally:
+            for fd in fds:
+                os.close(fd)
 
     def _build(self, key: str, msg: dict[str, Any], signature: tuple[int, ...] | None) -> _Template | None:
         while len(self.templates) >= self.max_templates:
@@ -441,13 +464,15 @@ class Launcher:
         self.builds += 1
         return tpl
 
-    def _fork_from(self, tpl: _Template, conn: _Conn) -> None:
-        if conn.sock.fileno() not in self.conns:
+    def _fork_from(self, tpl: _Template, conn: _Conn | None) -> None:
+        """Ask the template for a child: for `conn`'s run, or (None) a spare for the next run."""
+        if conn is not None and conn.sock.fileno() not in self.conns:
             return
         try:
             pipes = [os.pipe2(os.O_CLOEXEC) for _ in range(4)]
         except OSError:
-            self._send(conn, {"t": "fallback", "reason": "pipe"})
+            if conn is not None:
+                self._send(conn, {"t": "fallback", "reason": "pipe"})
             return
         for _r, w in pipes[:3]:
             try:
@@ -467,13 +492,13 @@ class Launcher:
             for fd in ours:
                 os.close(fd)
             shutil.rmtree(tmp, ignore_errors=True)
-            self._send(conn, {"t": "fallback", "reason": "template"})
+            if conn is not None:
+                self._send(conn, {"t": "fallback", "reason": "template"})
             return
         finally:
             for fd in (res_w, out_w, err_w, req_r):
                 os.close(fd)
-        tpl.forking.append(conn)
-        self._pending_tickets[id(conn), tpl.pid] = (ours, tmp)
+        tpl.forking.append((conn, ours, tmp))
 
     def _on_template(self, tpl: _Template, fd: int) -> None:
         if fd == tpl.pidfd:
@@ -498,6 +523,7 @@ class Launcher:
             waiting, tpl.waiting = tpl.waiting, []
             for conn in waiting:
                 self._fork_from(tpl, conn)
+            self._fork_from(tpl, None)
         elif kind == "failed":
             until, failures, _sig = self.backoff.get(tpl.key, (0.0, 0, None))
             delay = min(_MAX_BACKOFF_SECONDS, 2.0 ** failures)
@@ -512,12 +538,12 @@ class Launcher:
             for conn in waiting:
                 self._send(conn, {"t": "fallback", "reason": "threads", "threads": msg.get("count")})
         elif kind == "forked" and tpl.forking:
-            conn = tpl.forking.pop(0)
-            ours, tmp = self._pending_tickets.pop((id(conn), tpl.pid))
-            self._ticket_from(tpl, conn, int(msg.get("pid") or 0), ours, tmp)
+            to, ours, tmp = tpl.forking.pop(0)
+            self._ticket_from(tpl, to, int(msg.get("pid") or 0), ours, tmp)
 
-    def _ticket_from(self, tpl: _Template, conn: _Conn, pid: int, ours: tuple[int, ...], tmp: str) -> None:
-        alive = conn.sock.fileno() in self.conns and self.conns[conn.sock.fileno()] is conn
+    def _ticket_from(self, tpl: _Template, conn: _Conn | None, pid: int, ours: tuple[int, ...], tmp: str) -> None:
+        spare = conn is None and pid and self.templates.get(tpl.key) is tpl
+        alive = conn is not None and self.conns.get(conn.sock.fileno()) is conn
         pidfd = -1
         if pid:
             try:
@@ -528,7 +554,7 @@ class Launcher:
             for fd in ours:
                 os.close(fd)
             shutil.rmtree(tmp, ignore_errors=True)
-            if alive:
+            if alive and conn is not None:
                 self._send(conn, {"t": "fallback", "reason": "fork"})
             self._reap_orphans()
             return
@@ -536,8 +562,12 @@ class Launcher:
         self.children[pid] = child
         self.by_pidfd[pidfd] = child
         self.epoll.register(pidfd, select.EPOLLIN)
+        if spare:
+            child.ticket_fds = ours
+            tpl.spares.append(child)
+            return
         try:
-            if alive:
+            if alive and conn is not None:
                 conn.children.add(pid)
                 self._send(conn, {"t": "ticket", "pid": pid, "template": True}, [*ours, pidfd])
             else:
@@ -580,10 +610,12 @@ class Launcher:
         self._forget_template(tpl)
 
     def _forget_template(self, tpl: _Template) -> None:
-        for conn in tpl.forking:  # fork requests it will never answer
-            ours, tmp = self._pending_tickets.pop((id(conn), tpl.pid))
+        forking, tpl.forking = tpl.forking, []
+        for conn, ours, tmp in forking:  # fork requests it will never answer
             self._ticket_from(tpl, conn, 0, ours, tmp)
-        tpl.forking = []
+        for child in tpl.spares:  # reaped (and their fds closed) when their exit is seen
+            _kill_child(child.pid)
+        tpl.spares = []
         if self.templates.get(tpl.key) is tpl:
             del self.templates[tpl.key]
         for fd in (tpl.sock.fileno(), tpl.pidfd):
