@@ -12,6 +12,7 @@ the whole exchange (the body is read in chunks against a deadline); DNS resoluti
 
 from __future__ import annotations
 
+import encodings.idna  # noqa: F401 - getaddrinfo imports it on a run's first lookup; here a template holds it
 import math
 import re
 import ssl
