@@ -301,8 +301,12 @@ def _roles(root: Any) -> dict[str, list[Any]]:
         cmd = " ".join(p.cmdline())
         parent = p.parent()
         if parent is not None and "sidecar.sandbox.launcher" in " ".join(parent.cmdline()):
-            # Forked: same command line as the launcher; a template's private directory names it.
-            template = "sidecar-template-" in p.environ().get("TMPDIR", "")
+            # Forked: same command line as the launcher; a template holds its socket to the launcher
+            # on fd 3, where a spare holds its result pipe.
+            try:
+                template = os.readlink(f"/proc/{p.pid}/fd/3").startswith("socket:")
+            except OSError:
+                template = False
             roles["templates" if template else "spare children"].append(p)
         elif "sidecar.sandbox.launcher" in cmd:
             roles["launcher"].append(p)

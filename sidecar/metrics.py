@@ -76,7 +76,7 @@ FAMILIES: tuple[Family, ...] = (
     Family("sidecar_templates", "gauge", "Plugin templates alive (processes that imported a plugin once)", ()),
     Family("sidecar_template_builds", "counter", "Plugin templates started (first runs, edits, evictions)", ()),
     Family("sidecar_template_evictions", "counter", "Templates stopped because SIDECAR_MAX_TEMPLATES was reached", ()),
-    Family("sidecar_templates_resident_bytes", "gauge", "Resident memory of the plugin templates alive", ()),
+    Family("sidecar_templates_resident_bytes", "gauge", "Summed resident set size of the templates alive", ()),
 )
 #: The sandbox's template counters (`Sandbox.template_stats`) behind each template family.
 _TEMPLATE_STATS = {"sidecar_templates": "alive", "sidecar_template_builds": "builds",

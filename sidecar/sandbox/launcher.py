@@ -96,7 +96,7 @@ class _Template:
     """A plugin's template as the launcher sees it: its process, its socket and who waits on it."""
 
     __slots__ = ("key", "pid", "pidfd", "sock", "tmp", "signature", "ready", "deadline", "timed_out",
-                 "waiting", "forking", "spares")
+                 "waiting", "forking", "spares", "answered")
 
     def __init__(self, key: str, pid: int, pidfd: int, sock: socket.socket, tmp: str,
                  signature: tuple[int, ...] | None, deadline: float) -> None:
@@ -108,6 +108,8 @@ class _Template:
         #: (inode, size, mtime) of the plugin's file when built: a change means a new template
         self.signature = signature
         self.ready = False
+        #: it said why it will not serve (its import failed, or started a thread)
+        self.answered = False
         self.deadline = deadline
         self.timed_out = False
         #: connections waiting for the import to finish, then for a fork
@@ -525,14 +527,14 @@ class Launcher:
                 self._fork_from(tpl, conn)
             self._fork_from(tpl, None)
         elif kind == "failed":
-            until, failures, _sig = self.backoff.get(tpl.key, (0.0, 0, None))
-            delay = min(_MAX_BACKOFF_SECONDS, 2.0 ** failures)
-            self.backoff[tpl.key] = (time.monotonic() + delay, failures + 1, tpl.signature)
+            tpl.answered = True
+            self._back_off(tpl)
             waiting, tpl.waiting = tpl.waiting, []
             for conn in waiting:
                 self._send(conn, {"t": "template_failed", "message": msg.get("message"), "status": 0,
                                   "timed_out": False})
         elif kind == "threads":
+            tpl.answered = True
             self.per_run[tpl.key] = tpl.signature
             waiting, tpl.waiting = tpl.waiting, []
             for conn in waiting:
@@ -585,16 +587,20 @@ class Launcher:
             _pid, status = tpl.pid, 0
         if _pid == 0:
             return
-        if tpl.waiting:  # died or was killed while importing: the runs waiting for it end the same way
-            if tpl.timed_out:
-                until, failures, _sig = self.backoff.get(tpl.key, (0.0, 0, None))
-                self.backoff[tpl.key] = (time.monotonic() + min(_MAX_BACKOFF_SECONDS, 2.0 ** failures),
-                                         failures + 1, tpl.signature)
+        if not tpl.ready and not tpl.answered:
+            self._back_off(tpl)  # died (or was killed at its deadline) while importing
+        if tpl.waiting:  # the runs waiting for it end the same way
             for conn in tpl.waiting:
                 self._send(conn, {"t": "template_failed", "message": None, "status": status,
                                   "timed_out": tpl.timed_out})
             tpl.waiting = []
-        self._forget_template(tpl)
+        self._forget_template(tpl, reaped=True)
+
+    def _back_off(self, tpl: _Template) -> None:
+        """No new template for this key for 1 s, doubling per failure up to a minute."""
+        _until, failures, _sig = self.backoff.get(tpl.key, (0.0, 0, None))
+        self.backoff[tpl.key] = (time.monotonic() + min(_MAX_BACKOFF_SECONDS, 2.0 ** failures), failures + 1,
+                                 tpl.signature)
 
     def _drop_template(self, tpl: _Template, wait: bool = False) -> None:
         """Retire a template (evicted, stale or shutting down); its runs are ours and go on."""
@@ -607,9 +613,9 @@ class Launcher:
         for conn in tpl.waiting:
             self._send(conn, {"t": "fallback", "reason": "retired"})
         tpl.waiting = []
-        self._forget_template(tpl)
+        self._forget_template(tpl, reaped=wait)
 
-    def _forget_template(self, tpl: _Template) -> None:
+    def _forget_template(self, tpl: _Template, reaped: bool) -> None:
         forking, tpl.forking = tpl.forking, []
         for conn, ours, tmp in forking:  # fork requests it will never answer
             self._ticket_from(tpl, conn, 0, ours, tmp)
@@ -623,9 +629,9 @@ class Launcher:
                 self.epoll.unregister(fd)
         tpl.sock.close()
         os.close(tpl.pidfd)
-        # Once reaped (now or as an orphan), its private directory goes.
         shutil.rmtree(tpl.tmp, ignore_errors=True)
-        self.orphans.add(tpl.pid)
+        if not reaped:
+            self.orphans.add(tpl.pid)  # killed: reaped with the other orphans
 
     def _stats(self) -> dict[str, Any]:
         resident = 0

@@ -37,6 +37,9 @@ _METHOD = re.compile(r"^[A-Z]{1,32}$")
 _CHUNK = 64 * 1024
 _MAX_REDIRECTS = 10
 _USER_AGENT = "sidecar-http-probe/1.0"
+# urllib compiles two patterns on its first request (`_splittype`, `_splithost`): compiled here, at import,
+# they live in the plugin's template instead of being compiled again in every run (~2 ms each time).
+urllib.request.Request("http://127.0.0.1/")
 
 
 class _Redirects(urllib.request.HTTPRedirectHandler):
