@@ -8,8 +8,10 @@ import os
 from typing import Any, Protocol
 
 from flask import Flask, Response, jsonify, request
-from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+from werkzeug.exceptions import HTTPException, NotFound, RequestEntityTooLarge
 
+from . import probe as probes
+from . import status_page
 from .config import Settings, load_settings
 from .errors import BadRequest, PayloadTooLarge, SidecarError, Unauthorized
 from .openapi import openapi_document
@@ -29,6 +31,9 @@ class Backend(Protocol):
     def render_metrics(self, openmetrics: bool = False) -> tuple[bytes, str]: ...
     def ready(self) -> dict[str, Any]: ...
     def ping(self) -> bool: ...
+    def probe(self, name: str, params: Any = None, budget_seconds: float = 10.0) -> dict[str, Any]: ...
+    def reload(self) -> dict[str, Any]: ...
+    def status(self) -> dict[str, Any]: ...
 
 
 def _error(exc: SidecarError) -> Response:
@@ -56,7 +61,7 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
     def _guards() -> None:
         if request.content_length is not None and request.content_length > settings.max_body_bytes:
             raise PayloadTooLarge(f"request body over {settings.max_body_bytes} bytes")
-        if request.method == "POST" and token:
+        if token and (request.method == "POST" or request.path == "/probe"):  # /probe runs code too
             given = request.headers.get("Authorization", "")
             if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
                 raise Unauthorized("missing or wrong bearer token")
@@ -130,6 +135,22 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
         if unknown:
             raise BadRequest(f"unknown body keys {sorted(unknown)}; allowed: params, timeout_seconds")
         return jsonify(backend.run(name, body.get("params"), body.get("timeout_seconds")))
+
+    @app.get("/")
+    def status() -> Response:
+        if request.accept_mimetypes.best_match(["application/json", "text/html"]) != "text/html":
+            raise NotFound()  # JSON clients: the same 404 as any unknown route; browsers get the page
+        return Response(status_page.render(backend.status()), content_type="text/html; charset=utf-8")
+
+    @app.get("/probe")
+    def probe() -> Response:
+        req = probes.parse_request(request.args.lists(), request.headers.get(probes.SCRAPE_TIMEOUT_HEADER))
+        return Response(probes.render(backend.probe(req.target, req.params, req.budget_seconds)),
+                        content_type=probes.CONTENT_TYPE)
+
+    @app.post("/-/reload")
+    def reload() -> Response:
+        return jsonify(backend.reload())
 
     @app.get("/openapi.json")
     def openapi() -> Response:

@@ -23,11 +23,12 @@ from . import __version__
 from .sandbox.outcomes import ERROR_OUTCOMES
 from .sandbox.result import PluginSandboxResult
 
-__all__ = ["CONTENT_TYPE_TEXT", "FAMILIES", "OPENMETRICS_CONTENT_TYPE", "REJECT_REASONS", "Metrics"]
+__all__ = ["CONTENT_TYPE_TEXT", "FAMILIES", "OPENMETRICS_CONTENT_TYPE", "RELOAD_RESULTS", "REJECT_REASONS", "Metrics"]
 
 CONTENT_TYPE_TEXT = "text/plain; version=0.0.4; charset=utf-8"
 OPENMETRICS_CONTENT_TYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8"
 REJECT_REASONS = ("saturated", "invalid")
+RELOAD_RESULTS = ("success", "failure")
 #: Peak memory buckets, bytes: 8 MiB … 4 GiB.
 MEMORY_BUCKETS: tuple[float, ...] = tuple(float(2**i * 1024 * 1024) for i in range(3, 13))
 
@@ -53,6 +54,8 @@ FAMILIES: tuple[Family, ...] = (
     Family("sidecar_plugin_in_flight", "gauge", "Runs in progress"),
     Family("sidecar_plugin_rejected", "counter", "Run requests refused before running", ("plugin", "reason")),
     Family("sidecar_build_info", "gauge", "Always 1; the version label says which build", ("version",)),
+    Family("sidecar_config_reloads", "counter", "Configuration reloads (SIGHUP, POST /-/reload) by result",
+           ("result",)),
 )
 
 
@@ -144,6 +147,7 @@ class Metrics:
         self._plugins: dict[str, _Plugin] = {}
         self._lock = threading.Lock()
         self._clock = clock
+        self._reloads = dict.fromkeys(RELOAD_RESULTS, 0)
 
     def add_plugin(self, name: str, loaded_at: float, interval_seconds: float | None) -> None:
         """Create every series of a plugin at zero, so the first error is an increase, not a new series."""
@@ -151,22 +155,42 @@ class Metrics:
             self._plugins[name] = _Plugin(name, loaded_at, interval_seconds, _Histogram(self.buckets),
                                           _Histogram(MEMORY_BUCKETS))
 
-    def started(self, name: str) -> None:
+    def update_plugin(self, name: str, loaded_at: float, interval_seconds: float | None) -> None:
+        """A reloaded plugin keeps its series; only its load time and interval may change."""
         with self._lock:
             p = self._plugins[name]
-            p.in_flight += 1
-            p.cache = None
+            p.loaded_at, p.interval, p.cache = loaded_at, interval_seconds, None
+
+    def remove_plugin(self, name: str) -> None:
+        """Drop a plugin's series (removed by a reload); runs still in flight for it are then ignored."""
+        with self._lock:
+            self._plugins.pop(name, None)
+
+    def reloaded(self, result: str) -> None:
+        with self._lock:
+            self._reloads[result] += 1
+
+    # A plugin removed by a reload may still have runs in flight: their updates find no series and are dropped.
+    def started(self, name: str) -> None:
+        with self._lock:
+            p = self._plugins.get(name)
+            if p is not None:
+                p.in_flight += 1
+                p.cache = None
 
     def aborted(self, name: str) -> None:
         """A run that ended without a result (a sidecar fault, not a plugin outcome): only in-flight changes."""
         with self._lock:
-            p = self._plugins[name]
-            p.in_flight -= 1
-            p.cache = None
+            p = self._plugins.get(name)
+            if p is not None:
+                p.in_flight -= 1
+                p.cache = None
 
     def finished(self, name: str, result: PluginSandboxResult) -> None:
         with self._lock:
-            p = self._plugins[name]
+            p = self._plugins.get(name)
+            if p is None:
+                return
             p.in_flight -= 1
             if result.ok:
                 p.success += 1
@@ -180,9 +204,10 @@ class Metrics:
 
     def reject(self, name: str, reason: str) -> None:
         with self._lock:
-            p = self._plugins[name]
-            p.rejected[reason] += 1
-            p.cache = None
+            p = self._plugins.get(name)
+            if p is not None:
+                p.rejected[reason] += 1
+                p.cache = None
 
     def snapshot(self, name: str) -> dict[str, float]:
         with self._lock:
@@ -197,6 +222,8 @@ class Metrics:
             chunks = [p.render() for p in self._plugins.values()]
             uptime = "".join(f'sidecar_plugin_uptime_seconds{{plugin="{p.name}"}} {_num(max(0.0, now - p.loaded_at))}\n'
                              for p in self._plugins.values())
+            reloads = "".join(f'sidecar_config_reloads_total{{result="{r}"}} {_num(n)}\n'
+                              for r, n in self._reloads.items())
         out: list[str] = []
         for fam in FAMILIES:
             name = fam.name
@@ -208,6 +235,8 @@ class Metrics:
                 out.append(uptime)
             elif name == "sidecar_build_info":
                 out.append(f'sidecar_build_info{{version="{_escape(__version__)}"}} 1.0\n')
+            elif name == "sidecar_config_reloads":
+                out.append(reloads)
             else:
                 out.extend(c[name] for c in chunks)
         if openmetrics:

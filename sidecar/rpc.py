@@ -25,7 +25,10 @@ __all__ = ["RunnerClient", "RunnerServer"]
 log = logging.getLogger(__name__)
 
 #: The operations a worker may call, and the runner method each maps to.
-OPERATIONS = {"plugins", "plugin", "health", "runs", "run", "render_metrics", "ready", "ping"}
+OPERATIONS = {"plugins", "plugin", "health", "runs", "run", "render_metrics", "ready", "ping", "probe", "reload",
+              "status"}
+#: Operations never sent twice: they run plugin code or change the configuration.
+_ONCE = {"run", "probe", "reload"}
 
 
 class _Handler(socketserver.BaseRequestHandler):
@@ -112,7 +115,7 @@ class RunnerClient:
             if header is not None and body is not None:
                 break
             self._drop()
-            if attempt == 2 or op == "run":  # never run a plugin twice
+            if attempt == 2 or op in _ONCE:  # never run a plugin twice
                 raise RunnerUnavailable("the runner closed the connection")
         assert header is not None and body is not None
         decoded = json.loads(header)
@@ -144,3 +147,12 @@ class RunnerClient:
 
     def ping(self) -> bool:
         return bool(self.call("ping")[0])
+
+    def probe(self, name: str, params: Any = None, budget_seconds: float = 10.0) -> dict[str, Any]:
+        return dict(self.call("probe", name=name, params=params, budget_seconds=budget_seconds)[0])
+
+    def reload(self) -> dict[str, Any]:
+        return dict(self.call("reload")[0])
+
+    def status(self) -> dict[str, Any]:
+        return dict(self.call("status")[0])

@@ -8,14 +8,16 @@ JSON-able values and raise `SidecarError`s.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from .config import Settings
-from .errors import BadRequest, Saturated
+from .config import Settings, load_settings
+from .errors import BadRequest, ConfigError, PluginNotFound, Saturated, SidecarError
 from .metrics import Metrics
 from .plugins import Entry, Registry, discover
 from .sandbox.client import RunRequest, Sandbox
@@ -28,6 +30,10 @@ log = logging.getLogger(__name__)
 
 #: Runs averaged by the health route's avg_execution_time_ms.
 AVERAGE_OVER = 10
+#: Recent execution times the status page draws as a sparkline.
+SPARKLINE_RUNS = 30
+#: Settings a reload applies; any other change needs a restart and is named in a warning.
+RELOADABLE = ("checks", "plugin_path", "entry_points", "default_timeout_seconds", "default_memory_limit_mb")
 
 
 def _iso(ts: float | None) -> str | None:
@@ -46,8 +52,13 @@ def health_status(recent_outcomes: list[str]) -> str:
 
 
 class Runner:
-    def __init__(self, settings: Settings, *, start_scheduler: bool = True) -> None:
+    def __init__(self, settings: Settings, *, start_scheduler: bool = True,
+                 reload_source: Callable[[], Settings] = load_settings) -> None:
+        """`reload_source` reads the configuration again on reload (serve: the same flags, env and file)."""
         self.settings = settings
+        self.reload_source = reload_source
+        self._reload_lock = threading.Lock()
+        self._wake = threading.Event()
         self.registry: Registry = discover(settings)
         self.store = Store(settings.data_dir, settings.history_retention)
         self.sandbox = Sandbox(extra_env=settings.plugin_env)
@@ -59,12 +70,13 @@ class Runner:
         self._scheduled_running: set[str] = set()
         self._sched_lock = threading.Lock()
         self._scheduler: threading.Thread | None = None
-        if start_scheduler and any(e.interval_seconds for e in self.registry):
+        if start_scheduler:  # always: a reload may add scheduled checks
             self._scheduler = threading.Thread(target=self._schedule_loop, name="scheduler", daemon=True)
             self._scheduler.start()
 
     def close(self) -> None:
         self._stop.set()
+        self._wake.set()
         if self._scheduler is not None:
             self._scheduler.join(timeout=5)
         self.sandbox.close()
@@ -109,27 +121,32 @@ class Runner:
 
     # -- scheduler -----------------------------------------------------------------------------
     def _schedule_loop(self) -> None:
-        due = {e.name: time.monotonic() for e in self.registry if e.interval_seconds}
+        due: dict[str, float] = {}
+        intervals: dict[str, float] = {}
         while not self._stop.is_set():
             now = time.monotonic()
+            registry = self.registry  # one snapshot per pass: a reload swaps the registry whole
+            scheduled = {e.name: float(e.interval_seconds) for e in registry if e.interval_seconds}
+            # New checks and changed intervals start now; removed checks stop.
+            due = {n: due[n] if intervals.get(n) == iv else now for n, iv in scheduled.items()}
+            intervals = scheduled
             for name, at in list(due.items()):
                 if at > now:
                     continue
-                entry = self.registry.get(name)
-                assert entry.interval_seconds
-                due[name] = now + entry.interval_seconds
+                due[name] = now + scheduled[name]
                 with self._sched_lock:
                     if name in self._scheduled_running:
                         continue  # still running from last time: never overlap a check with itself
                     self._scheduled_running.add(name)
                 threading.Thread(target=self._scheduled_run, args=(name,), name=f"check-{name}", daemon=True).start()
-            self._stop.wait(max(0.05, min(due.values()) - time.monotonic()))
+            self._wake.wait(max(0.05, min(due.values(), default=now + 60) - time.monotonic()))
+            self._wake.clear()
 
     def _scheduled_run(self, name: str) -> None:
         try:
             self.run(name, trigger="schedule")
-        except Saturated:
-            pass  # counted as rejected; the next interval tries again
+        except (Saturated, PluginNotFound):
+            pass  # saturated: counted as rejected, the next interval tries again; not found: removed by a reload
         except Exception:
             log.exception("scheduled run of %s failed", name)
         finally:
@@ -138,11 +155,16 @@ class Runner:
 
     # -- reads -----------------------------------------------------------------------------------
     def plugins(self) -> list[dict[str, Any]]:
-        return [self.plugin(e.name) for e in self.registry]
+        registry = self.registry  # a reload may swap it meanwhile
+        return [self._describe(registry, e) for e in registry]
 
     def plugin(self, name: str) -> dict[str, Any]:
-        entry = self.registry.get(name)
-        timeout, memory = self.registry.limits(entry)
+        registry = self.registry
+        return self._describe(registry, registry.get(name))
+
+    def _describe(self, registry: Registry, entry: Entry) -> dict[str, Any]:
+        name = entry.name
+        timeout, memory = registry.limits(entry)
         return {**entry.to_dict(), "timeout_seconds": timeout, "memory_limit_mb": memory,
                 "loaded_at": _iso(entry.loaded_at), "health": self._summary(name)}
 
@@ -198,3 +220,99 @@ class Runner:
 
     def ping(self) -> bool:
         return True
+
+    # -- probes (GET /probe) ---------------------------------------------------------------------
+    def probe(self, name: str, params: Any = None, budget_seconds: float = 10.0) -> dict[str, Any]:
+        """Run `name` now within `budget_seconds` (waiting for a slot included); trigger `probe`.
+
+        Returns `{plugin, outcome, result, duration_seconds}`; outcome `saturated` when no slot freed in
+        time. A check runs with its configured params only; a plugin with `params`.
+        """
+        started = time.monotonic()
+        entry = self.registry.get(name)
+        if params and entry.source == "check":
+            raise BadRequest(f"{name!r} is a check: it runs with its configured params (param.* is for plugins)")
+        if not isinstance(params or {}, dict):
+            raise BadRequest("params must be a JSON object")
+        timeout, memory = self.registry.limits(entry)
+        budget = min(float(budget_seconds), timeout)
+        if not self._slots.acquire(timeout=budget):
+            self.metrics.reject(name, "saturated")
+            return {"plugin": name, "outcome": "saturated", "result": None,
+                    "duration_seconds": time.monotonic() - started}
+        try:
+            remaining = max(0.001, budget - (time.monotonic() - started))
+            result = self._run_in_slot(entry, {**entry.params, **(params or {})}, remaining, memory, "probe")
+        finally:
+            self._slots.release()
+        return {"plugin": name, "outcome": result.outcome.value, "result": result.result,
+                "duration_seconds": time.monotonic() - started}
+
+    # -- reload (SIGHUP, POST /-/reload) -----------------------------------------------------------
+    def reload(self) -> dict[str, Any]:
+        """Re-read the checks and plugin directories and swap the registry; refuse a bad configuration.
+
+        A name that stays keeps its history and metric series; removed names leave `/plugins` and
+        `/metrics`; new ones are scheduled. Runs in flight finish with the entry they started with.
+        Raises ConfigError (the old configuration keeps running) when the new one is bad.
+        """
+        with self._reload_lock:
+            try:
+                fresh = self.reload_source()
+                settings = self.settings.replace(**{k: getattr(fresh, k) for k in RELOADABLE})
+                registry = discover(settings)
+                bad = [f"{where}: {why}" for where, why in registry.rejected if where.startswith("[checks.")]
+                if bad:
+                    raise ConfigError("; ".join(bad))
+            except SidecarError as exc:
+                self.metrics.reloaded("failure")
+                raise ConfigError(f"reload refused, the running configuration is kept: {exc.message}") from None
+            old = self.registry
+            for entry in registry:
+                previous = old.entries.get(entry.name)
+                if previous is None:
+                    self.metrics.add_plugin(entry.name, entry.loaded_at, entry.interval_seconds)
+                elif dataclasses.replace(entry, loaded_at=previous.loaded_at) == previous:
+                    registry.entries[entry.name] = previous  # unchanged: keeps its load time too
+                else:
+                    self.metrics.update_plugin(entry.name, entry.loaded_at, entry.interval_seconds)
+            self.registry, self.settings = registry, settings
+            removed = [n for n in old.entries if n not in registry.entries]
+            for name in removed:
+                self.metrics.remove_plugin(name)
+            self._wake.set()  # the scheduler picks up new and changed checks now
+            self.metrics.reloaded("success")
+            summary = {
+                "added": [n for n in registry.entries if n not in old.entries],
+                "changed": [n for n, e in registry.entries.items() if n in old.entries and e is not old.entries[n]],
+                "removed": removed,
+                "needs_restart": [f.name for f in dataclasses.fields(Settings)
+                                  if f.name not in RELOADABLE and getattr(fresh, f.name) != getattr(settings, f.name)],
+            }
+            log.info("configuration reloaded: added %(added)s, changed %(changed)s, removed %(removed)s", summary)
+            if summary["needs_restart"]:
+                log.warning("reload: changed settings need a restart to apply: %s", ", ".join(summary["needs_restart"]))
+            return summary
+
+    # -- the status page (GET /) -------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        """Everything the status page shows, in one call: each entry's health and recent execution times."""
+        registry = self.registry
+        entries = []
+        for entry in registry:
+            recent = self.store.recent(entry.name, SPARKLINE_RUNS)
+            totals = self.store.totals(entry.name)
+            last10 = [r["execution_time_ms"] for r in recent[:AVERAGE_OVER]]
+            entries.append({
+                "name": entry.name, "plugin": entry.plugin, "source": entry.source,
+                "description": entry.description, "interval_seconds": entry.interval_seconds,
+                "status": health_status([r["outcome"] for r in recent[:AVERAGE_OVER]]),
+                "last_used": _iso(recent[0]["finished_at"]) if recent else None,
+                "last_outcome": recent[0]["outcome"] if recent else None,
+                "avg_execution_time_ms": sum(last10) / len(last10) if last10 else None,
+                "success_count": totals.get("success", 0),
+                "errors_by_type": {k: v for k, v in sorted(totals.items()) if k != "success"},
+                "recent_execution_ms": [r["execution_time_ms"] for r in reversed(recent)],
+                "problem": entry.metadata.problem,
+            })
+        return {"entries": entries, "generated_at": _iso(time.time())}
