@@ -59,8 +59,9 @@ def _row(e: dict[str, Any]) -> str:
 
 def render(status: dict[str, Any]) -> str:
     """The page for one `Runner.status()` snapshot."""
-    entries = status["entries"]
+    entries = sorted(status["entries"], key=lambda e: e["source"] != "check")  # checks first, then plugins
+    generated = str(status["generated_at"])[:19].replace("T", " ") + " UTC"
     return _TEMPLATE.substitute(
-        refresh=REFRESH_SECONDS, count=len(entries), generated=html.escape(str(status["generated_at"])),
+        refresh=REFRESH_SECONDS, count=len(entries), generated=html.escape(generated),
         rows="\n".join(_row(e) for e in entries),
     )

@@ -51,13 +51,13 @@ def _parse(html: str) -> _Page:
 
 
 def test_page_lists_every_entry_self_contained_and_escaped() -> None:
-    status = {"generated_at": "now", "entries": [
-        _entry("alpha"), _entry("beta", status="unknown", last_used=None, last_outcome=None,
+    status = {"generated_at": "2026-01-01T00:00:00.5Z", "entries": [
+        _entry("zeta", source="builtin"), _entry("alpha"), _entry("beta", status="unknown", last_used=None, last_outcome=None,
                                 recent_execution_ms=[], problem="<script>alert(1)</script>")]}
     html = render(status)
     page = _parse(html)
-    assert page.rows == ["alpha", "beta"]
-    assert page.sparklines == 1  # beta never ran: "no runs yet" instead
+    assert page.rows == ["alpha", "beta", "zeta"]  # checks first, in registry order, then plugins
+    assert page.sparklines == 2  # beta never ran: "no runs yet" instead
     assert page.external == []
     assert "<script>alert" not in html and "&lt;script&gt;" in html
     assert "timeout 1" in html and "crash 0" not in html
