@@ -101,7 +101,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("config", _optional_str, None, "TOML file with settings and [checks.NAME] tables"),
     Setting("data_dir", str, "./.sidecar", "directory of the run-history database",
             "`./.sidecar` (container: `/var/lib/sidecar`)"),
-    Setting("api_token", _optional_str, None, "bearer token required by write routes; never passed to plugins"),
+    Setting("api_token", _optional_str, None, "bearer token required by write routes and /probe; never passed to plugins"),
     Setting("default_timeout_seconds", _positive(float), 60.0, "per-run timeout when a plugin or call sets none"),
     Setting("max_timeout_seconds", _positive(float), 300.0, "upper bound a plugin or call may ask for"),
     Setting("default_memory_limit_mb", _positive(int), 1024,
