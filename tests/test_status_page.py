@@ -52,8 +52,9 @@ def _parse(html: str) -> _Page:
 
 def test_page_lists_every_entry_self_contained_and_escaped() -> None:
     status = {"generated_at": "2026-01-01T00:00:00.5Z", "entries": [
-        _entry("zeta", source="builtin"), _entry("alpha"), _entry("beta", status="unknown", last_used=None, last_outcome=None,
-                                recent_execution_ms=[], problem="<script>alert(1)</script>")]}
+        _entry("zeta", source="builtin"), _entry("alpha"),
+        _entry("beta", status="unknown", last_used=None, last_outcome=None, recent_execution_ms=[],
+               problem="<script>alert(1)</script>")]}
     html = render(status)
     page = _parse(html)
     assert page.rows == ["alpha", "beta", "zeta"]  # checks first, in registry order, then plugins
