@@ -230,10 +230,14 @@ class Runner:
         """
         started = time.monotonic()
         entry = self.registry.get(name)
-        if params and entry.source == "check":
-            raise BadRequest(f"{name!r} is a check: it runs with its configured params (param.* is for plugins)")
-        if not isinstance(params or {}, dict):
-            raise BadRequest("params must be a JSON object")
+        try:
+            if params and entry.source == "check":
+                raise BadRequest(f"{name!r} is a check: it runs with its configured params (param.* is for plugins)")
+            if not isinstance(params or {}, dict):
+                raise BadRequest("params must be a JSON object")
+        except BadRequest:
+            self.metrics.reject(name, "invalid")
+            raise
         timeout, memory = self.registry.limits(entry)
         budget = min(float(budget_seconds), timeout)
         if not self._slots.acquire(timeout=budget):

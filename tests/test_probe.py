@@ -179,12 +179,19 @@ def _rejected(runner: Runner, plugin: str) -> float:
 
 @pytest.mark.parametrize(("query", "status", "code"), [
     ("target=no_such_plugin", 404, "unknown_plugin"),
-    ("target=loopback_disk&param.path=/tmp", 400, "bad_request"),
     ("nothing=1", 400, "bad_request"),
 ])
 def test_input_errors_are_4xx(client: FlaskClient, query: str, status: int, code: str) -> None:
     got, doc = _probe(client, query)
     assert (got, doc["error"]["code"]) == (status, code)
+
+
+def test_params_for_a_check_are_refused_and_counted_invalid(client: FlaskClient, runner: Runner) -> None:
+    before = runner.store.totals("loopback_disk")
+    assert _probe(client, "target=loopback_disk&param.path=/tmp")[0] == 400
+    body, _ = runner.render_metrics()
+    assert b'sidecar_plugin_rejected_total{plugin="loopback_disk",reason="invalid"} 1.0' in body
+    assert runner.store.totals("loopback_disk") == before  # nothing ran
 
 
 def test_probe_requires_the_token_when_one_is_set(client: FlaskClient, tmp_path: Path) -> None:

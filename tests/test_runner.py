@@ -167,3 +167,21 @@ def test_reload_is_safe_with_runs_in_flight(reloadable):
     assert [r["outcome"] for r in results] == ["success"]  # it finished with the entry it started with
     assert not _metric_lines(runner, "slow")  # and did not bring the removed series back
     assert runner.store.recent("slow", 1)[0]["outcome"] == "success"  # its run is still recorded
+
+
+def test_reload_rereads_plugin_directories(tmp_path):
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "first.py").write_text("def run():\n    return 1\n")
+    base = Settings(data_dir=str(tmp_path / "data"), plugin_path=(str(plugins),), entry_points=False)
+    runner = Runner(base, start_scheduler=False, reload_source=Source(base))
+    try:
+        assert runner.run("first")["result"] == 1
+        (plugins / "first.py").unlink()
+        (plugins / "second.py").write_text('interval_seconds = 60\ndef run():\n    return 2\n')
+        assert runner.reload() == {"added": ["second"], "changed": [], "removed": ["first"], "needs_restart": []}
+        assert runner.run("second")["result"] == 2
+        assert 'sidecar_plugin_interval_seconds{plugin="second"} 60.0' in _metric_lines(runner, "second")
+        assert not _metric_lines(runner, "first")
+    finally:
+        runner.close()
