@@ -14,6 +14,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, fields
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any, TypeVar
@@ -59,15 +60,22 @@ def _config(port: int, closed_port: int, extra: str = "", drop: str = "") -> str
     return body + extra
 
 
+@dataclass
+class Operated(LiveServer):
+    """A live sidecar with its TOML file (rewritten by the reload tests) and a loopback port nobody listens on."""
+
+    config: Path = Path()
+    closed_port: int = 0
+
+
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Operated]:
     tmp = tmp_path_factory.mktemp("operate")
-    srv = make_live_server(tmp, api_token=TOKEN, plugin_path="")
-    srv.closed_port = free_port()  # type: ignore[attr-defined]
-    config = tmp / "sidecar.toml"
-    config.write_text(_config(srv.port, srv.closed_port))  # type: ignore[attr-defined]
-    srv.env["SIDECAR_CONFIG"] = str(config)
-    srv.config = config  # type: ignore[attr-defined]
+    base = make_live_server(tmp, api_token=TOKEN, plugin_path="")
+    srv = Operated(**{f.name: getattr(base, f.name) for f in fields(base)}, config=tmp / "sidecar.toml",
+                   closed_port=free_port())
+    srv.config.write_text(_config(srv.port, srv.closed_port))
+    srv.env["SIDECAR_CONFIG"] = str(srv.config)
     srv.start()
     yield srv
     srv.stop()
@@ -169,12 +177,12 @@ def test_probe_over_http_with_the_token(server: LiveServer) -> None:
 # --- reload ---------------------------------------------------------------------------------------------
 
 
-def test_sighup_adds_changes_and_removes_checks_keeping_history(server: LiveServer) -> None:
+def test_sighup_adds_changes_and_removes_checks_keeping_history(server: Operated) -> None:
     assert server.proc is not None
-    config: Path = server.config  # type: ignore[attr-defined]
+    config = server.config
     kept_before = _plugins(server)["root_disk"]["health"]["success_count"]
     assert kept_before > 0
-    config.write_text(_config(server.port, server.closed_port, drop="nobody_listening",  # type: ignore[attr-defined]
+    config.write_text(_config(server.port, server.closed_port, drop="nobody_listening",
                               extra='[checks.added_later]\nplugin = "echo"\nparams = { n = 1 }\n'
                                     "interval_seconds = 1\n")
                       .replace('params = { path = "/" }', 'params = { path = "/tmp" }'))
@@ -196,8 +204,8 @@ def test_sighup_adds_changes_and_removes_checks_keeping_history(server: LiveServ
     assert _metric(server, 'sidecar_config_reloads_total{result="success"}') == 1.0
 
 
-def test_reload_route_refuses_a_bad_configuration_and_keeps_the_old_one(server: LiveServer) -> None:
-    config: Path = server.config  # type: ignore[attr-defined]
+def test_reload_route_refuses_a_bad_configuration_and_keeps_the_old_one(server: Operated) -> None:
+    config = server.config
     before = _checks(server)
     good = config.read_text()
     assert server.request("POST", "/-/reload")[0] == 401
