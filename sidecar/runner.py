@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 AVERAGE_OVER = 10
 #: Recent execution times the status page draws as a sparkline.
 SPARKLINE_RUNS = 30
+#: Share of a probe's budget it may spend waiting for a sandbox slot; the rest is the run's.
+PROBE_SLOT_WAIT_SHARE = 0.5
 #: Settings a reload applies; any other change needs a restart and is named in a warning.
 RELOADABLE = ("checks", "plugin_path", "entry_points", "default_timeout_seconds", "default_memory_limit_mb")
 
@@ -225,8 +227,8 @@ class Runner:
     def probe(self, name: str, params: Any = None, budget_seconds: float = 10.0) -> dict[str, Any]:
         """Run `name` now within `budget_seconds` (waiting for a slot included); trigger `probe`.
 
-        Returns `{plugin, outcome, result, duration_seconds}`; outcome `saturated` when no slot freed in
-        time. A check runs with its configured params only; a plugin with `params`.
+        Returns `{plugin, outcome, result, duration_seconds}`; outcome `saturated` when no slot freed within
+        half the budget. A check runs with its configured params only; a plugin with `params`.
         """
         started = time.monotonic()
         entry = self.registry.get(name)
@@ -240,12 +242,14 @@ class Runner:
             raise
         timeout, memory = self.registry.limits(entry)
         budget = min(float(budget_seconds), timeout)
-        if not self._slots.acquire(timeout=budget):
+        # Wait at most half the budget: a run started with almost nothing left would only record a timeout
+        # against the plugin (and page someone) for what is really the sidecar's saturation.
+        if not self._slots.acquire(timeout=budget * PROBE_SLOT_WAIT_SHARE):
             self.metrics.reject(name, "saturated")
             return {"plugin": name, "outcome": "saturated", "result": None,
                     "duration_seconds": time.monotonic() - started}
         try:
-            remaining = max(0.001, budget - (time.monotonic() - started))
+            remaining = budget - (time.monotonic() - started)
             result = self._run_in_slot(entry, {**entry.params, **(params or {})}, remaining, memory, "probe")
         finally:
             self._slots.release()
