@@ -25,8 +25,8 @@ __all__ = ["RunnerClient", "RunnerServer"]
 log = logging.getLogger(__name__)
 
 #: The operations a worker may call, and the runner method each maps to.
-OPERATIONS = {"plugins", "plugin", "health", "runs", "run", "render_metrics", "ready", "ping", "probe", "reload",
-              "status"}
+OPERATIONS = {"plugins", "plugin", "health", "runs", "run", "reject", "render_metrics", "ready", "ping", "probe",
+              "reload", "status"}
 #: Operations never sent twice: they run plugin code or change the configuration.
 _ONCE = {"run", "probe", "reload"}
 
@@ -142,6 +142,9 @@ class RunnerClient:
 
     def run(self, name: str, params: Any = None, timeout_seconds: Any = None) -> dict[str, Any]:
         return dict(self.call("run", name=name, params=params, timeout_seconds=timeout_seconds)[0])
+
+    def reject(self, name: str, reason: str) -> None:
+        self.call("reject", name=name, reason=reason)
 
     def render_metrics(self, openmetrics: bool = False) -> tuple[bytes, str]:
         content_type, body = self.call("render_metrics", openmetrics=openmetrics)

@@ -35,7 +35,8 @@ SPARKLINE_RUNS = 30
 #: Share of a probe's budget it may spend waiting for a sandbox slot; the rest is the run's.
 PROBE_SLOT_WAIT_SHARE = 0.5
 #: Settings a reload applies; any other change needs a restart and is named in a warning.
-RELOADABLE = ("checks", "plugin_path", "entry_points", "default_timeout_seconds", "default_memory_limit_mb")
+RELOADABLE = ("checks", "plugin_path", "plugins", "entry_points", "default_timeout_seconds",
+              "default_memory_limit_mb")
 
 
 def _iso(ts: float | None) -> str | None:
@@ -104,6 +105,13 @@ class Runner:
             return self._run_in_slot(entry, {**entry.params, **params}, timeout, memory, trigger).to_dict()
         finally:
             self._slots.release()
+
+    def reject(self, name: str, reason: str) -> None:
+        """Count a request refused before it ran (the HTTP front end validates bodies); 404 if unknown."""
+        self.registry.get(name)
+        if reason != "invalid":
+            raise BadRequest(f"reason = {reason!r} is invalid: only 'invalid' is counted this way")
+        self.metrics.reject(name, reason)
 
     def _run_in_slot(self, entry: Entry, params: dict[str, Any], timeout: float, memory: int,
                      trigger: str) -> PluginSandboxResult:
@@ -276,9 +284,8 @@ class Runner:
                 fresh = self.reload_source()
                 settings = self.settings.replace(**{k: getattr(fresh, k) for k in RELOADABLE})
                 registry = discover(settings)
-                bad = [f"{where}: {why}" for where, why in registry.rejected if where.startswith("[checks.")]
-                if bad:
-                    raise ConfigError("; ".join(bad))
+                if registry.errors:  # what makes `serve` refuse to start makes a reload refused
+                    raise ConfigError("; ".join(registry.errors))
             except SidecarError as exc:
                 self.metrics.reloaded("failure")
                 raise ConfigError(f"reload refused, the running configuration is kept: {exc.message}") from None

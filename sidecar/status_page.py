@@ -2,8 +2,8 @@
 
 One self-contained HTML document (no scripts, styles or images from elsewhere), rendered from one
 runner call (`Runner.status`) and refreshed by the browser every `REFRESH_SECONDS`. The sparkline of
-recent execution times is inline SVG. Clients that do not ask for HTML get the JSON 404 of any unknown
-route, as before the page existed.
+recent execution times is inline SVG. Clients that do not ask for HTML get a JSON index of the API
+instead (`app.py`).
 """
 
 from __future__ import annotations

@@ -92,7 +92,9 @@ def test_browsers_get_the_page_with_every_plugin_and_check(app: Flask) -> None:
 
 
 @pytest.mark.parametrize("accept", [None, "application/json", "*/*"])
-def test_json_clients_get_the_404_of_an_unknown_route(app: Flask, accept: str | None) -> None:
+def test_json_clients_get_an_index_of_the_api(app: Flask, accept: str | None) -> None:
     resp = app.test_client().get("/", headers={"Accept": accept} if accept else {})
-    assert resp.status_code == 404 and resp.mimetype == "application/json"
-    assert resp.get_json()["error"]["code"] == "not_found"
+    assert resp.status_code == 200 and resp.mimetype == "application/json"
+    doc = resp.get_json()
+    assert doc["openapi"] == "/openapi.json"
+    assert {"/", "/probe", "/-/reload", "/metrics", "/plugins/{name}/run"} <= set(doc["routes"])
