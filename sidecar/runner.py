@@ -2,8 +2,8 @@
 
 One runner per sidecar owns the sandbox launcher, the concurrency limit, the scheduler, the
 history writes and the metric values. Gunicorn workers reach it over a Unix socket (`rpc`);
-tests and single-process use call it directly. Both speak the same methods, which return plain
-JSON-able values and raise `SidecarError`s.
+tests and single-process use call it directly. The methods marked `@operation` are its whole
+interface to workers: they return plain JSON-able values and raise `SidecarError`s.
 """
 
 from __future__ import annotations
@@ -17,11 +17,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 from .config import Settings, load_settings
-from .errors import BadRequest, ConfigError, PluginNotFound, Saturated, SidecarError
+from .errors import BadRequest, ConfigError, Saturated, SidecarError
 from .metrics import Metrics
+from .operations import operation
 from .plugins import Entry, Registry, discover
 from .sandbox.client import RunRequest, Sandbox
 from .sandbox.result import PluginSandboxResult
+from .scheduler import Scheduler, Slots
 from .store import Store
 
 __all__ = ["Runner"]
@@ -61,7 +63,7 @@ class Runner:
         self.settings = settings
         self.reload_source = reload_source
         self._reload_lock = threading.Lock()
-        self._wake = threading.Event()
+        self._start_scheduler = start_scheduler
         self.registry: Registry = discover(settings)
         self.store = Store(settings.data_dir, settings.history_retention)
         self.sandbox = Sandbox(extra_env=settings.plugin_env)
@@ -69,25 +71,24 @@ class Runner:
         self.metrics.store_stats = self.store.stats
         for entry in self.registry:
             self.metrics.add_plugin(entry.name, entry.loaded_at, entry.interval_seconds)
-        self._slots = threading.BoundedSemaphore(settings.max_concurrent_runs)
-        self._stop = threading.Event()
-        self._scheduled_running: set[str] = set()
-        self._sched_lock = threading.Lock()
-        self._scheduler: threading.Thread | None = None
-        if start_scheduler:  # always: a reload may add scheduled checks
-            self._scheduler = threading.Thread(target=self._schedule_loop, name="scheduler", daemon=True)
-            self._scheduler.start()
+        self._slots = Slots(settings.max_concurrent_runs)
+        self.scheduler = Scheduler(((e.name, e.interval_seconds) for e in self.registry if e.interval_seconds),
+                                   self._slots, self._run_scheduled, self.metrics.reject,
+                                   self.metrics.scheduler_error)
+        self._start_scheduler_if_needed()
+
+    def _start_scheduler_if_needed(self) -> None:
+        if self._start_scheduler and not self.scheduler.alive and any(e.interval_seconds for e in self.registry):
+            self.scheduler.start()
 
     def close(self) -> None:
-        self._stop.set()
-        self._wake.set()
-        if self._scheduler is not None:
-            self._scheduler.join(timeout=5)
+        self.scheduler.stop()
         self.sandbox.close()
         self.store.close()
 
     # -- runs --------------------------------------------------------------------------------
-    def run(self, name: str, params: Any = None, timeout_seconds: Any = None, trigger: str = "api") -> dict[str, Any]:
+    @operation(resend=False)  # a plugin never runs twice for one request
+    def run(self, name: str, params: Any = None, timeout_seconds: Any = None) -> dict[str, Any]:
         entry = self.registry.get(name)
         try:
             if params is None:
@@ -98,14 +99,15 @@ class Runner:
         except BadRequest:
             self.metrics.reject(name, "invalid")
             raise
-        if not self._slots.acquire(blocking=False):
+        if not self._slots.try_acquire():
             self.metrics.reject(name, "saturated")
             raise Saturated(f"all {self.settings.max_concurrent_runs} sandbox slots are busy", retry_after=1)
         try:
-            return self._run_in_slot(entry, {**entry.params, **params}, timeout, memory, trigger).to_dict()
+            return self._run_in_slot(entry, {**entry.params, **params}, timeout, memory, "api").to_dict()
         finally:
             self._slots.release()
 
+    @operation(resend=False)  # a counter: never bumped twice for one request
     def reject(self, name: str, reason: str) -> None:
         """Count a request refused before it ran (the HTTP front end validates bodies); 404 if unknown."""
         self.registry.get(name)
@@ -132,45 +134,22 @@ class Runner:
         self.store.record(result, trigger)
         return result
 
-    # -- scheduler -----------------------------------------------------------------------------
-    def _schedule_loop(self) -> None:
-        due: dict[str, float] = {}
-        intervals: dict[str, float] = {}
-        while not self._stop.is_set():
-            now = time.monotonic()
-            registry = self.registry  # one snapshot per pass: a reload swaps the registry whole
-            scheduled = {e.name: float(e.interval_seconds) for e in registry if e.interval_seconds}
-            # New checks and changed intervals start now; removed checks stop.
-            due = {n: due[n] if intervals.get(n) == iv else now for n, iv in scheduled.items()}
-            intervals = scheduled
-            for name, at in list(due.items()):
-                if at > now:
-                    continue
-                due[name] = now + scheduled[name]
-                with self._sched_lock:
-                    if name in self._scheduled_running:
-                        continue  # still running from last time: never overlap a check with itself
-                    self._scheduled_running.add(name)
-                threading.Thread(target=self._scheduled_run, args=(name,), name=f"check-{name}", daemon=True).start()
-            self._wake.wait(max(0.05, min(due.values(), default=now + 60) - time.monotonic()))
-            self._wake.clear()
-
-    def _scheduled_run(self, name: str) -> None:
-        try:
-            self.run(name, trigger="schedule")
-        except (Saturated, PluginNotFound):
-            pass  # saturated: counted as rejected, the next interval tries again; not found: removed by a reload
-        except Exception:
-            log.exception("scheduled run of %s failed", name)
-        finally:
-            with self._sched_lock:
-                self._scheduled_running.discard(name)
+    def _run_scheduled(self, name: str) -> None:
+        """One scheduled run of a check; the scheduler holds its slot."""
+        registry = self.registry
+        entry = registry.entries.get(name)
+        if entry is None:
+            return  # removed by a reload after its tick
+        timeout, memory = registry.limits(entry)
+        self._run_in_slot(entry, dict(entry.params), timeout, memory, "schedule")
 
     # -- reads -----------------------------------------------------------------------------------
+    @operation()
     def plugins(self) -> list[dict[str, Any]]:
         registry = self.registry  # a reload may swap it meanwhile
         return [self._describe(registry, e) for e in registry]
 
+    @operation()
     def plugin(self, name: str) -> dict[str, Any]:
         registry = self.registry
         return self._describe(registry, registry.get(name))
@@ -191,6 +170,7 @@ class Runner:
             "last_used": _iso(recent[0]["finished_at"]) if recent else None,
         }
 
+    @operation()
     def health(self, name: str) -> dict[str, Any]:
         entry = self.registry.get(name)
         timeout, memory = self.registry.limits(entry)
@@ -216,6 +196,7 @@ class Runner:
             "interval_seconds": entry.interval_seconds,
         }
 
+    @operation()
     def runs(self, name: str, limit: int = 20) -> list[dict[str, Any]]:
         self.registry.get(name)
         rows = self.store.recent(name, limit)
@@ -224,9 +205,11 @@ class Runner:
             r["finished_at"] = _iso(r["finished_at"])
         return rows
 
+    @operation(raw=True)  # the scrape body travels as its own frame
     def render_metrics(self, openmetrics: bool = False) -> tuple[bytes, str]:
         return self.metrics.render(openmetrics)
 
+    @operation()
     def ready(self) -> dict[str, Any]:
         writable, why = self.store.probe()
         checks = {"plugins_discovered": len(self.registry) > 0, "store_writable": writable}
@@ -235,10 +218,12 @@ class Runner:
             state["reason"] = f"history store: {why}"
         return state
 
+    @operation()
     def ping(self) -> bool:
         return True
 
     # -- probes (GET /probe) ---------------------------------------------------------------------
+    @operation(resend=False)  # runs a plugin: never twice for one request
     def probe(self, name: str, params: Any = None, budget_seconds: float = 10.0) -> dict[str, Any]:
         """Run `name` now within `budget_seconds` (waiting for a slot included); trigger `probe`.
 
@@ -272,6 +257,7 @@ class Runner:
                 "duration_seconds": time.monotonic() - started}
 
     # -- reload (SIGHUP, POST /-/reload) -----------------------------------------------------------
+    @operation(resend=False)
     def reload(self) -> dict[str, Any]:
         """Re-read the checks and plugin directories and swap the registry; refuse a bad configuration.
 
@@ -302,7 +288,8 @@ class Runner:
             removed = [n for n in old.entries if n not in registry.entries]
             for name in removed:
                 self.metrics.remove_plugin(name)
-            self._wake.set()  # the scheduler picks up new and changed checks now
+            self.scheduler.set_checks((e.name, e.interval_seconds) for e in registry if e.interval_seconds)
+            self._start_scheduler_if_needed()
             self.metrics.reloaded("success")
             summary = {
                 "added": [n for n in registry.entries if n not in old.entries],
@@ -317,6 +304,7 @@ class Runner:
             return summary
 
     # -- the status page (GET /) -------------------------------------------------------------------
+    @operation()
     def status(self) -> dict[str, Any]:
         """Everything the status page shows, in one call: each entry's health and recent execution times."""
         registry = self.registry
