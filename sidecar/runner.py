@@ -37,9 +37,10 @@ AVERAGE_OVER = 10
 SPARKLINE_RUNS = 30
 #: Share of a probe's budget it may spend waiting for a sandbox slot; the rest is the run's.
 PROBE_SLOT_WAIT_SHARE = 0.5
-#: Settings a reload applies; any other change needs a restart and is named in a warning.
-RELOADABLE = ("checks", "plugin_path", "plugins", "entry_points", "default_timeout_seconds",
-              "default_memory_limit_mb")
+#: Settings a reload applies; any other change needs a restart and is named in a warning. A reload
+#: re-reads the files of the configured plugin directories; a new directory (`plugin_path`) needs a
+#: restart because the sandbox's namespace binds the directories it may read when the launcher starts.
+RELOADABLE = ("checks", "plugins", "entry_points", "default_timeout_seconds", "default_memory_limit_mb")
 
 
 def _iso(ts: float | None) -> str | None:

@@ -213,11 +213,13 @@ def test_a_bad_reload_keeps_the_old_configuration(reloadable):
     assert (_reloads(runner, "failure"), _reloads(runner, "success")) == ("2.0", "0.0")
 
 
-def test_settings_that_need_a_restart_are_named_not_applied(reloadable):
+def test_settings_that_need_a_restart_are_named_not_applied(reloadable, tmp_path):
     runner, source = reloadable
-    source.settings = source.settings.replace(workers=7, api_token="new", default_timeout_seconds=5.0)
+    source.settings = source.settings.replace(workers=7, api_token="new", default_timeout_seconds=5.0,
+                                              plugin_path=(str(tmp_path),))
     summary = runner.reload()
-    assert summary["needs_restart"] == ["workers", "api_token"]
+    assert summary["needs_restart"] == ["workers", "plugin_path", "api_token"]
+    assert runner.settings.plugin_path == ()
     assert (runner.settings.workers, runner.settings.api_token) == (2, None)
     assert runner.settings.default_timeout_seconds == 5.0  # reloadable: applied
 
