@@ -1,16 +1,17 @@
-"""A plugin's run: direct call vs this sandbox (no isolation, default and strict isolation) vs
-subprocess-per-run vs multiprocessing spawn.
+"""A plugin's run: direct call vs this sandbox vs subprocess-per-run vs multiprocessing spawn.
 
-    .venv/bin/python -m benchmarks.sandbox_bench [--runs N] [--plugin-runs N] [--only trivial|plugins|memory]
+    .venv/bin/python -m benchmarks.sandbox_bench [--runs N] [--plugin-runs N]
+        [--only trivial|plugins|memory|isolation]
 
 Prints Markdown tables (median, p99, ratios) and writes benchmarks/results/sandbox.json (a trivial
 plugin), sandbox_plugins.json (real plugins: trivial, heavy imports, `http_probe` of a loopback
-server; CPU per run by process) and sandbox_memory_templates_{off,on}.json (idle memory of a `sidecar serve`; with
-templates on, 20 templates alive).
+server; CPU per run by process, templates on and off), sandbox_memory_templates_{off,on}.json (idle
+memory of a `sidecar serve`; with templates on, 20 templates alive) and sandbox_isolation.json (the
+trivial plugin with no isolation, default and strict isolation side by side, interleaved, with each
+mode's launcher start: namespaces are set up then, never per run).
 The sandbox is measured back to back and with 5 ms gaps (runs of a sidecar are spaced; the gap lets
-the launcher fork its next spare while nobody waits), in each isolation mode, with the one-off cost of
-starting that mode's launcher (bubblewrap's namespaces are set up then, never per run). A bare
-fork+exit+wait of a small Python process is included as the machine's floor.
+the launcher fork its next spare while nobody waits). A bare fork+exit+wait of a small Python
+process is included as the machine's floor.
 """
 
 from __future__ import annotations
@@ -53,18 +54,11 @@ def _cpu(pid: int) -> tuple[float, float]:
     return (int(fields[11]) + int(fields[12])) / hz, (int(fields[13]) + int(fields[14])) / hz
 
 
-def _launcher(pid: int) -> int:
-    """The launcher itself: the process started, or its descendant under bubblewrap."""
-    while b"sidecar.sandbox.launcher" not in open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")[:5]:
-        pid = int(open(f"/proc/{pid}/task/{pid}/children").read().split()[0])
-    return pid
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=400)
     ap.add_argument("--plugin-runs", type=int, default=200, help="sandbox runs per real plugin")
-    ap.add_argument("--only", choices=["trivial", "plugins", "memory"], help="run one section")
+    ap.add_argument("--only", choices=["trivial", "plugins", "memory", "isolation"], help="run one section")
     args = ap.parse_args()
     if args.only in (None, "trivial"):
         trivial_plugin(args.runs)
@@ -73,50 +67,29 @@ def main() -> None:
     if args.only in (None, "memory"):
         idle_memory("off")
         idle_memory("on")
+    if args.only in (None, "isolation"):
+        isolation_modes(args.runs)
 
 
 def trivial_plugin(n: int) -> None:
     rows: list[dict[str, Any]] = []
     rows.append({"method": "direct call", **summary(timed(lambda: _echo(x=1), n))})
     rows.append({"method": "bare fork+exit+wait (python -S)", **summary(_bare_fork(n))})
-    req = RunRequest(PluginRef("echo", path=str(ECHO)), {"x": 1})
-    cpu: dict[str, dict[str, float]] = {}
-    modes: list[tuple[str, Isolation | None]] = [("no isolation", None), ("default isolation", Isolation())]
-    if Isolation().bwrap is not None:
-        modes.append(("strict isolation", Isolation("strict")))
-    # The modes run interleaved in blocks of 50 runs, so that a shared machine's changing load falls on
-    # all of them alike.
-    boxes = {label: Sandbox(isolation=isolation) for label, isolation in modes}
-    try:
-        for label, sb in boxes.items():
-            rows.append({"method": f"sandbox ({label}), first run incl. launcher start",
-                         **summary(timed(functools.partial(sb.run, req), 1))})
-            for _ in range(20):
-                sb.run(req)
-        back: dict[str, list[float]] = {label: [] for label in boxes}
-        for label in boxes:
-            cpu[label] = {"caller": 0.0, "launcher": 0.0, "children": 0.0}
-        for _ in range(max(1, n // 50)):
-            for label, sb in boxes.items():
-                assert sb.launcher_pid is not None
-                launcher = _launcher(sb.launcher_pid)
-                before, self_before = _cpu(launcher), resource.getrusage(resource.RUSAGE_SELF)
-                back[label] += timed(functools.partial(sb.run, req), 50)
-                after, self_after = _cpu(launcher), resource.getrusage(resource.RUSAGE_SELF)
-                cpu[label]["caller"] += (self_after.ru_utime + self_after.ru_stime - self_before.ru_utime
-                                         - self_before.ru_stime)
-                cpu[label]["launcher"] += after[0] - before[0]
-                cpu[label]["children"] += after[1] - before[1]
-        spaced: dict[str, list[float]] = {label: [] for label in boxes}
-        for _ in range(max(1, n // 50)):
-            for label, sb in boxes.items():
-                spaced[label] += timed(functools.partial(sb.run, req), 50, gap=0.005)
-        for label in boxes:
-            rows.append({"method": f"sandbox ({label}), back to back", **summary(back[label])})
-            rows.append({"method": f"sandbox ({label}), 5 ms apart", **summary(spaced[label])})
-    finally:
-        for sb in boxes.values():
-            sb.close()
+    with Sandbox() as sb:
+        req = RunRequest(PluginRef("echo", path=str(ECHO)), {"x": 1})
+        for _ in range(20):
+            sb.run(req)
+        launcher = sb.launcher_pid
+        assert launcher is not None
+        before, self_before = _cpu(launcher), resource.getrusage(resource.RUSAGE_SELF)
+        rows.append({"method": "sidecar sandbox, back to back", **summary(timed(lambda: sb.run(req), n))})
+        after, self_after = _cpu(launcher), resource.getrusage(resource.RUSAGE_SELF)
+        cpu = {
+            "caller": (self_after.ru_utime + self_after.ru_stime - self_before.ru_utime - self_before.ru_stime),
+            "launcher": after[0] - before[0],
+            "children": after[1] - before[1],
+        }
+        rows.append({"method": "sidecar sandbox, 5 ms apart", **summary(timed(lambda: sb.run(req), n, gap=0.005))})
     code = f"import runpy; m = runpy.run_path({str(ECHO)!r}); print(m['run'](x=1))"
     rows.append({"method": "subprocess per run", **summary(timed(
         lambda: subprocess.run([sys.executable, "-c", code], check=True, capture_output=True), max(20, n // 8)))})
@@ -128,18 +101,15 @@ def trivial_plugin(n: int) -> None:
         p.join()
 
     rows.append({"method": "multiprocessing spawn", **summary(timed(spawn, max(10, n // 20)))})
-    ref = float(next(r for r in rows if r["method"] == "sandbox (default isolation), back to back")["median_ms"])
+    ref = float(next(r for r in rows if r["method"] == "sidecar sandbox, back to back")["median_ms"])
     for r in rows:
         r["ratio_to_sandbox"] = float(r["median_ms"]) / ref
     print(table(rows, ["method", "n", "median_ms", "p99_ms", "ratio_to_sandbox"]))
-    for label, used in cpu.items():
-        per_run = {k: v / (max(1, n // 50) * 50) * 1000.0 for k, v in used.items()}
-        print(f"CPU per back-to-back run ({label}), ms: " + ", ".join(f"{k} {v:.2f}" for k, v in per_run.items())
-              + f" (total {sum(per_run.values()):.2f} on {os.cpu_count()} cores)")
-        rows.append({"method": f"cpu per back-to-back run, ms ({label})",
-                     **{k: round(v, 3) for k, v in per_run.items()}})
+    per_run = {k: v / n * 1000.0 for k, v in cpu.items()}
+    print("CPU per back-to-back run, ms: " + ", ".join(f"{k} {v:.2f}" for k, v in per_run.items())
+          + f" (total {sum(per_run.values()):.2f} on {os.cpu_count()} cores)")
+    rows.append({"method": "cpu per back-to-back run (ms)", **{k: round(v, 3) for k, v in per_run.items()}})
     print("wrote", write("sandbox", rows))
-
 
 
 # -- real plugins ---------------------------------------------------------------------------------
@@ -385,6 +355,65 @@ def idle_memory(templates: str = "off") -> None:
                  **{k: sum(r[k] for r in core) for k in ("rss_mb", "pss_mb", "uss_mb")}})
     print(table(rows, ["templates", "process", "count", "rss_mb", "pss_mb", "uss_mb"]))
     print("wrote", write(f"sandbox_memory_templates_{templates}", rows))
+
+
+# -- isolation modes ------------------------------------------------------------------------------
+def _launcher(pid: int) -> int:
+    """The launcher itself: the process started, or its descendant under bubblewrap."""
+    while b"sidecar.sandbox.launcher" not in open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")[:5]:
+        pid = int(open(f"/proc/{pid}/task/{pid}/children").read().split()[0])
+    return pid
+
+
+def isolation_modes(n: int) -> None:
+    """The trivial plugin in each isolation mode; what isolation costs per run and once."""
+    rows: list[dict[str, Any]] = []
+    req = RunRequest(PluginRef("echo", path=str(ECHO)), {"x": 1})
+    cpu: dict[str, dict[str, float]] = {}
+    modes: list[tuple[str, Isolation | None]] = [("no isolation", None), ("default isolation", Isolation())]
+    if Isolation().bwrap is not None:
+        modes.append(("strict isolation", Isolation("strict")))
+    # The modes run interleaved in blocks of 50 runs, so that a shared machine's changing load falls on
+    # all of them alike.
+    boxes = {label: Sandbox(isolation=isolation) for label, isolation in modes}
+    try:
+        for label, sb in boxes.items():
+            rows.append({"method": f"sandbox ({label}), first run incl. launcher start",
+                         **summary(timed(functools.partial(sb.run, req), 1))})
+            for _ in range(20):
+                sb.run(req)
+        back: dict[str, list[float]] = {label: [] for label in boxes}
+        for label in boxes:
+            cpu[label] = {"caller": 0.0, "launcher": 0.0, "children": 0.0}
+        for _ in range(max(1, n // 50)):
+            for label, sb in boxes.items():
+                assert sb.launcher_pid is not None
+                launcher = _launcher(sb.launcher_pid)
+                before, self_before = _cpu(launcher), resource.getrusage(resource.RUSAGE_SELF)
+                back[label] += timed(functools.partial(sb.run, req), 50)
+                after, self_after = _cpu(launcher), resource.getrusage(resource.RUSAGE_SELF)
+                cpu[label]["caller"] += (self_after.ru_utime + self_after.ru_stime - self_before.ru_utime
+                                         - self_before.ru_stime)
+                cpu[label]["launcher"] += after[0] - before[0]
+                cpu[label]["children"] += after[1] - before[1]
+        spaced: dict[str, list[float]] = {label: [] for label in boxes}
+        for _ in range(max(1, n // 50)):
+            for label, sb in boxes.items():
+                spaced[label] += timed(functools.partial(sb.run, req), 50, gap=0.005)
+        for label in boxes:
+            rows.append({"method": f"sandbox ({label}), back to back", **summary(back[label])})
+            rows.append({"method": f"sandbox ({label}), 5 ms apart", **summary(spaced[label])})
+    finally:
+        for sb in boxes.values():
+            sb.close()
+    print(table(rows, ["method", "n", "median_ms", "p99_ms"]))
+    for label, used in cpu.items():
+        per_run = {k: v / (max(1, n // 50) * 50) * 1000.0 for k, v in used.items()}
+        print(f"CPU per back-to-back run ({label}), ms: " + ", ".join(f"{k} {v:.2f}" for k, v in per_run.items())
+              + f" (total {sum(per_run.values()):.2f} on {os.cpu_count()} cores)")
+        rows.append({"method": f"cpu per back-to-back run, ms ({label})",
+                     **{k: round(v, 3) for k, v in per_run.items()}})
+    print("wrote", write("sandbox_isolation", rows))
 
 
 if __name__ == "__main__":
