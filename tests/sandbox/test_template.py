@@ -157,3 +157,40 @@ def test_a_templates_run_keeps_its_environment_and_private_directory(sandbox: Sa
     assert first[1] == first[2] and second[1] == second[2] and first[1] != second[1]  # each run its own
     assert first[0] == second[0] != first[1]  # the template's own, at import time
     assert not os.path.exists(first[1])  # removed after its run
+
+
+KILLER = '''
+import os, signal
+def run():
+    out = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and int(entry) != os.getpid():
+            try:
+                os.kill(int(entry), signal.SIGKILL)
+                out[entry] = "killed"
+            except OSError as exc:
+                out[entry] = type(exc).__name__
+    return {"uid": os.getuid(), "signals": out}
+'''
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="identities per template need root")
+def test_another_plugins_run_cannot_signal_a_template(tmp_path: Path) -> None:
+    """Under isolation each template has a uid of its own: the runs of one plugin cannot kill another's."""
+    from sidecar.sandbox.isolation import Isolation
+
+    tmp_path.chmod(0o755)
+    with Sandbox(templates=True, isolation=Isolation(readable=(str(tmp_path),))) as sb:
+        victim = _plugin(tmp_path, "victim", "import os\ndef run():\n    return os.getuid()\n")
+        killer = _plugin(tmp_path, "killer", KILLER)
+        for ref in (victim, killer):
+            Path(ref.path or "").chmod(0o644)
+        victim_uid = _run(sb, victim).result
+        assert isinstance(victim_uid, int) and victim_uid >= 2_000_000_000
+        attack = _run(sb, killer)
+        assert attack.outcome is Outcome.SUCCESS, attack
+        assert attack.result["uid"] != victim_uid and attack.result["uid"] >= 2_000_000_000
+        assert "PermissionError" in attack.result["signals"].values()  # it did see other processes
+        # It may kill its own template and spare (its own uid), nothing else: the victim's template lives on.
+        assert _run(sb, victim).result == victim_uid
+        assert sb.template_stats()["builds"] == 2
