@@ -5,10 +5,11 @@
 Starts N `sidecar serve --workers 1` on loopback ports, each with the quick-start checks of
 examples/sidecar.toml (its self-probes pointed at its own port), writes a file_sd target file, starts
 Debian's `prometheus` with the shipped recording and alerting rules, scraping every sidecar every 5 s and
-evaluating every 5 s. Once every target is up and the warm-up has passed, it measures:
+evaluating the rules as often as prometheus/prometheus.yml says (15 s). Once every target is up and the
+warm-up has passed, it measures:
 
 - per-target scrape duration p50/p99 from Prometheus's own `scrape_duration_seconds` (every scrape since
-  the warm-up), and samples per target (`scrape_samples_scraped`);
+  all targets were up), and samples per target (`scrape_samples_scraped`);
 - series: Prometheus's head series, the sidecars' share of them, and the recording rules' output;
 - each sidecar's CPU (its whole process tree, reaped sandbox runs included) over `--cpu-window` seconds
   with its checks and the scrapes running, and its memory (PSS of the tree); Prometheus's memory;
@@ -58,6 +59,11 @@ EXAMPLE_CONFIG = REPO_ROOT / "examples" / "sidecar.toml"
 #: The port the example's self-probes use (the default bind's).
 EXAMPLE_PORT = 9464
 JOB = "sidecar"
+SCRAPE_INTERVAL = "5s"
+#: Rules are evaluated as often as the shipped Prometheus configuration says.
+EVALUATION_INTERVAL: str = yaml.safe_load((REPO_ROOT / "prometheus" / "prometheus.yml").read_text())["global"][
+    "evaluation_interval"
+]
 
 #: The issue's targets.
 TARGET_SCRAPE_P99_MS = 20.0
@@ -189,8 +195,11 @@ class Fleet:
         tmp.write_text(yaml.safe_dump(groups))
         tmp.replace(path)  # file_sd reads whole files only
 
-    def start_prometheus(self, binary: str, interval: str, rule_files: list[Path]) -> PrometheusServer:
-        """Prometheus scraping every sidecar (file_sd) and evaluating `rule_files` every `interval`."""
+    def start_prometheus(
+        self, binary: str, interval: str, rule_files: list[Path], evaluation_interval: str | None = None
+    ) -> PrometheusServer:
+        """Prometheus scraping every sidecar (file_sd) every `interval`, evaluating `rule_files` every
+        `evaluation_interval` (default: the same)."""
         tmp = self.root / "prometheus"
         tmp.mkdir()
         targets = tmp / "targets.yml"
@@ -200,7 +209,7 @@ class Fleet:
             yaml.safe_dump(
                 {
                     "global": {"scrape_interval": interval, "scrape_timeout": interval,
-                               "evaluation_interval": interval},
+                               "evaluation_interval": evaluation_interval or interval},
                     "rule_files": [str(p) for p in rule_files],
                     "scrape_configs": [
                         {"job_name": JOB, "file_sd_configs": [{"files": [str(targets)], "refresh_interval": "5s"}]}
@@ -302,6 +311,15 @@ def tree_pss_bytes(pid: int) -> int:
     return total
 
 
+def machine_busy_seconds() -> float:
+    """CPU seconds every core of the machine spent busy since boot (/proc/stat), to tell the fleet's own
+    load from everything else running on the machine during a measurement."""
+    with open("/proc/stat") as stat:
+        fields = [int(v) for v in stat.readline().split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
 def percentile(values: list[float], q: float) -> float:
     s = sorted(values)
     return s[min(len(s) - 1, max(0, round(q * (len(s) - 1))))]
@@ -375,10 +393,13 @@ def measure(f: Fleet, warmup: float, cpu_window: float, log: Callable[[str], Non
     pids = [s.proc.pid for s in f.sidecars if s.proc]
     log(f"measuring CPU over {cpu_window:g} s")
     before = [tree_cpu_seconds(p) for p in pids]
+    prom_before, busy_before = tree_cpu_seconds(prom.proc.pid), machine_busy_seconds()
     t0 = time.monotonic()
     time.sleep(cpu_window)
     elapsed = time.monotonic() - t0
     cpu = [(tree_cpu_seconds(p) - b) / elapsed * 100 for p, b in zip(pids, before, strict=True)]
+    prom_cpu = (tree_cpu_seconds(prom.proc.pid) - prom_before) / elapsed * 100
+    machine_cpu = (machine_busy_seconds() - busy_before) / elapsed * 100
     pss = [tree_pss_bytes(p) / 2**20 for p in pids]
     prom_proc = psutil.Process(prom.proc.pid)
     prom_mem = prom_proc.memory_full_info()
@@ -399,7 +420,8 @@ def measure(f: Fleet, warmup: float, cpu_window: float, log: Callable[[str], Non
     queries = query_latencies(prom, span_s=time.time() - up_at + warmup)
     return {
         "sidecars": len(f.sidecars),
-        "scrape_interval_s": 5,
+        "scrape_interval": SCRAPE_INTERVAL,
+        "evaluation_interval": EVALUATION_INTERVAL,
         "window_s": window,
         "scrape_duration_ms": {
             "n": len(samples),
@@ -415,6 +437,12 @@ def measure(f: Fleet, warmup: float, cpu_window: float, log: Callable[[str], Non
             "recording_rules": prom.scalar('count({__name__=~"sidecar:.+"})'),
         },
         "sidecar_cpu_percent": {"median": statistics.median(cpu), "max": max(cpu), "mean": statistics.mean(cpu)},
+        "cpu_window_percent_of_a_core": {
+            "machine": machine_cpu,
+            "sidecars": sum(cpu),
+            "prometheus": prom_cpu,
+            "everything_else": machine_cpu - sum(cpu) - prom_cpu,
+        },
         "sidecar_pss_mib": {"median": statistics.median(pss), "max": max(pss)},
         "prometheus_memory_mib": {"rss": prom_mem.rss / 2**20, "pss": prom_mem.pss / 2**20},
         "rule_group_eval_ms": rule_group_durations(prom),
@@ -441,7 +469,9 @@ def report(result: dict[str, Any]) -> str:
     rule_ms, rule_name = worst(rules)
     groups = ", ".join(f"{g} {ms:.1f} ms" for g, ms in result["rule_group_eval_ms"].items())
     rows = [
-        ("sidecars × checks", f"{result['sidecars']} × 3 (examples/sidecar.toml), scraped every 5 s", ""),
+        ("sidecars × checks",
+         f"{result['sidecars']} × 3 (examples/sidecar.toml), scraped every {result['scrape_interval']}, "
+         f"rules evaluated every {result['evaluation_interval']}", ""),
         ("scrape duration per target p50 / p99 / max",
          f"{scrape['p50']:.2f} / {scrape['p99']:.2f} / {scrape['max']:.2f} ms ({scrape['n']} scrapes)",
          f"p99 ≤ {TARGET_SCRAPE_P99_MS:g} ms: {verdict(scrape['p99'], TARGET_SCRAPE_P99_MS)}"),
@@ -460,6 +490,9 @@ def report(result: dict[str, Any]) -> str:
         ("sidecar CPU median / max (whole process tree, checks and scrapes)",
          f"{cpu['median']:.2f} / {cpu['max']:.2f} % of a core",
          f"≤ {TARGET_CPU_PERCENT:g} %: {verdict(cpu['max'], TARGET_CPU_PERCENT)}"),
+        ("CPU during the window: machine / all sidecars / Prometheus / everything else",
+         " / ".join(f"{result['cpu_window_percent_of_a_core'][k]:.0f} %"
+                    for k in ("machine", "sidecars", "prometheus", "everything_else")) + " of a core", ""),
         ("sidecar memory (PSS of the tree) median / max",
          f"{result['sidecar_pss_mib']['median']:.1f} / {result['sidecar_pss_mib']['max']:.1f} MiB", ""),
         ("Prometheus memory RSS / PSS",
@@ -496,7 +529,7 @@ def main(argv: list[str] | None = None) -> int:
             log(f"starting {args.sidecars} sidecars")
             f.start_sidecars(args.sidecars)
             log(f"sidecars ready in {time.time() - started:.1f} s; starting prometheus")
-            f.start_prometheus(binary, "5s", [RECORDING_FILE, ALERTS_FILE])
+            f.start_prometheus(binary, SCRAPE_INTERVAL, [RECORDING_FILE, ALERTS_FILE], EVALUATION_INTERVAL)
             f.wait_until_all_up(timeout=120)
             result = measure(f, args.warmup, args.cpu_window, log)
             log("stopping the fleet")
