@@ -96,7 +96,8 @@ class Setting:
 SETTINGS: tuple[Setting, ...] = (
     Setting("bind", _bind, "127.0.0.1:9464", "listen address HOST:PORT (loopback by default)"),
     Setting("workers", _positive(int), 2, "gunicorn worker processes (HTTP front ends)"),
-    Setting("threads", _positive(int), 8, "threads per gunicorn worker"),
+    Setting("threads", _positive(int), 8,
+            "unused: workers are gevent (a greenlet per connection); accepted so older configs start"),
     Setting("plugin_path", _paths, (), "extra plugin directories, os.pathsep-separated"),
     Setting("config", _optional_str, None, "TOML file with settings and [checks.NAME] tables"),
     Setting("data_dir", str, "./.sidecar", "directory of the run-history database",

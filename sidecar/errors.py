@@ -7,7 +7,8 @@
     ├── Unauthorized               401 unauthorized
     ├── PayloadTooLarge            413 payload_too_large
     ├── Saturated                  503 saturated (all sandbox slots busy; carries retry_after)
-    └── RunnerUnavailable          503 runner_unavailable (the runner process is gone)
+    ├── RunnerUnavailable          503 runner_unavailable (the runner process is gone)
+    └── StoreUnavailable           503 store_unavailable (history unreadable; at start: unusable data dir)
 
 Errors cross the runner's socket as dicts (`to_dict`) and are rebuilt on the other side
 (`SidecarError.from_dict`), so a gunicorn worker raises the same class the runner did.
@@ -25,6 +26,7 @@ __all__ = [
     "RunnerUnavailable",
     "Saturated",
     "SidecarError",
+    "StoreUnavailable",
     "Unauthorized",
 ]
 
@@ -87,3 +89,8 @@ class Saturated(SidecarError):
 class RunnerUnavailable(SidecarError):
     status = 503
     code = "runner_unavailable"
+
+
+class StoreUnavailable(SidecarError):
+    status = 503
+    code = "store_unavailable"

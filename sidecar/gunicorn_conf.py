@@ -1,7 +1,8 @@
 """Gunicorn configuration used by `sidecar serve` (`--config python:sidecar.gunicorn_conf`).
 
-Workers are thin HTTP front ends (gthread): all state lives in the runner process, so there is
-no prometheus multiprocess directory to wipe and nothing to clean up when a worker dies.
+Workers are thin HTTP front ends (`sidecar.worker.SidecarWorker`: gevent, JSON errors): all
+state lives in the runner process, so there is no prometheus multiprocess directory to wipe and
+nothing to clean up when a worker dies.
 """
 
 from __future__ import annotations
@@ -16,9 +17,11 @@ _cfg = json.loads(os.environ.get("SIDECAR_WORKER_CONFIG", "{}"))
 
 bind = [_cfg.get("bind", "127.0.0.1:9464")]
 workers = int(_cfg.get("workers", 2))
-threads = int(_cfg.get("threads", 8))
-worker_class = "gthread"
-# gthread workers heartbeat from their main loop, so long plugin runs do not trip this.
+# gevent: a slow client costs a greenlet, not a thread (see sidecar/worker.py). `threads` does not
+# apply to it; worker_connections bounds the connections (slow or not) each worker holds open.
+worker_class = "sidecar.worker.SidecarWorker"
+worker_connections = 1000
+# Heartbeats come from their own greenlet, so runs up to the max timeout never trip this.
 timeout = 30
 graceful_timeout = 10
 keepalive = 5

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from . import __version__
 from .sandbox.outcomes import ERROR_OUTCOMES
 from .sandbox.result import PluginSandboxResult
+from .store import FAULT_REASONS, StoreStats
 
 __all__ = ["CONTENT_TYPE_TEXT", "FAMILIES", "OPENMETRICS_CONTENT_TYPE", "REJECT_REASONS", "Metrics"]
 
@@ -53,6 +54,9 @@ FAMILIES: tuple[Family, ...] = (
     Family("sidecar_plugin_in_flight", "gauge", "Runs in progress"),
     Family("sidecar_plugin_rejected", "counter", "Run requests refused before running", ("plugin", "reason")),
     Family("sidecar_build_info", "gauge", "Always 1; the version label says which build", ("version",)),
+    Family("sidecar_store_errors", "counter", "Runs whose history write failed (kept pending)", ("reason",)),
+    Family("sidecar_store_dropped_runs", "counter", "Pending runs dropped because the write buffer was full", ()),
+    Family("sidecar_store_pending_runs", "gauge", "Runs waiting in memory for the history store to recover", ()),
 )
 
 
@@ -144,6 +148,8 @@ class Metrics:
         self._plugins: dict[str, _Plugin] = {}
         self._lock = threading.Lock()
         self._clock = clock
+        #: Read at scrape time: the history store's fault counters (set by the runner).
+        self.store_stats: Callable[[], StoreStats] = lambda: StoreStats(dict.fromkeys(FAULT_REASONS, 0), 0, 0)
 
     def add_plugin(self, name: str, loaded_at: float, interval_seconds: float | None) -> None:
         """Create every series of a plugin at zero, so the first error is an increase, not a new series."""
@@ -193,6 +199,7 @@ class Metrics:
     def render(self, openmetrics: bool = False) -> tuple[bytes, str]:
         """(body, content type) in the Prometheus text format, or OpenMetrics when asked for."""
         now = self._clock()
+        store = self.store_stats()
         with self._lock:
             chunks = [p.render() for p in self._plugins.values()]
             uptime = "".join(f'sidecar_plugin_uptime_seconds{{plugin="{p.name}"}} {_num(max(0.0, now - p.loaded_at))}\n'
@@ -208,6 +215,13 @@ class Metrics:
                 out.append(uptime)
             elif name == "sidecar_build_info":
                 out.append(f'sidecar_build_info{{version="{_escape(__version__)}"}} 1.0\n')
+            elif name == "sidecar_store_errors":
+                out.extend(f'sidecar_store_errors_total{{reason="{r}"}} {_num(store.errors.get(r, 0))}\n'
+                           for r in FAULT_REASONS)
+            elif name == "sidecar_store_dropped_runs":
+                out.append(f"sidecar_store_dropped_runs_total {_num(store.dropped)}\n")
+            elif name == "sidecar_store_pending_runs":
+                out.append(f"sidecar_store_pending_runs {_num(store.pending)}\n")
             else:
                 out.extend(c[name] for c in chunks)
         if openmetrics:

@@ -75,43 +75,48 @@ class RunnerServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
 
 
 class RunnerClient:
-    """The runner's methods, called over its socket; one persistent connection per thread."""
+    """The runner's methods, called over its socket.
+
+    Idle connections are pooled, not kept per thread: under the gevent worker every HTTP
+    connection is its own greenlet, and a per-greenlet connection would cost the runner one
+    thread per client connection and leak until garbage collection.
+    """
 
     def __init__(self, path: str) -> None:
         self.path = path
-        self._local = threading.local()
+        self._idle: list[socket.socket] = []
+        self._lock = threading.Lock()
 
-    def _conn(self) -> socket.socket:
-        conn: socket.socket | None = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            try:
-                conn.connect(self.path)
-            except OSError as exc:
-                conn.close()
-                raise RunnerUnavailable(f"the runner is not reachable: {exc}") from None
-            self._local.conn = conn
+    def _take(self) -> socket.socket:
+        with self._lock:
+            if self._idle:
+                return self._idle.pop()
+        conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            conn.connect(self.path)
+        except OSError as exc:
+            conn.close()
+            raise RunnerUnavailable(f"the runner is not reachable: {exc}") from None
         return conn
 
-    def _drop(self) -> None:
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
-            conn.close()
-            self._local.conn = None
+    def _give_back(self, conn: socket.socket) -> None:
+        with self._lock:
+            self._idle.append(conn)
 
     def call(self, op: str, **args: Any) -> tuple[Any, bytes]:
         payload = json.dumps({"op": op, "args": args}).encode()
         for attempt in (1, 2):  # a connection kept from before a runner restart fails once
+            conn = self._take()
             try:
-                conn = self._conn()
                 send_frame(conn, payload)
                 header = recv_frame(conn)
                 body = recv_frame(conn) if header is not None else None
             except (OSError, FrameError):
                 header = body = None
             if header is not None and body is not None:
+                self._give_back(conn)
                 break
-            self._drop()
+            conn.close()
             if attempt == 2 or op == "run":  # never run a plugin twice
                 raise RunnerUnavailable("the runner closed the connection")
         assert header is not None and body is not None

@@ -52,6 +52,7 @@ class Runner:
         self.store = Store(settings.data_dir, settings.history_retention)
         self.sandbox = Sandbox(extra_env=settings.plugin_env)
         self.metrics = Metrics(settings.buckets)
+        self.metrics.store_stats = self.store.stats
         for entry in self.registry:
             self.metrics.add_plugin(entry.name, entry.loaded_at, entry.interval_seconds)
         self._slots = threading.BoundedSemaphore(settings.max_concurrent_runs)
@@ -99,12 +100,14 @@ class Runner:
                                                  s.max_output_bytes))
             if result.plugin != entry.name:  # a check runs its plugin's code under its own name
                 result = PluginSandboxResult.from_dict({**result.to_dict(), "plugin": entry.name})
-            self.store.record(result, trigger)
         except BaseException:
             self.metrics.aborted(entry.name)
             log.exception("run of %s failed inside the sidecar", entry.name)
             raise
         self.metrics.finished(entry.name, result)
+        # After the metrics: a run that happened is counted even if its history write fails (the
+        # store keeps it pending, counts and logs the failure; it never raises for a fault).
+        self.store.record(result, trigger)
         return result
 
     # -- scheduler -----------------------------------------------------------------------------
@@ -193,8 +196,12 @@ class Runner:
         return self.metrics.render(openmetrics)
 
     def ready(self) -> dict[str, Any]:
-        checks = {"plugins_discovered": len(self.registry) > 0, "store_writable": self.store.writable()}
-        return {"ready": all(checks.values()), "checks": checks}
+        writable, why = self.store.probe()
+        checks = {"plugins_discovered": len(self.registry) > 0, "store_writable": writable}
+        state: dict[str, Any] = {"ready": all(checks.values()), "checks": checks}
+        if not writable:
+            state["reason"] = f"history store: {why}"
+        return state
 
     def ping(self) -> bool:
         return True

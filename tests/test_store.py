@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import errno
 import os
-from collections.abc import Iterator
+import sqlite3
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from sidecar.errors import StoreUnavailable
 from sidecar.sandbox.result import ErrorInfo, Outcome, PluginSandboxResult
-from sidecar.store import Store
+from sidecar.store import Store, StoreStats, fault_reason
+from tests import fsfaults
 
 
 def _result(plugin: str = "p", outcome: Outcome = Outcome.SUCCESS, at: float = 1000.0,
@@ -33,7 +38,9 @@ def test_empty(store: Store) -> None:
 
 
 def test_record_and_recent_newest_first(store: Store) -> None:
-    ids = [store.record(_result(at=1000.0 + i), trigger="schedule" if i == 1 else "api") for i in range(3)]
+    recorded = [store.record(_result(at=1000.0 + i), trigger="schedule" if i == 1 else "api") for i in range(3)]
+    ids = [i for i in recorded if i is not None]
+    assert len(ids) == 3
     assert ids == sorted(ids) and len(set(ids)) == 3
     rows = store.recent("p")
     assert [r["id"] for r in rows] == ids[::-1]
@@ -132,3 +139,188 @@ def test_not_writable_when_writes_fail(tmp_path: Path) -> None:
     finally:
         s.close()
     assert s.writable() is False  # closed
+
+
+# -- faults ------------------------------------------------------------------------------------------
+
+
+def _sqlite_error(message: str, code: int) -> sqlite3.OperationalError:
+    exc = sqlite3.OperationalError(message)
+    exc.sqlite_errorcode = code
+    return exc
+
+
+@pytest.mark.parametrize(("exc", "reason"), [
+    (_sqlite_error("database or disk is full", sqlite3.SQLITE_FULL), "disk_full"),
+    (_sqlite_error("attempt to write a readonly database", sqlite3.SQLITE_READONLY), "read_only"),
+    (_sqlite_error("database disk image is malformed", sqlite3.SQLITE_CORRUPT), "corrupt"),
+    (_sqlite_error("file is not a database", sqlite3.SQLITE_NOTADB), "corrupt"),
+    (_sqlite_error("disk I/O error", sqlite3.SQLITE_IOERR_WRITE), "io"),
+    (sqlite3.OperationalError("database or disk is full"), "disk_full"),
+    (OSError(errno.EROFS, "Read-only file system"), "read_only"),
+    (OSError(errno.ENOSPC, "No space left on device"), "disk_full"),
+])
+def test_fault_reason(exc: BaseException, reason: str) -> None:
+    assert fault_reason(exc) == reason
+
+
+class _Failing:
+    """Stands in for `Store._write` while `error` is set (the sqlite3 boundary of the store)."""
+
+    def __init__(self, store: Store) -> None:
+        self.real = store._write
+        self.error: sqlite3.Error | None = None
+
+    def __call__(self, result: PluginSandboxResult, trigger: str) -> int:
+        if self.error is not None:
+            raise self.error
+        return self.real(result, trigger)
+
+
+def _wait_for(predicate: Callable[[], bool], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.02)
+
+
+def test_failed_write_is_kept_counted_and_written_on_recovery(tmp_path: Path, caplog: pytest.LogCaptureFixture,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    s = Store(str(tmp_path), retry_seconds=3600)  # recovery through probe() here; the thread is tested below
+    try:
+        failing = _Failing(s)
+        monkeypatch.setattr(s, "_write", failing)
+        monkeypatch.setattr(s, "_probe_locked", lambda: failing.error is None)
+        s.record(_result(at=1000.0))
+        failing.error = _sqlite_error("database or disk is full", sqlite3.SQLITE_FULL)
+        assert s.record(_result(outcome=Outcome.VALUE, at=1001.0)) is None
+        assert s.record(_result(at=1002.0)) is None
+        assert s.stats() == StoreStats({"disk_full": 2, "read_only": 0, "corrupt": 0, "io": 0}, 0, 2)
+        ready, why = s.probe()
+        assert not ready and why.startswith("disk full") and s.path in why and "2 run(s) pending" in why
+        assert any("disk full" in r.getMessage() and s.path in r.getMessage() for r in caplog.records)
+        assert s.totals("p") == {"success": 1}  # reads still work on a full disk
+        failing.error = None
+        assert s.probe() == (True, "ok")
+        assert s.totals("p") == {"success": 2, "value": 1}
+        assert [r["finished_at"] for r in s.recent("p")] == [1002.0, 1001.0, 1000.0]  # order kept
+        assert s.stats().pending == 0 and s.stats().errors["disk_full"] == 2
+    finally:
+        s.close()
+
+
+def test_recovers_by_itself(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    s = Store(str(tmp_path), retry_seconds=0.02)
+    try:
+        failing = _Failing(s)
+        monkeypatch.setattr(s, "_write", failing)
+        failing.error = _sqlite_error("attempt to write a readonly database", sqlite3.SQLITE_READONLY)
+        for i in range(3):
+            assert s.record(_result(at=1000.0 + i)) is None
+        assert s.stats().errors["read_only"] == 3
+        failing.error = None
+        _wait_for(lambda: s.stats().pending == 0)
+        assert s.totals("p") == {"success": 3}
+        assert s.probe() == (True, "ok")
+    finally:
+        s.close()
+
+
+def test_full_buffer_drops_oldest_with_a_count(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    s = Store(str(tmp_path), pending_limit=3, retry_seconds=3600)
+    try:
+        failing = _Failing(s)
+        monkeypatch.setattr(s, "_write", failing)
+        failing.error = _sqlite_error("database or disk is full", sqlite3.SQLITE_FULL)
+        for i in range(5):
+            s.record(_result(at=1000.0 + i))
+        assert s.stats() == StoreStats({"disk_full": 5, "read_only": 0, "corrupt": 0, "io": 0}, 2, 3)
+        failing.error = None
+        assert s.probe()[0]
+        assert [r["finished_at"] for r in s.recent("p")] == [1004.0, 1003.0, 1002.0]
+    finally:
+        s.close()
+
+
+def _write_history(data: Path, runs: int) -> Path:
+    s = Store(str(data))
+    for i in range(runs):
+        s.record(_result(at=1000.0 + i, outcome=Outcome.VALUE, message="m" * 500))
+    s.close()
+    return Path(s.path)
+
+
+@pytest.mark.parametrize("damage", ["header", "pages"])
+def test_corrupt_history_is_moved_aside(tmp_path: Path, damage: str, caplog: pytest.LogCaptureFixture) -> None:
+    path = _write_history(tmp_path, 300)
+    raw = bytearray(path.read_bytes())
+    assert len(raw) > 16 * 4096
+    if damage == "header":
+        raw[0:100] = os.urandom(100)
+    else:
+        for page in range(2, len(raw) // 4096, 2):
+            raw[page * 4096: page * 4096 + 200] = b"\xff" * 200
+    path.write_bytes(bytes(raw))
+    s = Store(str(tmp_path))
+    try:
+        assert s.moved_aside is not None and Path(s.moved_aside).read_bytes() == bytes(raw)
+        assert any(s.moved_aside in r.getMessage() for r in caplog.records)
+        assert s.totals("p") == {}
+        s.record(_result())
+        assert s.totals("p") == {"success": 1} and s.probe() == (True, "ok")
+    finally:
+        s.close()
+
+
+def test_unusable_data_dir_names_path_and_cause(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(StoreUnavailable, match=rf"{blocker}/data: Not a directory"):
+        Store(str(blocker / "data"))
+
+
+def test_read_only_data_dir_stops_start_up(tmp_path: Path) -> None:
+    _write_history(tmp_path / "data", 1)
+    with fsfaults.read_only_mount(tmp_path / "data", tmp_path / "ro") as ro:
+        with pytest.raises(StoreUnavailable, match=rf"cannot use data directory {ro}: Read-only file system"):
+            Store(str(ro))
+
+
+def test_full_file_system_then_space_returns(tmp_path: Path) -> None:
+    with fsfaults.tmpfs(tmp_path / "small", "1m") as data:
+        s = Store(str(data), retry_seconds=0.05)
+        try:
+            s.record(_result(at=1000.0))
+            filler = fsfaults.fill(data)
+            results = [s.record(_result(at=1001.0 + i)) for i in range(20)]
+            assert None in results  # the disk refused some writes...
+            assert s.stats().errors["disk_full"] >= 1
+            ready, why = s.probe()
+            assert not ready and why.startswith("disk full")
+            filler.unlink()  # ...and every run comes back when space does
+            _wait_for(lambda: s.stats().pending == 0)
+            assert s.totals("p") == {"success": 21}
+            assert s.probe() == (True, "ok")
+        finally:
+            s.close()
+
+
+def test_failed_read_is_store_unavailable(tmp_path: Path) -> None:
+    s = Store(str(tmp_path))
+    s._db.close()  # any sqlite3 error on a read
+    with pytest.raises(StoreUnavailable, match="unreadable"):
+        s.totals("p")
+    s.close()
+
+
+def test_corrupt_write_is_kept_like_a_full_disk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    s = Store(str(tmp_path), retry_seconds=3600)
+    try:
+        failing = _Failing(s)
+        monkeypatch.setattr(s, "_write", failing)
+        monkeypatch.setattr(s, "_probe_locked", lambda: failing.error is None)
+        failing.error = _sqlite_error("database disk image is malformed", sqlite3.SQLITE_CORRUPT)
+        assert s.record(_result()) is None
+        assert s.stats().errors["corrupt"] == 1 and s.stats().pending == 1
+    finally:
+        s.close()

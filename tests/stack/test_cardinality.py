@@ -36,7 +36,12 @@ PER_PLUGIN: dict[str, int] = {
     "sidecar_plugin_interval_seconds": 1,  # scheduled plugins and checks only
 }
 #: Series of a sidecar that carry no plugin label, by family.
-PER_SIDECAR: dict[str, int] = {"sidecar_build_info": 1}
+PER_SIDECAR: dict[str, int] = {
+    "sidecar_build_info": 1,
+    "sidecar_store_errors_total": 4,  # reason: disk_full, read_only, corrupt, io
+    "sidecar_store_pending_runs": 1,
+    "sidecar_store_dropped_runs_total": 1,
+}
 
 SCHEDULED, IDLE, RAN = "tick", "idle_plugin", "echo"
 
