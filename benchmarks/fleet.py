@@ -522,6 +522,7 @@ def main(argv: list[str] | None = None) -> int:
         raise KeyboardInterrupt  # unwinds through the cleanup below, like Ctrl-C
 
     signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # also when started with SIGINT ignored (`&`)
     load_before = os.getloadavg()
     started = time.time()
     try:
