@@ -7,9 +7,10 @@ import json
 import os
 from typing import Any, Protocol
 
-from flask import Flask, Response, jsonify, request
+from flask import Flask, Request, Response, jsonify, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
+from . import defaults, schema
 from .config import Settings, load_settings
 from .errors import BadRequest, PayloadTooLarge, SidecarError, Unauthorized
 from .openapi import openapi_document
@@ -26,6 +27,7 @@ class Backend(Protocol):
     def health(self, name: str) -> dict[str, Any]: ...
     def runs(self, name: str, limit: int = 20) -> list[dict[str, Any]]: ...
     def run(self, name: str, params: Any = None, timeout_seconds: Any = None) -> dict[str, Any]: ...
+    def reject(self, name: str, reason: str) -> None: ...
     def render_metrics(self, openmetrics: bool = False) -> tuple[bytes, str]: ...
     def ready(self) -> dict[str, Any]: ...
     def ping(self) -> bool: ...
@@ -39,6 +41,28 @@ def _error(exc: SidecarError) -> Response:
     if isinstance(exc, Unauthorized):
         resp.headers["WWW-Authenticate"] = 'Bearer realm="sidecar"'
     return resp
+
+
+def _run_body(req: Request, settings: Settings) -> schema.RunBody:
+    """The whole run request, validated before anything runs: size, JSON, depth, types, ranges."""
+    # Read at most one byte past the limit ourselves: a chunked body has no Content-Length, and
+    # werkzeug's limited stream would silently truncate it rather than refuse it.
+    try:
+        raw = req.stream.read(settings.max_body_bytes + 1)
+    except Exception as exc:  # a malformed chunked body surfaces here as the server's parse error
+        raise BadRequest(f"body could not be read: {type(exc).__name__}: {exc}") from None
+    if len(raw) > settings.max_body_bytes:
+        raise PayloadTooLarge(f"request body over {settings.max_body_bytes} bytes")
+    if not raw.strip():
+        return schema.RunBody()
+    try:
+        body = schema.decode_json(raw, schema.RunBody)
+    except schema.Invalid as exc:
+        raise BadRequest(str(exc)) from None
+    if body.timeout_seconds is not None and body.timeout_seconds > settings.max_timeout_seconds:
+        raise BadRequest(f"body: timeout_seconds = {body.timeout_seconds:g} is invalid: it exceeds the server "
+                         f"maximum {settings.max_timeout_seconds:g} (SIDECAR_MAX_TIMEOUT_SECONDS)")
+    return body
 
 
 def create_app(settings: Settings | None = None, backend: Backend | None = None) -> Flask:
@@ -72,6 +96,9 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
         resp = jsonify({"error": {"code": (exc.name or "error").lower().replace(" ", "_"),
                                   "message": exc.description or exc.name}})
         resp.status_code = exc.code or 500
+        for key, value in exc.get_headers():  # e.g. Allow on a 405
+            if key.lower() != "content-type":
+                resp.headers[key] = value
         return resp
 
     @app.get("/metrics")
@@ -113,27 +140,17 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
 
     @app.post("/plugins/<name>/run")
     def run(name: str) -> Response:
-        # Read at most one byte past the limit ourselves: a chunked body has no Content-Length, and
-        # werkzeug's limited stream would silently truncate it rather than refuse it.
-        raw = request.stream.read(settings.max_body_bytes + 1)
-        if len(raw) > settings.max_body_bytes:
-            raise PayloadTooLarge(f"request body over {settings.max_body_bytes} bytes")
-        body: Any = {}
-        if raw.strip():
-            try:
-                body = json.loads(raw)
-            except (ValueError, RecursionError) as exc:
-                raise BadRequest(f"body is not valid JSON: {type(exc).__name__}: {exc}") from None
-        if not isinstance(body, dict):
-            raise BadRequest('body must be a JSON object: {"params": {...}, "timeout_seconds": n}')
-        unknown = set(body) - {"params", "timeout_seconds"}
-        if unknown:
-            raise BadRequest(f"unknown body keys {sorted(unknown)}; allowed: params, timeout_seconds")
-        return jsonify(backend.run(name, body.get("params"), body.get("timeout_seconds")))
+        try:
+            body = _run_body(request, settings)
+        except BadRequest:
+            # `reason="invalid"` counts every 400 for a known plugin; for an unknown one this raises its 404.
+            backend.reject(name, "invalid")
+            raise
+        return jsonify(backend.run(name, body.params, body.timeout_seconds))
 
     @app.get("/openapi.json")
     def openapi() -> Response:
-        return jsonify(openapi_document())
+        return jsonify(openapi_document(settings))
 
     return app
 
@@ -143,5 +160,8 @@ def worker_app() -> Flask:
     from .rpc import RunnerClient
 
     cfg = json.loads(os.environ[WORKER_ENV])
-    settings = Settings(api_token=cfg.get("api_token"), max_body_bytes=int(cfg["max_body_bytes"]))
+    max_timeout = float(cfg.get("max_timeout_seconds", defaults.MAX_TIMEOUT_SECONDS))
+    settings = Settings(api_token=cfg.get("api_token"), max_body_bytes=int(cfg["max_body_bytes"]),
+                        max_timeout_seconds=max_timeout,  # the worker never picks a default timeout itself
+                        default_timeout_seconds=min(defaults.DEFAULT_TIMEOUT_SECONDS, max_timeout))
     return create_app(settings, RunnerClient(cfg["socket"]))

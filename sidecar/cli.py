@@ -1,7 +1,9 @@
 """`sidecar serve | run | list | check | bench | settings` — a stable interface scripts rely on.
 
-Exit codes: 0 success; 1 a run or check failed; 2 usage error (unknown plugin, bad parameter),
-with a one-line message on stderr.
+Exit codes: 0 success; 1 a run failed, or `check` found a problem (a bad setting, check table or
+plugin metadata, an unknown plugin, a plugin that does not import); 2 usage error (unknown flag or
+plugin, bad parameter, missing config file) and `serve` refusing a bad configuration, with a
+one-line message on stderr.
 """
 
 from __future__ import annotations
@@ -13,8 +15,8 @@ from collections.abc import Sequence
 from typing import Any, NoReturn
 
 from . import __version__
-from .config import SETTINGS, Settings, load_settings, settings_table
-from .errors import SidecarError
+from .config import SETTINGS, ConfigFileMissing, Settings, load_settings, settings_table
+from .errors import ConfigError, SidecarError
 
 __all__ = ["main"]
 
@@ -101,7 +103,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
         print(json.dumps([e.to_dict() for e in registry], indent=2))
         return 0
     for e in registry:
-        flag = f"  [problem: {e.metadata.problem}]" if e.metadata.problem else ""
+        flag = f"  [problem: {e.metadata.issues}]" if e.metadata.issues else ""
         print(f"{e.name:<24} {e.source:<12} {e.description}{flag}")
     return 0
 
@@ -110,9 +112,18 @@ def _cmd_check(args: argparse.Namespace) -> int:
     from .plugins import discover
     from .sandbox.client import RunRequest, Sandbox
 
-    settings = _settings(args)
+    try:
+        settings = _settings(args)
+    except ConfigFileMissing as exc:
+        raise UsageError(exc.message) from None
+    except ConfigError as exc:  # a problem found in the configuration, not a usage error
+        print(f"INVALID {exc.message}")
+        return 1
     registry = discover(settings)
     broken = 0
+    for error in registry.errors:
+        broken += 1
+        print(f"INVALID {error}")
     with Sandbox(extra_env=settings.plugin_env) as sandbox:
         for entry in registry:
             if entry.source == "check":
@@ -121,7 +132,8 @@ def _cmd_check(args: argparse.Namespace) -> int:
             result = sandbox.run(RunRequest(entry.ref, {}, timeout, settings.default_memory_limit_mb,
                                             mode="import"))
             if result.ok:
-                print(f"ok      {entry.name}")
+                if not entry.metadata.invalid:  # else already reported as INVALID above
+                    print(f"ok      {entry.name}")
             else:
                 broken += 1
                 detail = f"{result.error.type}: {result.error.message}" if result.error else ""
@@ -130,6 +142,17 @@ def _cmd_check(args: argparse.Namespace) -> int:
         broken += 1
         print(f"REJECTED {where}: {why}")
     return 1 if broken else 0
+
+
+def _refusal(settings: Settings) -> str | None:
+    """Why `serve` must not start with these settings (a bad check table or plugin metadata), if so."""
+    from .plugins import discover
+
+    errors = discover(settings).errors
+    if not errors:
+        return None
+    more = f" (and {len(errors) - 1} more problems: run `sidecar check`)" if len(errors) > 1 else ""
+    return errors[0] + more
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
@@ -171,9 +194,13 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    refusal = _refusal(settings)
+    if refusal is not None:
+        raise ConfigError(refusal)
     from .serve import serve
 
-    return serve(_settings(args))
+    return serve(settings)
 
 
 def _cmd_settings(args: argparse.Namespace) -> int:
@@ -211,7 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
     plugin_path(lst)
     lst.set_defaults(func=_cmd_list)
 
-    chk = sub.add_parser("check", help="import every plugin in the sandbox; exit 1 if any is broken")
+    chk = sub.add_parser("check", help="validate settings, checks and plugin metadata, import every plugin in the "
+                                       "sandbox; exit 1 on any problem")
     plugin_path(chk)
     chk.set_defaults(func=_cmd_check)
 

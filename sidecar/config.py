@@ -1,8 +1,10 @@
-"""Settings: each declared once, with its env var, CLI flag, TOML key, type, default and help.
+"""Settings: each declared once, as a field of `Settings` that knows its type, range, default and help.
 
 Precedence: CLI flag > `SIDECAR_*` environment variable > TOML file (`SIDECAR_CONFIG` / `--config`)
-> default. The CLI's `serve --help` and the README's configuration table are generated from
-`SETTINGS`; a test fails when the README table is stale.
+> default. `SETTINGS` (derived from the fields) generates `serve --help` and the README's
+configuration table; a test fails when the README table is stale. Every value, from wherever it
+comes, goes through the same constrained types (`sidecar.schema`) as check tables and plugin
+metadata; an error names its source, the key, the bad value and what is allowed.
 
 The TOML file may also declare checks: named, configured instances of a plugin::
 
@@ -17,115 +19,60 @@ from __future__ import annotations
 import os
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
+from msgspec import Meta
+
+from . import defaults, schema
 from .errors import ConfigError
+from .schema import Invalid, MemoryMB, PluginName, Seconds
 
-__all__ = ["SETTINGS", "CheckConfig", "Setting", "Settings", "load_settings", "settings_table"]
+__all__ = ["SETTINGS", "CheckConfig", "ConfigFileMissing", "Setting", "Settings", "load_settings", "settings_table"]
+
+
+class ConfigFileMissing(ConfigError):
+    """The config file named by `--config`/`SIDECAR_CONFIG` does not exist: a usage error."""
+
+    code = "config_file_missing"  # its own code, so that a rebuilt "config" error stays a ConfigError
 
 
 def _cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-def _positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
-    def parse(raw: str) -> Any:
-        value = kind(raw)
-        if value <= 0:
-            raise ValueError("must be > 0")
-        return value
-
-    parse.__name__ = kind.__name__
-    return parse
+Count = Annotated[int, Meta(ge=1, le=1 << 20, description="an integer >= 1")]
+Bytes = Annotated[int, Meta(ge=1, le=1 << 40, description="bytes, an integer >= 1")]
+Bind = Annotated[str, Meta(pattern=r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.\-]+):[0-9]{1,5}$",
+                           description="HOST:PORT, e.g. 127.0.0.1:9464 or [::1]:9464")]
+Bucket = Annotated[float, Meta(gt=0, le=schema.MAX_SECONDS)]
+LogLevel = Annotated[str, Meta(pattern=r"^(?i:debug|info|warning|error|critical)$",
+                               description="DEBUG, INFO, WARNING, ERROR or CRITICAL")]
 
 
-def _bind(raw: str) -> str:
-    host, sep, port = raw.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError("expected HOST:PORT, e.g. 127.0.0.1:9464 or [::1]:9464")
-    return raw
+def _port_in_range(value: Any) -> None:
+    if not 0 < int(str(value).rpartition(":")[2]) < 65536:
+        raise ValueError("the port must be from 1 to 65535")
 
 
-def _paths(raw: str) -> tuple[str, ...]:
-    return tuple(p for p in raw.split(os.pathsep) if p)
-
-
-def _names(raw: str) -> tuple[str, ...]:
-    return tuple(n.strip() for n in raw.split(",") if n.strip())
-
-
-def _buckets(raw: str) -> tuple[float, ...]:
-    values = tuple(float(v) for v in raw.split(",") if v.strip())
-    if not values or any(b <= 0 for b in values) or list(values) != sorted(set(values)):
+def _increasing(value: Any) -> None:
+    if list(value) != sorted(set(value)):
         raise ValueError("expected increasing positive seconds, comma-separated, e.g. 0.01,0.1,1,10")
-    return values
 
 
-def _optional_str(raw: str) -> str | None:
-    return raw or None
-
-
-def _bool(raw: str) -> bool:
-    if raw.lower() in ("1", "true", "yes", "on"):
-        return True
-    if raw.lower() in ("0", "false", "no", "off"):
-        return False
-    raise ValueError("expected true or false")
-
-
-@dataclass(frozen=True)
-class Setting:
-    name: str
-    parse: Callable[[str], Any]
-    default: Any
-    help: str
-    default_doc: str | None = None
-
-    @property
-    def env(self) -> str:
-        return f"SIDECAR_{self.name.upper()}"
-
-    @property
-    def flag(self) -> str:
-        return "--" + self.name.replace("_", "-")
-
-
-#: Every setting of the sidecar, in the order the README lists them.
-SETTINGS: tuple[Setting, ...] = (
-    Setting("bind", _bind, "127.0.0.1:9464", "listen address HOST:PORT (loopback by default)"),
-    Setting("workers", _positive(int), 2, "gunicorn worker processes (HTTP front ends)"),
-    Setting("threads", _positive(int), 8,
-            "unused: workers are gevent (a greenlet per connection); accepted so older configs start"),
-    Setting("plugin_path", _paths, (), "extra plugin directories, os.pathsep-separated"),
-    Setting("config", _optional_str, None, "TOML file with settings and [checks.NAME] tables"),
-    Setting("data_dir", str, "./.sidecar", "directory of the run-history database",
-            "`./.sidecar` (container: `/var/lib/sidecar`)"),
-    Setting("api_token", _optional_str, None, "bearer token required by write routes; never passed to plugins"),
-    Setting("default_timeout_seconds", _positive(float), 60.0, "per-run timeout when a plugin or call sets none"),
-    Setting("max_timeout_seconds", _positive(float), 300.0, "upper bound a plugin or call may ask for"),
-    Setting("default_memory_limit_mb", _positive(int), 1024,
-            "per-run memory limit (address space, RLIMIT_AS; includes the ~30 MB interpreter)"),
-    Setting("max_concurrent_runs", _positive(int), 2 * _cores(), "sandboxes at once; beyond it 503",
-            "2 × cores"),
-    Setting("duration_buckets", _buckets, (), "execution-time histogram buckets, seconds, comma-separated",
-            "1 ms … max timeout"),
-    Setting("history_retention", _positive(int), 1000, "runs kept per plugin in the history"),
-    Setting("max_body_bytes", _positive(int), 1024 * 1024, "largest accepted request body"),
-    Setting("max_result_bytes", _positive(int), 8 * 1024 * 1024, "largest plugin result (JSON bytes)"),
-    Setting("max_output_bytes", _positive(int), 64 * 1024, "stdout/stderr kept per run and stream (head + tail)"),
-    Setting("plugin_env", _names, (), "extra environment variable names passed through to plugins"),
-    Setting("entry_points", _bool, True, "load plugins from the `sidecar.plugins` entry-point group"),
-    Setting("log_level", str, "INFO", "logging level"),
-)
-
-_BY_NAME = {s.name: s for s in SETTINGS}
+def _setting(default: Any, help: str, kind: Any, *, doc: str | None = None, sep: str | None = None,
+             check: Callable[[Any], None] | None = None, factory: Callable[[], Any] | None = None) -> Any:
+    """A Settings field: its default, help, type (with its range) and how a string splits into a list."""
+    meta = {"help": help, "kind": kind, "doc": doc, "sep": sep, "check": check}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
 
 
 @dataclass(frozen=True)
 class CheckConfig:
-    """A named, configured instance of a plugin, from a `[checks.NAME]` table."""
+    """A named, configured instance of a plugin, from a validated `[checks.NAME]` table."""
 
     name: str
     plugin: str
@@ -138,25 +85,46 @@ class CheckConfig:
 
 @dataclass(frozen=True)
 class Settings:
-    bind: str = "127.0.0.1:9464"
-    workers: int = 2
-    threads: int = 8
-    plugin_path: tuple[str, ...] = ()
-    config: str | None = None
-    data_dir: str = "./.sidecar"
-    api_token: str | None = None
-    default_timeout_seconds: float = 60.0
-    max_timeout_seconds: float = 300.0
-    default_memory_limit_mb: int = 1024
-    max_concurrent_runs: int = field(default_factory=lambda: 2 * _cores())
-    duration_buckets: tuple[float, ...] = ()
-    history_retention: int = 1000
-    max_body_bytes: int = 1024 * 1024
-    max_result_bytes: int = 8 * 1024 * 1024
-    max_output_bytes: int = 64 * 1024
-    plugin_env: tuple[str, ...] = ()
-    entry_points: bool = True
-    log_level: str = "INFO"
+    """Every setting of the sidecar, in the order the README lists them."""
+
+    bind: str = _setting(defaults.BIND, "listen address HOST:PORT (loopback by default)", Bind,
+                         check=_port_in_range)
+    workers: int = _setting(defaults.WORKERS, "gunicorn worker processes (HTTP front ends)", Count)
+    threads: int = _setting(defaults.THREADS,
+                            "unused: workers are gevent (a greenlet per connection); accepted so older configs start",
+                            Count)
+    plugin_path: tuple[str, ...] = _setting((), "extra plugin directories, os.pathsep-separated",
+                                            tuple[str, ...], sep=os.pathsep)
+    config: str | None = _setting(None, "TOML file with settings and [checks.NAME] tables", str | None)
+    data_dir: str = _setting(defaults.DATA_DIR, "directory of the run-history database",
+                             Annotated[str, Meta(min_length=1)],
+                             doc=f"`{defaults.DATA_DIR}` (container: `/var/lib/sidecar`)")
+    api_token: str | None = _setting(None, "bearer token required by write routes; never passed to plugins",
+                                     str | None)
+    default_timeout_seconds: float = _setting(defaults.DEFAULT_TIMEOUT_SECONDS,
+                                              "per-run timeout when a plugin or call sets none", Seconds)
+    max_timeout_seconds: float = _setting(defaults.MAX_TIMEOUT_SECONDS, "upper bound a plugin or call may ask for",
+                                          Seconds)
+    default_memory_limit_mb: int = _setting(
+        defaults.DEFAULT_MEMORY_LIMIT_MB,
+        "per-run memory limit (address space, RLIMIT_AS; includes the ~30 MB interpreter)", MemoryMB)
+    max_concurrent_runs: int = _setting(None, "sandboxes at once; beyond it 503", Count, doc="2 × cores",
+                                        factory=lambda: 2 * _cores())
+    duration_buckets: tuple[float, ...] = _setting(
+        (), "execution-time histogram buckets, seconds, comma-separated", tuple[Bucket, ...], sep=",",
+        check=_increasing, doc="1 ms … max timeout")
+    history_retention: int = _setting(defaults.HISTORY_RETENTION, "runs kept per plugin in the history", Count)
+    max_body_bytes: int = _setting(defaults.MAX_BODY_BYTES, "largest accepted request body", Bytes)
+    max_result_bytes: int = _setting(defaults.DEFAULT_MAX_RESULT_BYTES, "largest plugin result (JSON bytes)", Bytes)
+    max_output_bytes: int = _setting(defaults.DEFAULT_MAX_OUTPUT_BYTES,
+                                     "stdout/stderr kept per run and stream (head + tail)", Bytes)
+    plugin_env: tuple[str, ...] = _setting((), "extra environment variable names passed through to plugins",
+                                           tuple[str, ...], sep=",")
+    plugins: tuple[str, ...] = _setting(
+        (), "only these plugins (comma-separated names; checks may use only these); empty = every one found",
+        tuple[PluginName, ...], sep=",", doc="all")
+    entry_points: bool = _setting(True, "load plugins from the `sidecar.plugins` entry-point group", bool)
+    log_level: str = _setting(defaults.LOG_LEVEL, "logging level", LogLevel)
     checks: tuple[CheckConfig, ...] = ()
 
     def __post_init__(self) -> None:
@@ -179,32 +147,81 @@ class Settings:
         return replace(self, **changes)
 
 
-def _coerce(setting: Setting, value: Any, where: str) -> Any:
-    raw = value
-    if isinstance(value, list | tuple):
-        raw = (os.pathsep if setting.name == "plugin_path" else ",").join(str(v) for v in value)
-    elif isinstance(value, bool):
-        raw = "true" if value else "false"
-    try:
-        return setting.parse(str(raw))
-    except ValueError as exc:
-        raise ConfigError(f"{where}: invalid value {value!r} for {setting.name}: {exc}") from None
+@dataclass(frozen=True)
+class Setting:
+    """One setting as the CLI and the README see it; derived from its `Settings` field."""
+
+    name: str
+    default: Any
+    help: str
+    kind: Any
+    default_doc: str | None = None
+    sep: str | None = None
+    check: Callable[[Any], None] | None = None
+
+    @property
+    def env(self) -> str:
+        return f"SIDECAR_{self.name.upper()}"
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    def coerce(self, value: Any, where: str) -> Any:
+        """The typed, range-checked value of `value` (a string from env/CLI, or a TOML value)."""
+        raw = value
+        if self.sep is not None and isinstance(value, str):
+            raw = [part.strip() for part in value.split(self.sep) if part.strip()]
+        elif isinstance(value, str) and value == "" and self.default is None:
+            raw = None  # an empty env var unsets an optional setting
+        try:
+            typed = schema.convert(raw, self.kind, strict=not isinstance(value, str))
+            if self.check is not None:
+                self.check(typed)
+        except (Invalid, ValueError) as exc:
+            allowed = str(exc)
+            described = [m.description for m in getattr(self.kind, "__metadata__", ())
+                         if getattr(m, "description", None)]
+            hint = f" ({described[0]})" if described and described[0] not in allowed else ""
+            raise ConfigError(f"{where}: {self.name} = {value!r} is invalid: "
+                              f"{allowed[:1].lower() + allowed[1:]}{hint}") from None
+        return tuple(typed) if isinstance(typed, list) else typed
+
+
+def _declare() -> tuple[Setting, ...]:
+    out = []
+    for f in fields(Settings):
+        if not f.metadata:
+            continue
+        default = f.default if f.default_factory is MISSING else f.default_factory()
+        m = f.metadata
+        out.append(Setting(f.name, default, m["help"], m["kind"], m["doc"], m["sep"], m["check"]))
+    return tuple(out)
+
+
+#: Every setting of the sidecar, in the order the README lists them.
+SETTINGS: tuple[Setting, ...] = _declare()
+
+_BY_NAME = {s.name: s for s in SETTINGS}
 
 
 def _checks(table: Any, path: str) -> tuple[CheckConfig, ...]:
     if not isinstance(table, dict):
-        raise ConfigError(f"{path}: [checks] must be a table of tables")
-    allowed = {f.name for f in fields(CheckConfig)} - {"name"}
+        raise ConfigError(f"{path}: checks = {table!r} is invalid: expected [checks.NAME] tables")
     out = []
     for name, body in table.items():
-        if not isinstance(body, dict) or "plugin" not in body:
-            raise ConfigError(f"{path}: [checks.{name}] needs at least plugin = \"NAME\"")
-        unknown = set(body) - allowed
-        if unknown:
-            raise ConfigError(f"{path}: [checks.{name}] unknown keys {sorted(unknown)}; allowed: {sorted(allowed)}")
-        if not isinstance(body.get("params", {}), dict):
-            raise ConfigError(f"{path}: [checks.{name}] params must be a table")
-        out.append(CheckConfig(name=str(name), **body))
+        where = f"{path}: [checks.{name}]"
+        if not schema.NAME_RE.match(name):
+            raise ConfigError(f"{where}: the name {name!r} is invalid: expected {defaults.PLUGIN_NAME_PATTERN}")
+        if not isinstance(body, dict):
+            raise ConfigError(f"{path}: checks.{name} = {body!r} is invalid: expected a table")
+        try:
+            check = schema.convert(body, schema.CheckTable, where)
+        except Invalid as exc:
+            raise ConfigError(str(exc)) from None
+        out.append(CheckConfig(name=name, plugin=check.plugin, params=check.params,
+                               interval_seconds=check.interval_seconds, timeout_seconds=check.timeout_seconds,
+                               memory_limit_mb=check.memory_limit_mb, description=check.description))
     return tuple(out)
 
 
@@ -219,21 +236,28 @@ def load_settings(
     checks: tuple[CheckConfig, ...] = ()
     if config_path:
         try:
-            data = tomllib.loads(Path(config_path).read_text())
-        except (OSError, tomllib.TOMLDecodeError) as exc:
+            text = Path(config_path).read_text()
+        except FileNotFoundError:
+            raise ConfigFileMissing(f"config file {config_path} does not exist") from None
+        except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError(f"cannot read config file {config_path}: {exc}") from None
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{config_path}: not valid TOML: {exc}") from None
         checks = _checks(data.pop("checks", {}), config_path)
         for key, value in data.items():
-            if key not in _BY_NAME:
-                raise ConfigError(f"{config_path}: unknown setting {key!r}; known: {', '.join(_BY_NAME)}")
-            values[key] = _coerce(_BY_NAME[key], value, config_path)
+            if key not in _BY_NAME or key == "config":
+                known = ", ".join(n for n in _BY_NAME if n != "config")
+                raise ConfigError(f"{config_path}: unknown setting {key!r}; known: {known}, and [checks.NAME] tables")
+            values[key] = _BY_NAME[key].coerce(value, config_path)
         values["config"] = config_path
     for s in SETTINGS:
         if s.env in environ:
-            values[s.name] = _coerce(s, environ[s.env], s.env)
+            values[s.name] = s.coerce(environ[s.env], s.env)
     for name, value in cli.items():
         if name in _BY_NAME:
-            values[name] = value if not isinstance(value, str) else _coerce(_BY_NAME[name], value, _BY_NAME[name].flag)
+            values[name] = _BY_NAME[name].coerce(value, _BY_NAME[name].flag) if isinstance(value, str) else value
     return Settings(**values, checks=checks)
 
 

@@ -13,10 +13,12 @@ import os
 import signal
 from typing import Any
 
+from sidecar import defaults
+
 _cfg = json.loads(os.environ.get("SIDECAR_WORKER_CONFIG", "{}"))
 
-bind = [_cfg.get("bind", "127.0.0.1:9464")]
-workers = int(_cfg.get("workers", 2))
+bind = [_cfg.get("bind", defaults.BIND)]
+workers = int(_cfg.get("workers", defaults.WORKERS))
 # gevent: a slow client costs a greenlet, not a thread (see sidecar/worker.py). `threads` does not
 # apply to it; worker_connections bounds the connections (slow or not) each worker holds open.
 worker_class = "sidecar.worker.SidecarWorker"
@@ -28,7 +30,7 @@ keepalive = 5
 proc_name = "sidecar"
 accesslog = None
 errorlog = "-"
-loglevel = str(_cfg.get("log_level", "info")).lower()
+loglevel = str(_cfg.get("log_level", defaults.LOG_LEVEL)).lower()
 wsgi_app = "sidecar.app:worker_app()"
 # Gunicorn >= 25 opens a control socket in $HOME by default: unused here, and a read-only root
 # filesystem (the Kubernetes manifest) has nowhere to put it.

@@ -1,11 +1,19 @@
-"""The API's OpenAPI 3.1 document; a test checks real responses against its schemas."""
+"""The API's OpenAPI 3.1 document; a test checks real responses against its schemas.
+
+The request schemas are generated from the types that validate the requests (`sidecar.schema`),
+with this server's own limits (maximum timeout, body size) filled in, so the document states
+exactly what the server enforces; schemathesis checks that against a live server in the tests.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from . import __version__
+from . import __version__, defaults, schema
 from .sandbox.outcomes import ERROR_OUTCOMES, OUTCOMES
+
+if TYPE_CHECKING:
+    from .config import Settings
 
 __all__ = ["openapi_document"]
 
@@ -43,12 +51,6 @@ SCHEMAS: dict[str, Any] = {
             "stdout": {"$ref": "#/components/schemas/Stream"},
             "stderr": {"$ref": "#/components/schemas/Stream"},
         },
-    },
-    "RunRequest": {
-        "type": "object", "additionalProperties": False,
-        "properties": {"params": {"type": "object"},
-                       "timeout_seconds": {"type": "number", "exclusiveMinimum": 0,
-                                           "description": "capped by SIDECAR_MAX_TIMEOUT_SECONDS (400 above)"}},
     },
     "Health": {
         "type": "object",
@@ -111,11 +113,24 @@ def _errors(*codes: int) -> dict[str, Any]:
     return {str(c): {"description": text[c], **_json("Error")} for c in codes}
 
 
-_NAME = {"name": "name", "in": "path", "required": True, "schema": {"type": "string",
-                                                                    "pattern": "^[a-z][a-z0-9_]{0,63}$"}}
+_NAME = {"name": "name", "in": "path", "required": True,
+         "schema": {"type": "string", "pattern": defaults.PLUGIN_NAME_PATTERN}}
 
 
-def openapi_document() -> dict[str, Any]:
+def run_request_schema(max_timeout_seconds: float) -> dict[str, Any]:
+    """The run body's schema, from `schema.RunBody`, with this server's maximum timeout."""
+    doc = schema.json_schema(schema.RunBody)
+    timeout = doc["properties"]["timeout_seconds"]
+    for option in timeout.get("anyOf", [timeout]):
+        if option.get("type") == "number":
+            option["maximum"] = min(option.get("maximum", max_timeout_seconds), max_timeout_seconds)
+    return doc
+
+
+def openapi_document(settings: Settings | None = None) -> dict[str, Any]:
+    max_timeout = settings.max_timeout_seconds if settings else defaults.MAX_TIMEOUT_SECONDS
+    max_body = settings.max_body_bytes if settings else defaults.MAX_BODY_BYTES
+    schemas = {**SCHEMAS, "RunRequest": run_request_schema(max_timeout)}
     return {
         "openapi": "3.1.0",
         "info": {"title": "Sidecar", "version": __version__},
@@ -148,13 +163,14 @@ def openapi_document() -> dict[str, Any]:
                 "summary": "run once in the sandbox; a plugin's failure is a 200 with its outcome",
                 "parameters": [_NAME],
                 "security": [{"bearer": []}, {}],
-                "requestBody": {"required": False, **_json("RunRequest")},
+                "requestBody": {"required": False, "description": f"at most {max_body} bytes (413 above); "
+                                "empty means {}", **_json("RunRequest")},
                 "responses": {"200": {"description": "the run's result", **_json("RunResult")},
                               **_errors(400, 401, 404, 413, 503)}}},
             "/openapi.json": {"get": {"responses": {"200": {"description": "this document"}}}},
         },
         "components": {
-            "schemas": SCHEMAS,
+            "schemas": schemas,
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
                                            "description": "required when SIDECAR_API_TOKEN is set"}},
         },

@@ -25,7 +25,7 @@ __all__ = ["RunnerClient", "RunnerServer"]
 log = logging.getLogger(__name__)
 
 #: The operations a worker may call, and the runner method each maps to.
-OPERATIONS = {"plugins", "plugin", "health", "runs", "run", "render_metrics", "ready", "ping"}
+OPERATIONS = {"plugins", "plugin", "health", "runs", "run", "reject", "render_metrics", "ready", "ping"}
 
 
 class _Handler(socketserver.BaseRequestHandler):
@@ -139,6 +139,9 @@ class RunnerClient:
 
     def run(self, name: str, params: Any = None, timeout_seconds: Any = None) -> dict[str, Any]:
         return dict(self.call("run", name=name, params=params, timeout_seconds=timeout_seconds)[0])
+
+    def reject(self, name: str, reason: str) -> None:
+        self.call("reject", name=name, reason=reason)
 
     def render_metrics(self, openmetrics: bool = False) -> tuple[bytes, str]:
         content_type, body = self.call("render_metrics", openmetrics=openmetrics)

@@ -91,6 +91,13 @@ class Runner:
         finally:
             self._slots.release()
 
+    def reject(self, name: str, reason: str) -> None:
+        """Count a request refused before it ran (the HTTP front end validates bodies); 404 if unknown."""
+        self.registry.get(name)
+        if reason != "invalid":
+            raise BadRequest(f"reason = {reason!r} is invalid: only 'invalid' is counted this way")
+        self.metrics.reject(name, reason)
+
     def _run_in_slot(self, entry: Entry, params: dict[str, Any], timeout: float, memory: int,
                      trigger: str) -> PluginSandboxResult:
         s = self.settings

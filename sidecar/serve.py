@@ -47,6 +47,7 @@ def serve(settings: Settings) -> int:
     env[WORKER_ENV] = json.dumps({
         "socket": server.server_address, "bind": settings.bind, "workers": settings.workers,
         "threads": settings.threads, "api_token": settings.api_token, "max_body_bytes": settings.max_body_bytes,
+        "max_timeout_seconds": settings.max_timeout_seconds,
         "log_level": settings.log_level,
     })
     gunicorn = subprocess.Popen([sys.executable, "-m", "gunicorn", "--config", "python:sidecar.gunicorn_conf"],

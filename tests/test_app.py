@@ -84,6 +84,10 @@ class FakeBackend:
         self.calls.append((name, params, timeout_seconds))
         return {"plugin": name, "outcome": "success"}
 
+    def reject(self, name: str, reason: str) -> None:
+        self.plugin(name)
+        self.calls.append((name, "rejected", reason))
+
     def render_metrics(self, openmetrics: bool = False) -> tuple[bytes, str]:
         return (b"# EOF\n", OPENMETRICS_CONTENT_TYPE) if openmetrics else (b"", CONTENT_TYPE_TEXT)
 
@@ -228,10 +232,10 @@ def test_wrong_method_405_is_json(client: FlaskClient) -> None:
 @pytest.mark.parametrize(("body", "needle"), [
     (b"{", "not valid JSON"),
     (b"\xff\xfe", "not valid JSON"),
-    (b"[1, 2]", "JSON object"),
-    (b'"params"', "JSON object"),
-    (b"null", "JSON object"),
-    (b'{"params": {}, "timeout": 5}', "unknown body keys"),
+    (b"[1, 2]", "expected an object (table), got an array"),
+    (b'"params"', "expected an object (table), got a string"),
+    (b"null", "expected an object (table), got null"),
+    (b'{"params": {}, "timeout": 5}', "unknown key 'timeout'; allowed: params, timeout_seconds"),
     (b'{"params": [1]}', "params"),
     (b'{"params": "x"}', "params"),
     (b'{"timeout_seconds": 0}', "timeout_seconds"),
@@ -239,9 +243,16 @@ def test_wrong_method_405_is_json(client: FlaskClient) -> None:
     (b'{"timeout_seconds": "5"}', "timeout_seconds"),
     (b'{"timeout_seconds": true}', "timeout_seconds"),
     (b'{"timeout_seconds": 31}', "exceeds"),
-    (b'{"timeout_seconds": Infinity}', "timeout_seconds"),
-    (b'{"timeout_seconds": NaN}', "timeout_seconds"),
-    (b'{"timeout_seconds": -Infinity}', "timeout_seconds"),
+    (b'{"timeout_seconds": Infinity}', "not valid JSON"),
+    (b'{"timeout_seconds": NaN}', "not valid JSON"),
+    (b'{"timeout_seconds": -Infinity}', "not valid JSON"),
+    (b'{"timeout_seconds": 1' + b"0" * 400 + b"}", "timeout_seconds = "),
+    (b'{"timeout_seconds": 1e999}', "number out of range"),
+    (b'{"params": {"a": 1e999}}', "out of range"),
+    (b'{"params": {"a": "\\ud800"}}', "not valid JSON"),
+    (b'{"params": ' + b'{"a": ' * 33 + b"1" + b"}" * 33 + b"}", "nested more than 32 deep"),
+    (b'{"params": {"a": ' + b"[" * 500 + b"]" * 500 + b"}}", "nested more than 32 deep"),
+    (b"[" * 500 + b"]" * 500, "expected an object (table), got an array"),
 ])
 def test_run_bad_request(client: FlaskClient, body: bytes, needle: str) -> None:
     err = _error(client.post("/plugins/hello/run", data=body, content_type="application/json"), 400, "bad_request")
@@ -429,3 +440,47 @@ def test_in_flight_returns_to_zero_when_the_sandbox_raises(tmp_path: Path, monke
         assert runner.metrics.snapshot("hello")["in_flight"] == 0
     finally:
         runner.close()
+
+
+HOSTILE_BODIES = [
+    b'{"params": {"a": ' + b"[" * 500 + b"]" * 500 + b"}}",
+    b'{"timeout_seconds": 1' + b"0" * 400 + b"}",
+    b'{"params": {"a": 1e999}}',
+    b'{"params": [1]}',
+    b'{"bogus": 1}',
+    b"{",
+    b'{"timeout_seconds": 31}',
+]
+
+
+@pytest.mark.parametrize("body", HOSTILE_BODIES)
+def test_hostile_bodies_run_nothing_and_count_invalid(client: FlaskClient, body: bytes) -> None:
+    def state() -> tuple[int, float]:
+        runs = len(client.get("/plugins/echo/runs?limit=1000").get_json()["runs"])
+        for line in client.get("/metrics").get_data(as_text=True).splitlines():
+            if line.startswith('sidecar_plugin_rejected_total{plugin="echo",reason="invalid"}'):
+                return runs, float(line.rsplit(" ", 1)[1])
+        raise AssertionError("no rejected series")
+
+    runs, invalid = state()
+    _error(client.post("/plugins/echo/run", data=body, content_type="application/json"), 400, "bad_request")
+    assert state() == (runs, invalid + 1)
+
+
+def test_unknown_plugin_is_404_whatever_the_body(client: FlaskClient) -> None:
+    _error(client.post("/plugins/nope/run", data=b"{"), 404, "unknown_plugin")
+
+
+def test_405_carries_allow(client: FlaskClient) -> None:
+    resp = client.get("/plugins/hello/run")
+    _error(resp, 405, "method_not_allowed")
+    assert "POST" in resp.headers["Allow"]
+    resp = client.delete("/plugins")
+    assert "GET" in resp.headers["Allow"]
+
+
+def test_fake_backend_counts_bad_bodies_before_any_run(tmp_path: Path) -> None:
+    backend = FakeBackend()
+    client = create_app(_settings(tmp_path), backend).test_client()
+    _error(client.post("/plugins/hello/run", data=b'{"params": 1}'), 400, "bad_request")
+    assert backend.calls == [("hello", "rejected", "invalid")]

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 HOSTILE = Path(__file__).parent / "sandbox" / "hostile"
 
 
@@ -68,3 +70,87 @@ def test_bench_reports_figures():
     assert doc["runs"] == 20 and doc["outcomes"] == {"success": 20}
     assert 0 < doc["median_ms"] <= doc["p99_ms"]
     assert sidecar("bench", "nope").returncode == 2
+
+
+BAD_CHECK_VALUES = [
+    ('interval_seconds = "often"', "interval_seconds"),
+    ("interval_seconds = nan", "interval_seconds"),
+    ("interval_seconds = -5", "interval_seconds"),
+    ("interval_seconds = inf", "interval_seconds"),
+    ("timeout_seconds = -1", "timeout_seconds"),
+    ("timeout_seconds = 0", "timeout_seconds"),
+    ("memory_limit_mb = 0", "memory_limit_mb"),
+    ("memory_limit_mb = 2.5", "memory_limit_mb"),
+    ("params = 3", "params"),
+    ('plugin = "no_such_plugin"', "plugin"),
+]
+
+
+def _config(tmp_path: Path, line: str) -> Path:
+    cfg = tmp_path / "sidecar.toml"
+    body = line + "\n" if line.startswith("plugin =") else 'plugin = "echo"\n' + line + "\n"
+    cfg.write_text("[checks.c]\n" + body)
+    return cfg
+
+
+@pytest.mark.parametrize(("line", "key"), BAD_CHECK_VALUES)
+def test_check_exits_1_and_serve_refuses_with_2_on_a_bad_check_table(tmp_path: Path, line: str, key: str) -> None:
+    cfg = _config(tmp_path, line)
+    p = sidecar("check", "--config", str(cfg))
+    assert p.returncode == 1, p.stdout + p.stderr
+    assert f"INVALID {cfg}: [checks.c]: {key} = " in p.stdout
+    p = sidecar("serve", "--config", str(cfg), "--bind", "127.0.0.1:1")
+    assert p.returncode == 2, p.stderr
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"[checks.c]: {key} = " in lines[0], p.stderr
+
+
+@pytest.mark.parametrize(("line", "key"), [
+    ('interval_seconds = "often"', "interval_seconds"),
+    ("interval_seconds = -5", "interval_seconds"),
+    ("timeout_seconds = -1", "timeout_seconds"),
+    ("memory_limit_mb = 0", "memory_limit_mb"),
+])
+def test_bad_plugin_metadata_fails_check_and_serve(tmp_path: Path, line: str, key: str) -> None:
+    (tmp_path / "plug.py").write_text(f"{line}\ndef run():\n    return 1\n")
+    p = sidecar("check", "--plugin-path", str(tmp_path))
+    assert p.returncode == 1
+    assert f"INVALID {tmp_path / 'plug.py'}: metadata: {key} = " in p.stdout
+    assert "ok      plug" not in p.stdout
+    listed = json.loads(sidecar("list", "--json", "--plugin-path", str(tmp_path)).stdout)
+    assert key in next(e for e in listed if e["name"] == "plug")["problem"]
+    p = sidecar("serve", "--plugin-path", str(tmp_path), "--bind", "127.0.0.1:1")
+    assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1 and key in p.stderr, p.stderr
+
+
+@pytest.mark.parametrize(("args", "key"), [
+    (("--workers", "0"), "workers"),
+    (("--default-timeout-seconds", "nan"), "default_timeout_seconds"),
+    (("--max-body-bytes", "1" + "0" * 400), "max_body_bytes"),
+    (("--plugins", "echo,ech"), "plugins"),
+])
+def test_serve_refuses_a_bad_setting(args: tuple[str, ...], key: str) -> None:
+    p = sidecar("serve", "--bind", "127.0.0.1:1", *args)
+    assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1 and key in p.stderr, p.stderr
+
+
+def test_check_usage_errors_exit_2(tmp_path: Path) -> None:
+    assert sidecar("check", "--no-such-flag").returncode == 2
+    p = sidecar("check", "--config", str(tmp_path / "missing.toml"))
+    assert p.returncode == 2 and "does not exist" in p.stderr
+
+
+def test_check_bad_setting_in_file_exits_1(tmp_path: Path) -> None:
+    cfg = tmp_path / "s.toml"
+    cfg.write_text("workers = -1\n")
+    p = sidecar("check", "--config", str(cfg))
+    assert p.returncode == 1 and f"INVALID {cfg}: workers = -1 is invalid" in p.stdout
+
+
+def test_check_passes_a_good_config(tmp_path: Path) -> None:
+    cfg = tmp_path / "s.toml"
+    cfg.write_text('plugins = ["echo", "sleep"]\n[checks.c]\nplugin = "echo"\ninterval_seconds = 5\n'
+                   "timeout_seconds = 2\nmemory_limit_mb = 128\nparams = { a = 1 }\n")
+    p = sidecar("check", "--config", str(cfg))
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert p.stdout.split() == ["ok", "echo", "ok", "sleep"]

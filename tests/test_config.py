@@ -23,7 +23,7 @@ def test_precedence_cli_over_env_over_file(tmp_path):
 
 @pytest.mark.parametrize(("env", "message"), [
     ({"SIDECAR_WORKERS": "zero"}, "SIDECAR_WORKERS"),
-    ({"SIDECAR_WORKERS": "0"}, "must be > 0"),
+    ({"SIDECAR_WORKERS": "0"}, r"workers = '0' is invalid: expected an integer >= 1"),
     ({"SIDECAR_BIND": "localhost"}, "HOST:PORT"),
     ({"SIDECAR_DURATION_BUCKETS": "1,0.5"}, "increasing"),
     ({"SIDECAR_DEFAULT_TIMEOUT_SECONDS": "500"}, "exceeds max_timeout_seconds"),
@@ -39,17 +39,28 @@ def test_bad_config_file(tmp_path):
     with pytest.raises(ConfigError, match="unknown setting 'no_such_setting'"):
         load_settings({"config": str(cfg)}, {})
     cfg.write_text("[checks.x]\nparams = {}\n")
-    with pytest.raises(ConfigError, match="needs at least plugin"):
+    with pytest.raises(ConfigError, match=r"\[checks.x\]: object missing required field `plugin`"):
         load_settings({"config": str(cfg)}, {})
 
 
-def test_settings_dataclass_matches_declarations():
+def test_settings_are_the_dataclass_fields():
     defaults = Settings()
     names = [f.name for f in dataclasses.fields(Settings) if f.name != "checks"]
     assert names == [s.name for s in SETTINGS]
     for s in SETTINGS:
-        if s.name != "max_concurrent_runs":
-            assert getattr(defaults, s.name) == s.default, s.name
+        assert getattr(defaults, s.name) == s.default, s.name
+
+
+def test_defaults_are_declared_once():
+    from sidecar import defaults
+    from sidecar.sandbox import client
+
+    s = Settings()
+    assert (s.default_timeout_seconds, s.default_memory_limit_mb, s.max_result_bytes, s.max_output_bytes) == (
+        client.DEFAULT_TIMEOUT_SECONDS, client.DEFAULT_MEMORY_LIMIT_MB, client.DEFAULT_MAX_RESULT_BYTES,
+        client.DEFAULT_MAX_OUTPUT_BYTES)
+    assert client.DEFAULT_TIMEOUT_SECONDS is defaults.DEFAULT_TIMEOUT_SECONDS
+    assert Settings().bind == defaults.BIND and Settings().max_timeout_seconds == defaults.MAX_TIMEOUT_SECONDS
 
 
 def test_default_buckets_span_1ms_to_max_timeout():
@@ -61,3 +72,90 @@ def test_readme_configuration_table_is_current():
     text = README.read_text()
     assert settings_table() in text, "README configuration table is stale: paste `sidecar settings` output"
     assert re.search(r"## Configuration", text)
+
+
+CHECK = '[checks.c]\nplugin = "echo"\n'
+
+
+@pytest.mark.parametrize(("line", "key", "value"), [
+    ('interval_seconds = "often"', "interval_seconds", "'often'"),
+    ("interval_seconds = nan", "interval_seconds", "nan"),
+    ("interval_seconds = inf", "interval_seconds", "inf"),
+    ("interval_seconds = -5", "interval_seconds", "-5"),
+    ("interval_seconds = 0", "interval_seconds", "0"),
+    ("interval_seconds = true", "interval_seconds", "True"),
+    ("timeout_seconds = -1", "timeout_seconds", "-1"),
+    ("timeout_seconds = -inf", "timeout_seconds", "-inf"),
+    ("memory_limit_mb = 0", "memory_limit_mb", "0"),
+    ("memory_limit_mb = 1.5", "memory_limit_mb", "1.5"),
+    ('memory_limit_mb = "64"', "memory_limit_mb", "'64'"),
+    ("params = [1, 2]", "params", "[1, 2]"),
+    ('params = "x"', "params", "'x'"),
+    ("description = 5", "description", "5"),
+])
+def test_bad_check_values_name_file_table_key_and_value(tmp_path, line, key, value):
+    cfg = tmp_path / "s.toml"
+    cfg.write_text(CHECK + line + "\n")
+    with pytest.raises(ConfigError) as caught:
+        load_settings({"config": str(cfg)}, {})
+    message = caught.value.message
+    assert message.startswith(f"{cfg}: [checks.c]: {key} = {value} is invalid: expected"), message
+    assert len(message.splitlines()) == 1
+
+
+@pytest.mark.parametrize(("toml", "needle"), [
+    ('[checks.c]\nplugin = "Echo"\n', "plugin = 'Echo' is invalid"),
+    ('[checks.c]\nplugin = "echo"\nbogus = 1\n',
+     "unknown key 'bogus'; allowed: description, interval_seconds, memory_limit_mb, params, plugin, timeout_seconds"),
+    ('[checks.Bad-Name]\nplugin = "echo"\n', "the name 'Bad-Name' is invalid"),
+    ('checks = 5\n', "checks = 5 is invalid"),
+    ('[checks]\nc = 5\n', "checks.c = 5 is invalid: expected a table"),
+    ("workers = 0\n", "workers = 0 is invalid"),
+    ("workers = 2.5\n", "workers = 2.5 is invalid"),
+    ("default_timeout_seconds = nan\n", "default_timeout_seconds = nan is invalid"),
+    ("max_timeout_seconds = inf\n", "max_timeout_seconds = inf is invalid"),
+    ('max_body_bytes = "lots"\n', "max_body_bytes = 'lots' is invalid"),
+    ("entry_points = 1\n", "entry_points = 1 is invalid"),
+    ('log_level = "chatty"\n', "log_level = 'chatty' is invalid"),
+    ('bind = "127.0.0.1:99999"\n', "port must be from 1 to 65535"),
+    ('plugins = ["Echo"]\n', "plugins = ['Echo'] is invalid"),
+    ("duration_buckets = [1, 0.5]\n", "increasing"),
+    ("this is not toml\n", "not valid TOML"),
+])
+def test_bad_config_files_are_refused(tmp_path, toml, needle):
+    cfg = tmp_path / "s.toml"
+    cfg.write_text(toml)
+    with pytest.raises(ConfigError, match=re.escape(needle)):
+        load_settings({"config": str(cfg)}, {})
+
+
+@pytest.mark.parametrize(("env", "needle"), [
+    ({"SIDECAR_DEFAULT_TIMEOUT_SECONDS": "nan"}, "SIDECAR_DEFAULT_TIMEOUT_SECONDS: default_timeout_seconds = 'nan'"),
+    ({"SIDECAR_MAX_TIMEOUT_SECONDS": "inf"}, "max_timeout_seconds = 'inf' is invalid"),
+    ({"SIDECAR_DEFAULT_MEMORY_LIMIT_MB": "0"}, "default_memory_limit_mb = '0' is invalid"),
+    ({"SIDECAR_HISTORY_RETENTION": "1" + "0" * 400}, "history_retention"),
+    ({"SIDECAR_ENTRY_POINTS": "maybe"}, "entry_points = 'maybe' is invalid"),
+    ({"SIDECAR_DURATION_BUCKETS": "1,nan"}, "duration_buckets"),
+])
+def test_bad_env_values_are_refused(env, needle):
+    with pytest.raises(ConfigError, match=re.escape(needle)):
+        load_settings({}, env)
+
+
+def test_good_values_are_typed(tmp_path):
+    cfg = tmp_path / "s.toml"
+    cfg.write_text('plugins = ["echo", "sleep"]\nduration_buckets = [0.5, 1]\n' + CHECK
+                   + "interval_seconds = 5\nmemory_limit_mb = 64\nparams = { a = { b = [1] } }\n")
+    s = load_settings({}, {"SIDECAR_CONFIG": str(cfg), "SIDECAR_ENTRY_POINTS": "false", "SIDECAR_API_TOKEN": "",
+                           "SIDECAR_PLUGIN_ENV": "A, B"})
+    assert s.plugins == ("echo", "sleep") and s.duration_buckets == (0.5, 1.0) and s.entry_points is False
+    assert s.api_token is None and s.plugin_env == ("A", "B")
+    check = s.checks[0]
+    assert (check.interval_seconds, check.memory_limit_mb, check.params) == (5.0, 64, {"a": {"b": [1]}})
+
+
+def test_missing_config_file_is_its_own_error(tmp_path):
+    from sidecar.config import ConfigFileMissing
+
+    with pytest.raises(ConfigFileMissing):
+        load_settings({"config": str(tmp_path / "nope.toml")}, {})

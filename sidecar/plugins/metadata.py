@@ -1,8 +1,11 @@
 """Read a plugin's metadata without importing it: the server never executes plugin code.
 
 Metadata are module-level assignments of plain literals (`description = "..."`), read from the
-source with `ast.literal_eval`. A file that does not parse is still listed; its runs end with
-outcome `import` in the sandbox, where the real import happens.
+source with `ast.literal_eval` and validated by the same schema as a `[checks.NAME]` table
+(`sidecar.schema.PluginMetadata`), so a value refused in one is refused in the other. A file that
+does not parse is still listed (`problem`); its runs end with outcome `import` in the sandbox,
+where the real import happens. Metadata that parse but are refused (`invalid`) make `sidecar
+check` fail and `sidecar serve` refuse to start.
 """
 
 from __future__ import annotations
@@ -11,15 +14,12 @@ import ast
 from dataclasses import dataclass
 from typing import Any
 
+from .. import schema
+
 __all__ = ["FIELDS", "Metadata", "read_metadata"]
 
-FIELDS: dict[str, tuple[type, ...]] = {
-    "description": (str,),
-    "version": (str,),
-    "timeout_seconds": (int, float),
-    "memory_limit_mb": (int,),
-    "interval_seconds": (int, float),
-}
+#: The metadata names a plugin file may set: the fields of the shared schema.
+FIELDS: tuple[str, ...] = schema.PluginMetadata.__struct_fields__
 
 
 @dataclass(frozen=True)
@@ -29,8 +29,15 @@ class Metadata:
     timeout_seconds: float | None = None
     memory_limit_mb: int | None = None
     interval_seconds: float | None = None
-    #: why the source could not be read or parsed; the plugin stays listed
+    #: why the source could not be read or parsed; the plugin stays listed, its runs end `import`
     problem: str | None = None
+    #: metadata values the schema refused (each names the key, the value and what is allowed)
+    invalid: str | None = None
+
+    @property
+    def issues(self) -> str | None:
+        """Everything wrong with this plugin's file, for listings."""
+        return "; ".join(p for p in (self.problem, self.invalid) if p) or None
 
 
 def _docstring_line(tree: ast.Module) -> str:
@@ -57,14 +64,20 @@ def read_metadata(source: str, filename: str = "<plugin>") -> Metadata:
         try:
             value = ast.literal_eval(value_node)
         except ValueError:
-            problems.append(f"{target} is not a plain literal")
+            problems.append(f"{target} is invalid: not a plain literal")
             continue
-        if not isinstance(value, FIELDS[target]) or isinstance(value, bool):
-            problems.append(f"{target} has type {type(value).__name__}")
-            continue
-        if target not in ("description", "version") and not value > 0:  # type: ignore[operator]
-            problems.append(f"{target} must be > 0")
+        try:  # key by key, so that one bad value does not hide the good ones
+            schema.convert({target: value}, schema.PluginMetadata)
+        except schema.Invalid as exc:
+            problems.append(str(exc))
             continue
         values[target] = value
-    values.setdefault("description", _docstring_line(tree))
-    return Metadata(**values, problem="; ".join(problems) or None)
+    meta = schema.convert(values, schema.PluginMetadata)
+    return Metadata(
+        description=meta.description if meta.description is not None else _docstring_line(tree),
+        version=meta.version,
+        timeout_seconds=meta.timeout_seconds,
+        memory_limit_mb=meta.memory_limit_mb,
+        interval_seconds=meta.interval_seconds,
+        invalid="; ".join(problems) or None,
+    )

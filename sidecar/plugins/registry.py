@@ -5,13 +5,17 @@ and distributions' entry points in the group `sidecar.plugins`; then the checks 
 config, each a named instance of one of those plugins. The first entry of a name wins; later
 ones are rejected with a log line, as are names outside `NAME_PATTERN`. An entry's name is the
 `plugin` label in metrics and the `<name>` in routes, so label values are bounded here.
+
+`Registry.errors` holds what makes the configuration wrong rather than one plugin broken: a check
+naming an unknown plugin or clashing with a plugin's name, refused plugin metadata, a plugin
+directory or allow-listed name that does not exist. `sidecar check` exits 1 and `sidecar serve`
+refuses to start on any of them; a plugin that only fails to import is neither.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-import math
-import re
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -19,6 +23,7 @@ from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
 
+from .. import schema
 from ..config import CheckConfig, Settings
 from ..errors import BadRequest, PluginNotFound
 from ..sandbox.client import PluginRef
@@ -28,7 +33,7 @@ __all__ = ["ENTRY_POINT_GROUP", "NAME_PATTERN", "Entry", "Registry", "discover"]
 
 log = logging.getLogger(__name__)
 
-NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+NAME_PATTERN = schema.NAME_RE
 ENTRY_POINT_GROUP = "sidecar.plugins"
 BUILTIN_DIR = Path(__file__).parent / "builtin"
 
@@ -66,7 +71,7 @@ class Entry:
             "interval_seconds": self.interval_seconds,
             "params": dict(self.params),
             "loaded_at": self.loaded_at,
-            "problem": self.metadata.problem,
+            "problem": self.metadata.issues,
         }
 
 
@@ -75,6 +80,8 @@ class Registry:
     settings: Settings
     entries: dict[str, Entry] = field(default_factory=dict)
     rejected: list[tuple[str, str]] = field(default_factory=list)
+    #: configuration errors (see the module docstring), each one line naming where and what
+    errors: list[str] = field(default_factory=list)
 
     def __iter__(self) -> Iterator[Entry]:
         return iter(self.entries.values())
@@ -92,13 +99,22 @@ class Registry:
         return entry
 
     def add(self, entry: Entry) -> bool:
+        allowed = self.settings.plugins
+        if allowed and entry.source != "check" and entry.name not in allowed:
+            return False  # not wanted on this sidecar (SIDECAR_PLUGINS): neither listed nor an error
         if not NAME_PATTERN.match(entry.name):
             self._reject(entry.location, f"invalid plugin name {entry.name!r}: must match {NAME_PATTERN.pattern}")
             return False
         if entry.name in self.entries:
             first = self.entries[entry.name]
+            if entry.source == "check":
+                self.errors.append(f"{self.settings.config or 'config'}: {entry.location}: the name "
+                                   f"{entry.name!r} clashes with a plugin ({first.location}); choose another")
+                return False
             self._reject(entry.location, f"duplicate plugin name {entry.name!r} (already from {first.location})")
             return False
+        if entry.metadata.invalid and entry.source != "check":
+            self.errors.append(f"{entry.location}: metadata: {entry.metadata.invalid}")
         self.entries[entry.name] = entry
         return True
 
@@ -110,9 +126,11 @@ class Registry:
         """(timeout, memory MB) for a run: the call's, else the entry's, else the defaults; capped."""
         s = self.settings
         if timeout_seconds is not None:
-            if not isinstance(timeout_seconds, int | float) or isinstance(timeout_seconds, bool) \
-                    or not math.isfinite(timeout_seconds) or timeout_seconds <= 0:
-                raise BadRequest("timeout_seconds must be a positive finite number")
+            try:
+                timeout_seconds = schema.convert({"timeout_seconds": timeout_seconds}, schema.RunBody).timeout_seconds
+            except schema.Invalid as exc:
+                raise BadRequest(str(exc)) from None
+            assert timeout_seconds is not None
             if timeout_seconds > s.max_timeout_seconds:
                 raise BadRequest(
                     f"timeout_seconds {timeout_seconds:g} exceeds the server maximum {s.max_timeout_seconds:g}"
@@ -166,12 +184,13 @@ def _entry_point_entries(now: float) -> Iterable[Entry]:
 def _check_entry(check: CheckConfig, registry: Registry, now: float) -> Entry | None:
     base = registry.entries.get(check.plugin)
     if base is None or base.source == "check":
-        registry._reject(f"[checks.{check.name}]", f"unknown plugin {check.plugin!r}")
+        where = f"{registry.settings.config or 'config'}: [checks.{check.name}]"
+        known = ", ".join(e.name for e in registry if e.source != "check") or "none"
+        registry.errors.append(f"{where}: plugin = {check.plugin!r} is invalid: no such plugin (known: {known})")
         return None
     meta = base.metadata
     if check.description:
-        meta = Metadata(check.description, meta.version, meta.timeout_seconds, meta.memory_limit_mb,
-                        meta.interval_seconds, meta.problem)
+        meta = dataclasses.replace(meta, description=check.description)
     return Entry(
         name=check.name, plugin=base.name, ref=base.ref, source="check", location=f"[checks.{check.name}]",
         metadata=meta, loaded_at=now, params=dict(check.params),
@@ -190,7 +209,7 @@ def discover(settings: Settings) -> Registry:
     for directory in settings.plugin_path:
         d = Path(directory)
         if not d.is_dir():
-            registry._reject(directory, "plugin directory does not exist")
+            registry.errors.append(f"plugin_path: {directory!r} is not a directory")
             continue
         for path in _py_files(d):
             registry.add(_file_entry(path, "path", now))
@@ -200,6 +219,10 @@ def discover(settings: Settings) -> Registry:
                 registry.add(entry)
         except Exception as exc:  # a broken distribution's metadata must not stop start-up
             registry._reject(ENTRY_POINT_GROUP, f"entry points unreadable: {exc}")
+    missing = [name for name in settings.plugins if name not in registry.entries]
+    if missing:
+        registry.errors.append(f"plugins = {list(settings.plugins)!r} is invalid: no plugin named "
+                               f"{', '.join(map(repr, missing))} was found")
     for check in settings.checks:
         configured = _check_entry(check, registry, now)
         if configured is not None:

@@ -23,17 +23,20 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..defaults import (
+    DEFAULT_MAX_OUTPUT_BYTES,
+    DEFAULT_MAX_RESULT_BYTES,
+    DEFAULT_MEMORY_LIMIT_MB,
+    DEFAULT_TIMEOUT_SECONDS,
+)
 from ..framing import FrameError, FrameReader, encode, send_frame, write_all
 from .capture import Capture
 from .environment import plugin_environment
 from .result import ErrorInfo, ExitFacts, Outcome, PluginSandboxResult, decide_outcome
 
-__all__ = ["PluginRef", "RunRequest", "Sandbox", "default_sandbox", "run_plugin_sandboxed"]
-
-DEFAULT_TIMEOUT_SECONDS = 60.0
-DEFAULT_MEMORY_LIMIT_MB = 1024
-DEFAULT_MAX_RESULT_BYTES = 8 * 1024 * 1024
-DEFAULT_MAX_OUTPUT_BYTES = 64 * 1024
+# The DEFAULT_* limits are declared once in `sidecar.defaults` and re-exported from here.
+__all__ = ["DEFAULT_MAX_OUTPUT_BYTES", "DEFAULT_MAX_RESULT_BYTES", "DEFAULT_MEMORY_LIMIT_MB", "DEFAULT_TIMEOUT_SECONDS",
+           "PluginRef", "RunRequest", "Sandbox", "default_sandbox", "run_plugin_sandboxed"]
 
 
 @dataclass(frozen=True, slots=True)

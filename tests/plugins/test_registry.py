@@ -36,7 +36,9 @@ def test_path_plugins_metadata_and_broken_ones_are_listed(tmp_path):
     assert good.source == "path"
     assert (reg.get("broken").metadata.problem or "").startswith("SyntaxError")
     assert reg.get("hangs").metadata.problem is None  # discovery never imports it
-    assert "timeout_seconds is not a plain literal" in (reg.get("computed").metadata.problem or "")
+    assert reg.get("computed").metadata.invalid == "timeout_seconds is invalid: not a plain literal"
+    assert reg.get("computed").to_dict()["problem"] == "timeout_seconds is invalid: not a plain literal"
+    assert reg.errors == [f"{tmp_path / 'computed.py'}: metadata: timeout_seconds is invalid: not a plain literal"]
     assert "Bad_Name" not in reg.entries
     assert any("invalid plugin name 'Bad_Name'" in why for _, why in reg.rejected)
 
@@ -51,7 +53,7 @@ def test_duplicate_names_keep_the_first(tmp_path):
 def test_missing_directory_is_rejected_not_fatal(tmp_path):
     reg = discover(Settings(plugin_path=(str(tmp_path / "nope"),)))
     assert reg.get("echo")
-    assert reg.rejected
+    assert reg.errors == [f"plugin_path: {str(tmp_path / 'nope')!r} is not a directory"]
 
 
 def test_checks_bind_params_and_limits():
@@ -64,6 +66,8 @@ def test_checks_bind_params_and_limits():
         "http_probe", "check", 15, {"url": "http://127.0.0.1:1/"})
     assert reg.limits(api) == (3, reg.get("http_probe").memory_limit_mb or 1024)
     assert "ghost" not in reg.entries
+    assert reg.errors == ["config: [checks.ghost]: plugin = 'no_such_plugin' is invalid: no such plugin (known: "
+                          + ", ".join(n for n in reg.names() if n != "api") + ")"]
 
 
 def test_limits_defaults_caps_and_bad_values():
@@ -86,3 +90,56 @@ def test_unknown_plugin():
 def test_metadata_from_docstring_when_no_description():
     meta = read_metadata('"""First line.\n\nMore."""\ndef run():\n    pass\n')
     assert meta.description == "First line."
+
+
+BAD_METADATA = [
+    ('interval_seconds = "often"', "interval_seconds = 'often' is invalid"),
+    ("interval_seconds = float('nan')", "interval_seconds is invalid: not a plain literal"),
+    ("interval_seconds = -5", "interval_seconds = -5 is invalid: expected a number > 0"),
+    ("timeout_seconds = -1", "timeout_seconds = -1 is invalid"),
+    ("timeout_seconds = 1e999", "timeout_seconds = inf is invalid"),
+    ("memory_limit_mb = 0", "memory_limit_mb = 0 is invalid: expected an integer >= 1"),
+    ("memory_limit_mb = 1.5", "memory_limit_mb = 1.5 is invalid"),
+    ("memory_limit_mb = True", "memory_limit_mb = True is invalid"),
+    ("version = 2", "version = 2 is invalid"),
+]
+
+
+@pytest.mark.parametrize(("line", "needle"), BAD_METADATA)
+def test_bad_metadata_is_a_registry_error(tmp_path, line, needle):
+    _write(tmp_path, "plug", f"{line}\ndef run():\n    return 1\n")
+    reg = discover(Settings(plugin_path=(str(tmp_path),), entry_points=False))
+    assert needle in (reg.get("plug").metadata.invalid or "")
+    assert len(reg.errors) == 1 and reg.errors[0].startswith(f"{tmp_path / 'plug.py'}: metadata: ")
+
+
+@pytest.mark.parametrize(("line", "needle"), BAD_METADATA)
+def test_metadata_and_check_tables_agree(tmp_path, line, needle):
+    """The same key and value is refused as plugin metadata and in a [checks.NAME] table."""
+    from sidecar.config import load_settings
+    from sidecar.errors import ConfigError
+
+    key = line.split(" = ")[0]
+    if key == "version" or "not a plain literal" in needle:
+        return  # checks have no version; TOML has only literals
+    value = line.split(" = ")[1].replace("True", "true").replace("1e999", "inf")
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[checks.c]\nplugin = "echo"\n{key} = {value}\n')
+    with pytest.raises(ConfigError, match=key):
+        load_settings({"config": str(cfg)}, {})
+
+
+def test_a_check_may_not_take_a_plugin_name():
+    reg = discover(Settings(checks=(CheckConfig("echo", "sleep"),), entry_points=False))
+    assert reg.get("echo").source == "builtin"
+    assert len(reg.errors) == 1 and "the name 'echo' clashes with a plugin" in reg.errors[0]
+
+
+def test_allow_list_keeps_only_the_named_plugins():
+    reg = discover(Settings(plugins=("echo", "sleep"), checks=(CheckConfig("c", "echo"),
+                                                                CheckConfig("d", "http_probe")),
+                            entry_points=False))
+    assert reg.names() == ["echo", "sleep", "c"]
+    assert reg.errors and "plugin = 'http_probe' is invalid: no such plugin (known: echo, sleep)" in reg.errors[0]
+    reg = discover(Settings(plugins=("echo", "ech"), entry_points=False))
+    assert reg.errors == ["plugins = ['echo', 'ech'] is invalid: no plugin named 'ech' was found"]

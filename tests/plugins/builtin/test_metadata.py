@@ -9,7 +9,7 @@ import pytest
 
 import sidecar.plugins.builtin as builtin
 from sidecar.plugins import NAME_PATTERN
-from sidecar.plugins.metadata import FIELDS
+from sidecar.plugins.metadata import FIELDS, read_metadata
 
 BUILTIN_DIR = Path(builtin.__file__).parent
 NAME = NAME_PATTERN
@@ -51,10 +51,10 @@ def test_metadata_are_plain_literals(path: Path) -> None:
     values = _metadata(tree)
     description = values.get("description")
     assert isinstance(description, str) and description.strip()
+    meta = read_metadata(path.read_text(encoding="utf-8"), str(path))
+    assert meta.problem is None and meta.invalid is None, (meta.problem, meta.invalid)
     for key, value in values.items():
-        assert isinstance(value, TYPES[key]) and not isinstance(value, bool), (key, value)
-        if key not in ("description", "version"):
-            assert isinstance(value, int | float) and value > 0, (key, value)
+        assert getattr(meta, key) == value, key
     assert "interval_seconds" not in values, "built-ins are not scheduled by themselves"
 
 

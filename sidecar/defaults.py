@@ -1,0 +1,25 @@
+"""Every default and fixed limit of the sidecar, declared once.
+
+A tiny module with no imports, so that the sandbox (whose launcher runs `python -S` and must stay
+light), the settings, the gunicorn configuration and the HTTP schema can all read the same values.
+"""
+
+BIND = "127.0.0.1:9464"
+WORKERS = 2
+THREADS = 8
+DATA_DIR = "./.sidecar"
+LOG_LEVEL = "INFO"
+
+#: Per-run timeout when neither a plugin, a check nor the call sets one.
+DEFAULT_TIMEOUT_SECONDS = 60.0
+#: Upper bound a plugin, a check or a call may ask for.
+MAX_TIMEOUT_SECONDS = 300.0
+#: Per-run memory limit (address space).
+DEFAULT_MEMORY_LIMIT_MB = 1024
+DEFAULT_MAX_RESULT_BYTES = 8 * 1024 * 1024
+DEFAULT_MAX_OUTPUT_BYTES = 64 * 1024
+MAX_BODY_BYTES = 1024 * 1024
+HISTORY_RETENTION = 1000
+
+#: The form of every plugin and check name: a metric label value and a URL path segment.
+PLUGIN_NAME_PATTERN = r"^[a-z][a-z0-9_]{0,63}$"
