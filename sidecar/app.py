@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import gzip
 import hmac
 import json
 import os
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, cast
 
 from flask import Flask, Request, Response, jsonify, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
@@ -15,22 +16,18 @@ from .config import Settings, load_settings
 from .errors import BadRequest, PayloadTooLarge, SidecarError, Unauthorized
 from .openapi import openapi_document
 
-__all__ = ["Backend", "create_app", "worker_app"]
+if TYPE_CHECKING:
+    # What routes may call: the runner's `@operation` methods, declared once on `Runner`. A worker's
+    # `rpc.RunnerClient` forwards the same names to the runner process; tests may pass a fake.
+    from .runner import Runner as Backend
+
+__all__ = ["create_app", "worker_app"]
 
 #: Set by `sidecar serve` for its gunicorn workers: the runner's socket and what workers enforce.
 WORKER_ENV = "SIDECAR_WORKER_CONFIG"
-
-
-class Backend(Protocol):
-    def plugins(self) -> list[dict[str, Any]]: ...
-    def plugin(self, name: str) -> dict[str, Any]: ...
-    def health(self, name: str) -> dict[str, Any]: ...
-    def runs(self, name: str, limit: int = 20) -> list[dict[str, Any]]: ...
-    def run(self, name: str, params: Any = None, timeout_seconds: Any = None) -> dict[str, Any]: ...
-    def reject(self, name: str, reason: str) -> None: ...
-    def render_metrics(self, openmetrics: bool = False) -> tuple[bytes, str]: ...
-    def ready(self) -> dict[str, Any]: ...
-    def ping(self) -> bool: ...
+#: gzip level of scrape bodies. Measured on a 1000-plugin scrape (3.1 MiB): level 1 gives 154 KiB in 9 ms,
+#: 6 gives 138 KiB in 36 ms, 9 (prometheus-client's) 133 KiB in 194 ms; a sidecar's CPU is worth more.
+GZIP_LEVEL = 1
 
 
 def _error(exc: SidecarError) -> Response:
@@ -105,7 +102,12 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
     def metrics() -> Response:
         openmetrics = "application/openmetrics-text" in request.headers.get("Accept", "")
         body, content_type = backend.render_metrics(openmetrics)
-        return Response(body, content_type=content_type)
+        resp = Response(body, content_type=content_type)
+        resp.vary.add("Accept-Encoding")
+        if request.accept_encodings["gzip"] > 0:  # Prometheus asks for gzip on every scrape
+            resp.set_data(gzip.compress(body, compresslevel=GZIP_LEVEL))
+            resp.headers["Content-Encoding"] = "gzip"
+        return resp
 
     @app.get("/healthz")
     def healthz() -> Response:
@@ -164,4 +166,4 @@ def worker_app() -> Flask:
     settings = Settings(api_token=cfg.get("api_token"), max_body_bytes=int(cfg["max_body_bytes"]),
                         max_timeout_seconds=max_timeout,  # the worker never picks a default timeout itself
                         default_timeout_seconds=min(defaults.DEFAULT_TIMEOUT_SECONDS, max_timeout))
-    return create_app(settings, RunnerClient(cfg["socket"]))
+    return create_app(settings, cast("Backend", RunnerClient(cfg["socket"])))

@@ -9,26 +9,40 @@ Rendering is ours, not prometheus-client's `generate_latest`: that re-formats ev
 every scrape (measured ~50-100 ms for 100 plugins here). Each plugin's lines are cached per
 family and re-rendered only when that plugin changes; the uptime family, computed at scrape
 time, is rendered fresh. Tests check the output with prometheus-client's own parsers.
+
+A scrape never fails because of one value or one plugin: numbers are formatted as
+prometheus-client's `floatToGoString` does (NaN, +Inf, -Inf included), and a plugin whose lines
+cannot be rendered is left out of that scrape, logged and counted
+(`sidecar_metrics_render_errors_total`). The runner's own `process_*` and `python_*` series come
+from prometheus-client's process, platform and GC collectors, collected at scrape time.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from . import __version__
 from .sandbox.outcomes import ERROR_OUTCOMES
 from .sandbox.result import PluginSandboxResult
 from .store import FAULT_REASONS, StoreStats
 
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+
 __all__ = ["CONTENT_TYPE_TEXT", "FAMILIES", "OPENMETRICS_CONTENT_TYPE", "REJECT_REASONS", "Metrics"]
+
+log = logging.getLogger(__name__)
 
 CONTENT_TYPE_TEXT = "text/plain; version=0.0.4; charset=utf-8"
 OPENMETRICS_CONTENT_TYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8"
-REJECT_REASONS = ("saturated", "invalid")
+#: Why a run request was refused before running (the README's metric table says what each counts).
+REJECT_REASONS = ("saturated", "overlap", "invalid")
 #: Peak memory buckets, bytes: 8 MiB … 4 GiB.
 MEMORY_BUCKETS: tuple[float, ...] = tuple(float(2**i * 1024 * 1024) for i in range(3, 13))
 
@@ -54,6 +68,8 @@ FAMILIES: tuple[Family, ...] = (
     Family("sidecar_plugin_in_flight", "gauge", "Runs in progress"),
     Family("sidecar_plugin_rejected", "counter", "Run requests refused before running", ("plugin", "reason")),
     Family("sidecar_build_info", "gauge", "Always 1; the version label says which build", ("version",)),
+    Family("sidecar_scheduler_errors", "counter", "Faults while scheduling a check; the scheduler goes on", ()),
+    Family("sidecar_metrics_render_errors", "counter", "Plugins left out of a scrape because rendering failed", ()),
     Family("sidecar_store_errors", "counter", "Runs whose history write failed (kept pending)", ("reason",)),
     Family("sidecar_store_dropped_runs", "counter", "Pending runs dropped because the write buffer was full", ()),
     Family("sidecar_store_pending_runs", "gauge", "Runs waiting in memory for the history store to recover", ()),
@@ -61,11 +77,22 @@ FAMILIES: tuple[Family, ...] = (
 
 
 def _num(v: float) -> str:
-    if v == math.inf:
+    """prometheus-client's `floatToGoString`, matched exactly (a test compares them): Go's float
+    syntax, NaN and +Inf/-Inf as the exposition formats spell them. Not imported, so gunicorn
+    workers, which import this module but never render, do not load prometheus-client."""
+    d = float(v)
+    if d == math.inf:
         return "+Inf"
-    if v == int(v) and abs(v) < 1e15:
-        return f"{int(v)}.0"
-    return repr(float(v))
+    if d == -math.inf:
+        return "-Inf"
+    if math.isnan(d):
+        return "NaN"
+    s = repr(d)
+    dot = s.find(".")
+    if d > 0 and dot > 6:  # Go switches to exponents sooner than Python
+        mantissa = f"{s[0]}.{s[1:dot]}{s[dot + 1:]}".rstrip("0.")
+        return f"{mantissa}e+{dot - 1:02d}"
+    return s
 
 
 def _escape(v: str) -> str:
@@ -79,10 +106,15 @@ class _Histogram:
     total: float = 0.0
     count: int = 0
 
+    les: tuple[str, ...] = ()
+
     def __post_init__(self) -> None:
         self.counts = [0] * len(self.bounds)
+        self.les = tuple(_num(b) for b in self.bounds)
 
     def observe(self, v: float) -> None:
+        if math.isnan(v):  # not a measurement; a NaN sum is invalid OpenMetrics (counter-like samples)
+            return
         for i, b in enumerate(self.bounds):
             if v <= b:
                 self.counts[i] += 1
@@ -92,9 +124,9 @@ class _Histogram:
 
     def lines(self, name: str, plugin: str) -> list[str]:
         out, cum = [], 0
-        for b, c in zip(self.bounds, self.counts, strict=True):
+        for le, c in zip(self.les, self.counts, strict=True):
             cum += c
-            out.append(f'{name}_bucket{{plugin="{plugin}",le="{_num(b)}"}} {_num(cum)}')
+            out.append(f'{name}_bucket{{plugin="{plugin}",le="{le}"}} {_num(cum)}')
         out.append(f'{name}_bucket{{plugin="{plugin}",le="+Inf"}} {_num(self.count)}')
         out.append(f'{name}_count{{plugin="{plugin}"}} {_num(self.count)}')
         out.append(f'{name}_sum{{plugin="{plugin}"}} {_num(self.total)}')
@@ -140,14 +172,34 @@ class _Plugin:
         return self.cache
 
 
-class Metrics:
-    """Metric values of every plugin, updated by the runner, rendered for scrapes."""
+def _process_registry() -> CollectorRegistry:
+    """prometheus-client's process, platform and GC collectors, for this (the runner's) process."""
+    from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
 
-    def __init__(self, duration_buckets: Iterable[float], clock: Callable[[], float] = time.time) -> None:
+    registry = CollectorRegistry(auto_describe=False)
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    GCCollector(registry=registry)
+    return registry
+
+
+class Metrics:
+    """Metric values of every plugin, updated by the runner, rendered for scrapes.
+
+    `process_metrics` adds the rendering process's own `process_*` and `python_*` series (the
+    runner's, under `sidecar serve`).
+    """
+
+    def __init__(self, duration_buckets: Iterable[float], clock: Callable[[], float] = time.time,
+                 process_metrics: bool = True) -> None:
         self.buckets = tuple(duration_buckets)
         self._plugins: dict[str, _Plugin] = {}
         self._lock = threading.Lock()
         self._clock = clock
+        self._scheduler_errors = 0
+        self._render_errors = 0
+        self._failing: set[str] = set()  # plugins whose last render failed (logged once until they recover)
+        self._process = _process_registry() if process_metrics else None
         #: Read at scrape time: the history store's fault counters (set by the runner).
         self.store_stats: Callable[[], StoreStats] = lambda: StoreStats(dict.fromkeys(FAULT_REASONS, 0), 0, 0)
 
@@ -190,20 +242,73 @@ class Metrics:
             p.rejected[reason] += 1
             p.cache = None
 
+    def scheduler_error(self) -> None:
+        with self._lock:
+            self._scheduler_errors += 1
+
     def snapshot(self, name: str) -> dict[str, float]:
         with self._lock:
             p = self._plugins[name]
             return {"success": p.success, **{f"errors_{k}": v for k, v in p.errors.items()},
+                    **{f"rejected_{k}": v for k, v in p.rejected.items()},
                     "runs": p.execution.count, "in_flight": p.in_flight}
+
+    def _plugin_chunks(self, now: float) -> list[dict[str, str]]:
+        """Every plugin's cached lines plus its uptime line; a plugin that fails is left out and counted."""
+        chunks: list[dict[str, str]] = []
+        with self._lock:
+            for p in self._plugins.values():
+                try:
+                    chunk = dict(p.render())
+                    chunk["sidecar_plugin_uptime_seconds"] = (
+                        f'sidecar_plugin_uptime_seconds{{plugin="{p.name}"}} {_num(max(0.0, now - p.loaded_at))}\n')
+                except Exception:
+                    p.cache = None
+                    self._render_errors += 1
+                    if p.name not in self._failing:
+                        log.exception("rendering the series of plugin %s failed; left out of scrapes until it "
+                                      "renders again", p.name)
+                    self._failing.add(p.name)
+                    continue
+                chunks.append(chunk)
+                self._failing.discard(p.name)
+        return chunks
+
+    def _process_text(self, openmetrics: bool) -> str:
+        if self._process is None:
+            return ""
+        try:
+            if openmetrics:
+                from prometheus_client.openmetrics.exposition import generate_latest as openmetrics_latest
+
+                body: bytes = openmetrics_latest(self._process)  # type: ignore[no-untyped-call]
+                return body.decode().removesuffix("# EOF\n")
+            from prometheus_client.exposition import generate_latest
+
+            return generate_latest(self._process).decode()
+        except Exception:
+            log.exception("rendering the process and python series failed; left out of this scrape")
+            with self._lock:
+                self._render_errors += 1
+            return ""
+
+    def _store_stats(self) -> StoreStats | None:
+        try:
+            return self.store_stats()
+        except Exception:
+            log.exception("reading the history store's counters failed; left out of this scrape")
+            with self._lock:
+                self._render_errors += 1
+            return None
 
     def render(self, openmetrics: bool = False) -> tuple[bytes, str]:
         """(body, content type) in the Prometheus text format, or OpenMetrics when asked for."""
-        now = self._clock()
-        store = self.store_stats()
+        process = self._process_text(openmetrics)
+        store = self._store_stats()
+        chunks = self._plugin_chunks(self._clock())
         with self._lock:
-            chunks = [p.render() for p in self._plugins.values()]
-            uptime = "".join(f'sidecar_plugin_uptime_seconds{{plugin="{p.name}"}} {_num(max(0.0, now - p.loaded_at))}\n'
-                             for p in self._plugins.values())
+            totals = {"sidecar_scheduler_errors": self._scheduler_errors,
+                      "sidecar_metrics_render_errors": self._render_errors}
         out: list[str] = []
         for fam in FAMILIES:
             name = fam.name
@@ -211,19 +316,23 @@ class Metrics:
                 out.append(f"# HELP {name} {fam.help}\n# TYPE {name} {fam.type}\n")
             else:
                 out.append(f"# HELP {name}_total {fam.help}\n# TYPE {name}_total counter\n")
-            if name == "sidecar_plugin_uptime_seconds":
-                out.append(uptime)
-            elif name == "sidecar_build_info":
+            if name == "sidecar_build_info":
                 out.append(f'sidecar_build_info{{version="{_escape(__version__)}"}} 1.0\n')
-            elif name == "sidecar_store_errors":
-                out.extend(f'sidecar_store_errors_total{{reason="{r}"}} {_num(store.errors.get(r, 0))}\n'
-                           for r in FAULT_REASONS)
-            elif name == "sidecar_store_dropped_runs":
-                out.append(f"sidecar_store_dropped_runs_total {_num(store.dropped)}\n")
-            elif name == "sidecar_store_pending_runs":
-                out.append(f"sidecar_store_pending_runs {_num(store.pending)}\n")
+            elif name in totals:
+                out.append(f"{name}_total {_num(totals[name])}\n")
+            elif name.startswith("sidecar_store_"):
+                if store is None:
+                    continue
+                if name == "sidecar_store_errors":
+                    out.extend(f'sidecar_store_errors_total{{reason="{r}"}} {_num(store.errors.get(r, 0))}\n'
+                               for r in FAULT_REASONS)
+                elif name == "sidecar_store_dropped_runs":
+                    out.append(f"sidecar_store_dropped_runs_total {_num(store.dropped)}\n")
+                elif name == "sidecar_store_pending_runs":
+                    out.append(f"sidecar_store_pending_runs {_num(store.pending)}\n")
             else:
                 out.extend(c[name] for c in chunks)
+        out.append(process)
         if openmetrics:
             out.append("# EOF\n")
             return "".join(out).encode(), OPENMETRICS_CONTENT_TYPE

@@ -1,9 +1,12 @@
 """The runner's Unix-socket interface, and the client gunicorn workers use to reach it.
 
-One request per frame: `{"op": NAME, "args": {...}}`. Two frames back: a JSON header
-(`{"ok": value}` or `{"error": {...}}`) and a raw body (the rendered metrics; empty otherwise),
-so a large scrape body is never JSON-encoded. Errors are rebuilt as the same `SidecarError`
-classes on the worker side.
+Generic over the runner's declared operations (`@operation` in `runner.py`): the server calls any
+declared method, the client forwards any declared name, so neither changes when one is added.
+
+One request per frame: `{"op": NAME, "args": [...], "kwargs": {...}}`. Two frames back: a JSON
+header (`{"ok": value}` or `{"error": {...}}`) and a raw body (a `raw` operation's bytes, such as
+the rendered metrics; empty otherwise), so a large scrape body is never JSON-encoded. Errors are
+rebuilt as the same `SidecarError` classes on the worker side.
 """
 
 from __future__ import annotations
@@ -14,18 +17,20 @@ import os
 import socket
 import socketserver
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from .errors import RunnerUnavailable, SidecarError
 from .framing import FrameError, recv_frame, send_frame
+from .operations import operations_of
 from .runner import Runner
 
-__all__ = ["RunnerClient", "RunnerServer"]
+__all__ = ["OPERATIONS", "RunnerClient", "RunnerServer"]
 
 log = logging.getLogger(__name__)
 
-#: The operations a worker may call, and the runner method each maps to.
-OPERATIONS = {"plugins", "plugin", "health", "runs", "run", "reject", "render_metrics", "ready", "ping"}
+#: The operations a worker may call: the runner's methods marked `@operation`.
+OPERATIONS = operations_of(Runner)
 
 
 class _Handler(socketserver.BaseRequestHandler):
@@ -43,13 +48,12 @@ class _Handler(socketserver.BaseRequestHandler):
             body = b""
             try:
                 req = json.loads(frame)
-                op = req.get("op")
-                if op not in OPERATIONS:
-                    raise SidecarError(f"unknown operation {op!r}")
-                value = getattr(self.server.runner, op)(**req.get("args", {}))
-                if op == "render_metrics":
-                    body, content_type = value
-                    value = content_type
+                spec = OPERATIONS.get(req.get("op"))
+                if spec is None:
+                    raise SidecarError(f"unknown operation {req.get('op')!r}")
+                value = getattr(self.server.runner, spec.name)(*req.get("args", ()), **req.get("kwargs", {}))
+                if spec.raw:
+                    body, value = value
                 header: dict[str, Any] = {"ok": value}
             except SidecarError as exc:
                 header = {"error": exc.to_dict()}
@@ -75,7 +79,10 @@ class RunnerServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
 
 
 class RunnerClient:
-    """The runner's methods, called over its socket.
+    """The runner's declared operations, called over its socket.
+
+    `client.health("echo")` forwards to `Runner.health("echo")`; a `raw` operation returns the same
+    `(body, value)` pair the runner's method does.
 
     Idle connections are pooled, not kept per thread: under the gevent worker every HTTP
     connection is its own greenlet, and a per-greenlet connection would cost the runner one
@@ -86,6 +93,18 @@ class RunnerClient:
         self.path = path
         self._idle: list[socket.socket] = []
         self._lock = threading.Lock()
+
+    def __getattr__(self, name: str) -> Callable[..., Any]:
+        spec = OPERATIONS.get(name)
+        if spec is None:
+            raise AttributeError(f"the runner has no operation {name!r}")
+
+        def forward(*args: Any, **kwargs: Any) -> Any:
+            value, body = self.call(name, *args, **kwargs)
+            return (body, value) if spec.raw else value
+
+        forward.__name__ = name
+        return forward
 
     def _take(self) -> socket.socket:
         with self._lock:
@@ -103,8 +122,17 @@ class RunnerClient:
         with self._lock:
             self._idle.append(conn)
 
-    def call(self, op: str, **args: Any) -> tuple[Any, bytes]:
-        payload = json.dumps({"op": op, "args": args}).encode()
+    def close(self) -> None:
+        """Close the idle connections (the next call opens a new one)."""
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.close()
+
+    def call(self, op: str, *args: Any, **kwargs: Any) -> tuple[Any, bytes]:
+        """(value, raw body) of one operation; a dropped connection is retried once unless `resend` is off."""
+        spec = OPERATIONS[op]
+        payload = json.dumps({"op": op, "args": args, "kwargs": kwargs}).encode()
         for attempt in (1, 2):  # a connection kept from before a runner restart fails once
             conn = self._take()
             try:
@@ -117,38 +145,10 @@ class RunnerClient:
                 self._give_back(conn)
                 break
             conn.close()
-            if attempt == 2 or op == "run":  # never run a plugin twice
+            if attempt == 2 or not spec.resend:
                 raise RunnerUnavailable("the runner closed the connection")
         assert header is not None and body is not None
         decoded = json.loads(header)
         if "error" in decoded:
             raise SidecarError.from_dict(decoded["error"])
         return decoded["ok"], body
-
-    def plugins(self) -> list[dict[str, Any]]:
-        return list(self.call("plugins")[0])
-
-    def plugin(self, name: str) -> dict[str, Any]:
-        return dict(self.call("plugin", name=name)[0])
-
-    def health(self, name: str) -> dict[str, Any]:
-        return dict(self.call("health", name=name)[0])
-
-    def runs(self, name: str, limit: int = 20) -> list[dict[str, Any]]:
-        return list(self.call("runs", name=name, limit=limit)[0])
-
-    def run(self, name: str, params: Any = None, timeout_seconds: Any = None) -> dict[str, Any]:
-        return dict(self.call("run", name=name, params=params, timeout_seconds=timeout_seconds)[0])
-
-    def reject(self, name: str, reason: str) -> None:
-        self.call("reject", name=name, reason=reason)
-
-    def render_metrics(self, openmetrics: bool = False) -> tuple[bytes, str]:
-        content_type, body = self.call("render_metrics", openmetrics=openmetrics)
-        return body, str(content_type)
-
-    def ready(self) -> dict[str, Any]:
-        return dict(self.call("ready")[0])
-
-    def ping(self) -> bool:
-        return bool(self.call("ping")[0])

@@ -2,14 +2,13 @@
 
 One runner per sidecar owns the sandbox launcher, the concurrency limit, the scheduler, the
 history writes and the metric values. Gunicorn workers reach it over a Unix socket (`rpc`);
-tests and single-process use call it directly. Both speak the same methods, which return plain
-JSON-able values and raise `SidecarError`s.
+tests and single-process use call it directly. The methods marked `@operation` are its whole
+interface to workers: they return plain JSON-able values and raise `SidecarError`s.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -17,9 +16,11 @@ from typing import Any
 from .config import Settings
 from .errors import BadRequest, Saturated
 from .metrics import Metrics
+from .operations import operation
 from .plugins import Entry, Registry, discover
 from .sandbox.client import RunRequest, Sandbox
 from .sandbox.result import PluginSandboxResult
+from .scheduler import Scheduler, Slots
 from .store import Store
 
 __all__ = ["Runner"]
@@ -55,24 +56,21 @@ class Runner:
         self.metrics.store_stats = self.store.stats
         for entry in self.registry:
             self.metrics.add_plugin(entry.name, entry.loaded_at, entry.interval_seconds)
-        self._slots = threading.BoundedSemaphore(settings.max_concurrent_runs)
-        self._stop = threading.Event()
-        self._scheduled_running: set[str] = set()
-        self._sched_lock = threading.Lock()
-        self._scheduler: threading.Thread | None = None
+        self._slots = Slots(settings.max_concurrent_runs)
+        self.scheduler = Scheduler(((e.name, e.interval_seconds) for e in self.registry if e.interval_seconds),
+                                   self._slots, self._run_scheduled, self.metrics.reject,
+                                   self.metrics.scheduler_error)
         if start_scheduler and any(e.interval_seconds for e in self.registry):
-            self._scheduler = threading.Thread(target=self._schedule_loop, name="scheduler", daemon=True)
-            self._scheduler.start()
+            self.scheduler.start()
 
     def close(self) -> None:
-        self._stop.set()
-        if self._scheduler is not None:
-            self._scheduler.join(timeout=5)
+        self.scheduler.stop()
         self.sandbox.close()
         self.store.close()
 
     # -- runs --------------------------------------------------------------------------------
-    def run(self, name: str, params: Any = None, timeout_seconds: Any = None, trigger: str = "api") -> dict[str, Any]:
+    @operation(resend=False)  # a plugin never runs twice for one request
+    def run(self, name: str, params: Any = None, timeout_seconds: Any = None) -> dict[str, Any]:
         entry = self.registry.get(name)
         try:
             if params is None:
@@ -83,14 +81,15 @@ class Runner:
         except BadRequest:
             self.metrics.reject(name, "invalid")
             raise
-        if not self._slots.acquire(blocking=False):
+        if not self._slots.try_acquire():
             self.metrics.reject(name, "saturated")
             raise Saturated(f"all {self.settings.max_concurrent_runs} sandbox slots are busy", retry_after=1)
         try:
-            return self._run_in_slot(entry, {**entry.params, **params}, timeout, memory, trigger).to_dict()
+            return self._run_in_slot(entry, {**entry.params, **params}, timeout, memory, "api").to_dict()
         finally:
             self._slots.release()
 
+    @operation(resend=False)  # a counter: never bumped twice for one request
     def reject(self, name: str, reason: str) -> None:
         """Count a request refused before it ran (the HTTP front end validates bodies); 404 if unknown."""
         self.registry.get(name)
@@ -117,39 +116,18 @@ class Runner:
         self.store.record(result, trigger)
         return result
 
-    # -- scheduler -----------------------------------------------------------------------------
-    def _schedule_loop(self) -> None:
-        due = {e.name: time.monotonic() for e in self.registry if e.interval_seconds}
-        while not self._stop.is_set():
-            now = time.monotonic()
-            for name, at in list(due.items()):
-                if at > now:
-                    continue
-                entry = self.registry.get(name)
-                assert entry.interval_seconds
-                due[name] = now + entry.interval_seconds
-                with self._sched_lock:
-                    if name in self._scheduled_running:
-                        continue  # still running from last time: never overlap a check with itself
-                    self._scheduled_running.add(name)
-                threading.Thread(target=self._scheduled_run, args=(name,), name=f"check-{name}", daemon=True).start()
-            self._stop.wait(max(0.05, min(due.values()) - time.monotonic()))
-
-    def _scheduled_run(self, name: str) -> None:
-        try:
-            self.run(name, trigger="schedule")
-        except Saturated:
-            pass  # counted as rejected; the next interval tries again
-        except Exception:
-            log.exception("scheduled run of %s failed", name)
-        finally:
-            with self._sched_lock:
-                self._scheduled_running.discard(name)
+    def _run_scheduled(self, name: str) -> None:
+        """One scheduled run of a check; the scheduler holds its slot."""
+        entry = self.registry.get(name)
+        timeout, memory = self.registry.limits(entry)
+        self._run_in_slot(entry, dict(entry.params), timeout, memory, "schedule")
 
     # -- reads -----------------------------------------------------------------------------------
+    @operation()
     def plugins(self) -> list[dict[str, Any]]:
         return [self.plugin(e.name) for e in self.registry]
 
+    @operation()
     def plugin(self, name: str) -> dict[str, Any]:
         entry = self.registry.get(name)
         timeout, memory = self.registry.limits(entry)
@@ -166,6 +144,7 @@ class Runner:
             "last_used": _iso(recent[0]["finished_at"]) if recent else None,
         }
 
+    @operation()
     def health(self, name: str) -> dict[str, Any]:
         entry = self.registry.get(name)
         timeout, memory = self.registry.limits(entry)
@@ -191,6 +170,7 @@ class Runner:
             "interval_seconds": entry.interval_seconds,
         }
 
+    @operation()
     def runs(self, name: str, limit: int = 20) -> list[dict[str, Any]]:
         self.registry.get(name)
         rows = self.store.recent(name, limit)
@@ -199,9 +179,11 @@ class Runner:
             r["finished_at"] = _iso(r["finished_at"])
         return rows
 
+    @operation(raw=True)  # the scrape body travels as its own frame
     def render_metrics(self, openmetrics: bool = False) -> tuple[bytes, str]:
         return self.metrics.render(openmetrics)
 
+    @operation()
     def ready(self) -> dict[str, Any]:
         writable, why = self.store.probe()
         checks = {"plugins_discovered": len(self.registry) > 0, "store_writable": writable}
@@ -210,5 +192,6 @@ class Runner:
             state["reason"] = f"history store: {why}"
         return state
 
+    @operation()
     def ping(self) -> bool:
         return True

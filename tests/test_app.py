@@ -2,21 +2,27 @@
 
 from __future__ import annotations
 
+import gzip
+import inspect
 import io
+import math
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
+from prometheus_client.parser import text_string_to_metric_families as parse_text
 
 from sidecar.app import create_app
 from sidecar.config import Settings
 from sidecar.errors import PluginNotFound
 from sidecar.metrics import CONTENT_TYPE_TEXT, OPENMETRICS_CONTENT_TYPE
+from sidecar.rpc import OPERATIONS
 from sidecar.runner import Runner
 from sidecar.sandbox.client import RunRequest
 from sidecar.sandbox.result import Outcome, PluginSandboxResult
@@ -96,6 +102,18 @@ class FakeBackend:
 
     def ping(self) -> bool:
         return True
+
+
+def fake_app(settings: Settings, fake: FakeBackend) -> Flask:
+    """`create_app` over a fake: typed as the runner's interface, which the test below checks it implements."""
+    return create_app(settings, cast(Runner, fake))
+
+
+def test_fake_backend_implements_every_runner_operation() -> None:
+    for name in OPERATIONS:
+        ours = inspect.signature(getattr(Runner, name))
+        fake = inspect.signature(getattr(FakeBackend, name))
+        assert list(fake.parameters) == list(ours.parameters), name
 
 
 # -- happy paths ------------------------------------------------------------------------------------
@@ -326,7 +344,7 @@ def test_chunked_body_under_max_is_read(client: FlaskClient) -> None:
 @pytest.fixture
 def token_client(tmp_path: Path) -> tuple[FlaskClient, FakeBackend]:
     backend = FakeBackend()
-    flask_app = create_app(_settings(tmp_path, api_token="s3cret"), backend)
+    flask_app = fake_app(_settings(tmp_path, api_token="s3cret"), backend)
     return flask_app.test_client(), backend
 
 
@@ -365,7 +383,7 @@ def test_get_routes_open_with_token_set(token_client: tuple[FlaskClient, FakeBac
 
 
 def test_readyz_not_ready_is_503(tmp_path: Path) -> None:
-    client = create_app(_settings(tmp_path), FakeBackend(ready=False)).test_client()
+    client = fake_app(_settings(tmp_path), FakeBackend(ready=False)).test_client()
     resp = client.get("/readyz")
     assert resp.status_code == 503
     assert resp.get_json()["ready"] is False
@@ -373,10 +391,70 @@ def test_readyz_not_ready_is_503(tmp_path: Path) -> None:
 
 
 def test_fake_backend_openmetrics_negotiation(tmp_path: Path) -> None:
-    client = create_app(_settings(tmp_path), FakeBackend()).test_client()
+    client = fake_app(_settings(tmp_path), FakeBackend()).test_client()
     assert client.get("/metrics").headers["Content-Type"] == CONTENT_TYPE_TEXT
     resp = client.get("/metrics", headers={"Accept": "application/openmetrics-text;version=1.0.0,text/plain;q=0.5"})
     assert resp.headers["Content-Type"] == OPENMETRICS_CONTENT_TYPE
+
+
+# -- /metrics: gzip, and values no scrape may fail on -------------------------------------------------
+
+
+class MetricsBackend(FakeBackend):
+    BODY = b"# HELP x_total a counter\n# TYPE x_total counter\nx_total 1.0\n" * 50
+
+    def render_metrics(self, openmetrics: bool = False) -> tuple[bytes, str]:
+        return self.BODY, CONTENT_TYPE_TEXT
+
+
+@pytest.mark.parametrize("accept_encoding", ["gzip", "gzip, deflate", "deflate, GZIP;q=0.5", "br;q=1, gzip;q=0.1"])
+def test_metrics_gzip_when_asked(tmp_path: Path, accept_encoding: str) -> None:
+    client = fake_app(_settings(tmp_path), MetricsBackend()).test_client()
+    resp = client.get("/metrics", headers={"Accept-Encoding": accept_encoding})
+    assert resp.status_code == 200
+    assert resp.headers["Content-Encoding"] == "gzip"
+    assert "Accept-Encoding" in resp.headers["Vary"]
+    raw = resp.get_data()
+    assert len(raw) < len(MetricsBackend.BODY)
+    assert gzip.decompress(raw) == MetricsBackend.BODY
+    assert resp.headers["Content-Type"] == CONTENT_TYPE_TEXT
+
+
+@pytest.mark.parametrize("headers", [{}, {"Accept-Encoding": "identity"}, {"Accept-Encoding": "gzip;q=0"},
+                                     {"Accept-Encoding": "deflate, br"}])
+def test_metrics_not_gzipped_unless_asked(tmp_path: Path, headers: dict[str, str]) -> None:
+    client = fake_app(_settings(tmp_path), MetricsBackend()).test_client()
+    resp = client.get("/metrics", headers=headers)
+    assert resp.status_code == 200
+    assert "Content-Encoding" not in resp.headers
+    assert resp.get_data() == MetricsBackend.BODY
+    assert "Accept-Encoding" in resp.headers["Vary"]
+
+
+def test_metrics_stay_200_and_parse_with_nan_and_infinities(app: Flask, client: FlaskClient,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    runner = app.extensions["sidecar_backend"]
+    assert isinstance(runner, Runner)
+    series = runner.metrics._plugins
+    monkeypatch.setattr(series["hello"], "interval", math.nan)
+    monkeypatch.setattr(series["echo"], "interval", math.inf)
+    monkeypatch.setattr(series["raises"], "loaded_at", -math.inf)
+    monkeypatch.setattr(series["hello"], "cache", None)
+    monkeypatch.setattr(series["echo"], "cache", None)
+    monkeypatch.setattr(series["raises"], "cache", None)
+    openmetrics = "application/openmetrics-text; version=1.0.0"
+    for accept, parse in (("text/plain", parse_text), (openmetrics, parse_openmetrics)):
+        resp = client.get("/metrics", headers={"Accept": accept, "Accept-Encoding": "gzip"})
+        assert resp.status_code == 200
+        fams = {f.name: f for f in parse(gzip.decompress(resp.get_data()).decode())}
+        interval = {s.labels["plugin"]: s.value for s in fams["sidecar_plugin_interval_seconds"].samples}
+        assert math.isnan(interval["hello"]) and interval["echo"] == math.inf
+        loaded = {s.labels["plugin"]: s.value for s in fams["sidecar_plugin_loaded_timestamp_seconds"].samples}
+        assert loaded["raises"] == -math.inf
+        assert {"process_resident_memory_bytes", "python_info"} <= set(fams)
+    monkeypatch.undo()
+    for name in ("hello", "echo", "raises"):
+        series[name].cache = None
 
 
 # -- saturation with a real Runner whose sandbox is held -------------------------------------------
@@ -481,6 +559,6 @@ def test_405_carries_allow(client: FlaskClient) -> None:
 
 def test_fake_backend_counts_bad_bodies_before_any_run(tmp_path: Path) -> None:
     backend = FakeBackend()
-    client = create_app(_settings(tmp_path), backend).test_client()
+    client = fake_app(_settings(tmp_path), backend).test_client()
     _error(client.post("/plugins/hello/run", data=b'{"params": 1}'), 400, "bad_request")
     assert backend.calls == [("hello", "rejected", "invalid")]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import pytest
@@ -49,6 +50,10 @@ def _families(m: Metrics, openmetrics: bool = False) -> dict[str, Metric]:
     return {f.name: f for f in fams}
 
 
+def _sidecar(fams: dict[str, Metric]) -> set[str]:
+    return {name for name in fams if name.startswith("sidecar_")}
+
+
 def _value(fams: dict[str, Metric], family: str, sample: str, **labels: str) -> float:
     hits = [s.value for s in fams[family].samples if s.name == sample and s.labels == labels]
     assert len(hits) == 1, (family, sample, labels, fams[family].samples)
@@ -78,7 +83,7 @@ def metrics(clock: Clock) -> Metrics:
 @pytest.mark.parametrize("openmetrics", [False, True])
 def test_every_family_present_with_its_type(metrics: Metrics, openmetrics: bool) -> None:
     fams = _families(metrics, openmetrics)
-    assert set(fams) == {f.name for f in FAMILIES}
+    assert _sidecar(fams) == {f.name for f in FAMILIES}
     for f in FAMILIES:
         assert fams[f.name].type == f.type, f.name
         assert fams[f.name].documentation == f.help
@@ -89,7 +94,7 @@ def test_every_family_present_with_its_type(metrics: Metrics, openmetrics: bool)
 @pytest.mark.parametrize("openmetrics", [False, True])
 def test_empty_metrics_still_parse(openmetrics: bool) -> None:
     fams = _families(Metrics(BUCKETS), openmetrics)
-    assert set(fams) == {f.name for f in FAMILIES}
+    assert _sidecar(fams) == {f.name for f in FAMILIES}
     assert _value(fams, "sidecar_build_info", "sidecar_build_info", version=__version__) == 1.0
 
 
@@ -175,7 +180,7 @@ def test_started_and_finished(metrics: Metrics, clock: Clock, openmetrics: bool)
     assert _value(fams, "sidecar_plugin_success", "sidecar_plugin_success_total", plugin="beta") == 0
     assert _value(fams, hist, f"{hist}_count", plugin="beta") == 0
     assert metrics.snapshot("alpha") == {"success": 1, **{f"errors_{t}": int(t == "timeout") for t in ERROR_OUTCOMES},
-                                         "runs": 2, "in_flight": 0}
+                                         **{f"rejected_{r}": 0 for r in REJECT_REASONS}, "runs": 2, "in_flight": 0}
 
 
 def test_buckets_cumulative_and_monotone(metrics: Metrics) -> None:
@@ -210,8 +215,8 @@ def test_reject(metrics: Metrics) -> None:
     metrics.reject("beta", "invalid")
     fams = _families(metrics, openmetrics=True)
     got = {(s.labels["plugin"], s.labels["reason"]): s.value for s in fams["sidecar_plugin_rejected"].samples}
-    assert got == {("alpha", "saturated"): 2, ("alpha", "invalid"): 0, ("beta", "saturated"): 0,
-                   ("beta", "invalid"): 1}
+    assert got == {("alpha", "saturated"): 2, ("alpha", "overlap"): 0, ("alpha", "invalid"): 0,
+                   ("beta", "saturated"): 0, ("beta", "overlap"): 0, ("beta", "invalid"): 1}
 
 
 def test_cache_is_invalidated_on_every_change(metrics: Metrics) -> None:
@@ -221,8 +226,11 @@ def test_cache_is_invalidated_on_every_change(metrics: Metrics) -> None:
     def in_flight() -> float:
         return _value(_families(metrics), "sidecar_plugin_in_flight", "sidecar_plugin_in_flight", plugin="alpha")
 
+    def ours(body: bytes) -> list[bytes]:  # process_* and python_* (CPU time, GC counts) move on their own
+        return [line for line in body.splitlines() if not line.startswith((b"process_", b"python_"))]
+
     first, _ = metrics.render()
-    assert metrics.render()[0] == first  # cached render is stable
+    assert ours(metrics.render()[0]) == ours(first)  # cached render is stable
     metrics.started("alpha")
     assert in_flight() == 1
     metrics.finished("alpha", _result("alpha"))
@@ -249,6 +257,8 @@ def test_label_values_only_from_added_plugins(metrics: Metrics) -> None:
                                     "reason": set(REJECT_REASONS) | set(FAULT_REASONS), "version": {__version__}}
     for openmetrics in (False, True):
         for fam in _families(metrics, openmetrics).values():
+            if not fam.name.startswith("sidecar_"):
+                continue  # process_* and python_* carry prometheus-client's own labels
             for s in fam.samples:
                 for k, v in s.labels.items():
                     if k == "le":
@@ -262,3 +272,103 @@ def test_unknown_plugin_is_a_key_error(metrics: Metrics) -> None:
         metrics.started("nope")
     with pytest.raises(KeyError):
         metrics.reject("nope", "saturated")
+
+
+# -- a scrape never fails because of one value or one plugin ------------------------------------------
+
+
+@pytest.mark.parametrize("value", [0.0, 1.0, -1.0, 0.1, 1e-9, 123456.0, 1234567.0, 1764110721.123, 5e20, -5e20,
+                                   float("nan"), float("inf"), float("-inf"), 2.0**53, 1 / 3])
+def test_numbers_match_prometheus_client(value: float) -> None:
+    from prometheus_client.utils import floatToGoString
+
+    from sidecar.metrics import _num
+
+    assert _num(value) == floatToGoString(value)  # type: ignore[no-untyped-call]
+
+
+@pytest.mark.parametrize("openmetrics", [False, True])
+def test_nan_and_infinities_render_and_parse(clock: Clock, openmetrics: bool) -> None:
+    m = Metrics(BUCKETS, clock=clock)
+    m.add_plugin("nan_interval", float("nan"), float("nan"))
+    m.add_plugin("inf_interval", 900.0, float("inf"))
+    m.add_plugin("neg", float("-inf"), 30.0)
+    for plugin, ms in (("nan_interval", float("nan")), ("inf_interval", float("inf")), ("neg", 5.0)):
+        m.started(plugin)
+        m.finished(plugin, _result(plugin, ms=ms, finished_at=float("inf")))
+    fams = _families(m, openmetrics)
+    interval = {s.labels["plugin"]: s.value for s in fams["sidecar_plugin_interval_seconds"].samples}
+    assert math.isnan(interval["nan_interval"]) and interval["inf_interval"] == math.inf
+    loaded = {s.labels["plugin"]: s.value for s in fams["sidecar_plugin_loaded_timestamp_seconds"].samples}
+    assert loaded["neg"] == -math.inf
+    # a NaN duration is not an observation: OpenMetrics forbids a NaN histogram sum
+    assert _value(fams, "sidecar_plugin_execution_seconds", "sidecar_plugin_execution_seconds_count",
+                  plugin="nan_interval") == 0
+    assert _value(fams, "sidecar_plugin_execution_seconds", "sidecar_plugin_execution_seconds_sum",
+                  plugin="inf_interval") == math.inf
+    assert _value(fams, "sidecar_plugin_uptime_seconds", "sidecar_plugin_uptime_seconds", plugin="neg") == math.inf
+    assert _value(fams, "sidecar_metrics_render_errors", "sidecar_metrics_render_errors_total") == 0
+
+
+@pytest.mark.parametrize("openmetrics", [False, True])
+def test_a_plugin_that_fails_to_render_is_left_out_and_counted(metrics: Metrics, openmetrics: bool,
+                                                                monkeypatch: pytest.MonkeyPatch,
+                                                                caplog: pytest.LogCaptureFixture) -> None:
+    broken = metrics._plugins["alpha"]
+    monkeypatch.setattr(broken, "render", lambda: 1 / 0)
+    for scrape in (1, 2):
+        fams = _families(metrics, openmetrics)
+        plugins = {s.labels.get("plugin") for s in fams["sidecar_plugin_success"].samples}
+        assert plugins == {"beta"}
+        assert {s.labels["plugin"] for s in fams["sidecar_plugin_uptime_seconds"].samples} == {"beta"}
+        assert _value(fams, "sidecar_metrics_render_errors", "sidecar_metrics_render_errors_total") == scrape
+    assert [r.message for r in caplog.records].count(
+        "rendering the series of plugin alpha failed; left out of scrapes until it renders again") == 1
+    monkeypatch.undo()
+    fams = _families(metrics, openmetrics)
+    assert {s.labels.get("plugin") for s in fams["sidecar_plugin_success"].samples} == {"alpha", "beta"}
+
+
+def test_a_failing_process_collector_leaves_the_rest_of_the_scrape(metrics: Metrics,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    import prometheus_client.exposition
+
+    def broken(registry: Any) -> bytes:
+        raise OSError("no /proc")
+
+    monkeypatch.setattr(prometheus_client.exposition, "generate_latest", broken)
+    fams = _families(metrics)
+    assert _sidecar(fams) == set(fams) == {f.name for f in FAMILIES}
+    assert _value(fams, "sidecar_metrics_render_errors", "sidecar_metrics_render_errors_total") == 1
+
+
+def test_scheduler_errors_are_counted(metrics: Metrics) -> None:
+    assert _value(_families(metrics), "sidecar_scheduler_errors", "sidecar_scheduler_errors_total") == 0
+    metrics.scheduler_error()
+    metrics.scheduler_error()
+    fams = _families(metrics, openmetrics=True)
+    assert _value(fams, "sidecar_scheduler_errors", "sidecar_scheduler_errors_total") == 2
+
+
+# -- the runner's own process and python series ------------------------------------------------------
+
+
+@pytest.mark.parametrize("openmetrics", [False, True])
+def test_process_and_python_series_of_this_process(metrics: Metrics, openmetrics: bool) -> None:
+    import os
+    import platform
+
+    fams = _families(metrics, openmetrics)
+    assert {"process_cpu_seconds", "process_resident_memory_bytes", "process_start_time_seconds",
+            "process_open_fds", "python_info", "python_gc_objects_collected"} <= set(fams)
+    rss = _value(fams, "process_resident_memory_bytes", "process_resident_memory_bytes")
+    with open(f"/proc/{os.getpid()}/statm") as f:
+        pages = int(f.read().split()[1])
+    assert 0.5 < rss / (pages * os.sysconf("SC_PAGE_SIZE")) < 2  # this process's RSS, not another's
+    (info,) = fams["python_info"].samples
+    assert info.labels["version"] == platform.python_version()
+
+
+def test_process_series_can_be_left_out() -> None:
+    fams = _families(Metrics(BUCKETS, process_metrics=False))
+    assert _sidecar(fams) == set(fams)

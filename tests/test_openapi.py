@@ -251,9 +251,9 @@ def test_error_bodies(client: FlaskClient, method: str, url: str, path: str, sta
 
 
 def test_unauthorized_body(tmp_path: Path) -> None:
-    from .test_app import FakeBackend
+    from .test_app import FakeBackend, fake_app
 
-    flask_app = create_app(Settings(data_dir=str(tmp_path), api_token="t"), FakeBackend())
+    flask_app = fake_app(Settings(data_dir=str(tmp_path), api_token="t"), FakeBackend())
     resp = flask_app.test_client().post("/plugins/hello/run")
     assert resp.status_code == 401
     _check(resp, "/plugins/{name}/run", "post")

@@ -60,6 +60,10 @@ MAY_BE_EMPTY: dict[str, str] = {
     "prometheus/alerts.yml: alert SidecarDown": (
         "returns data only while the target is down or absent; the sidecar stays up for the whole module"
     ),
+    "prometheus/alerts.yml: alert SidecarInternalErrors": (
+        "returns data only after a fault of the sidecar itself (scheduling a check, rendering a plugin's series); "
+        "this module causes none"
+    ),
     "prometheus/alerts.yml: alert SidecarPluginStale": (
         f"returns data only when a scheduled check stops finishing runs; {HEARTBEAT!r} runs every "
         f"{HEARTBEAT_INTERVAL:g} s and the threshold is 3 intervals"

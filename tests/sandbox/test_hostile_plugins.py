@@ -136,7 +136,7 @@ def test_output_flood_is_bounded_and_does_not_block(run_hostile):
 
 
 def test_huge_result_is_refused(run_hostile):
-    r = run_hostile("big_result", megabytes=300)
+    r = run_hostile("big_result", timeout=60.0, megabytes=300)  # encoding 300 MB is slow on a loaded machine
     assert r.outcome is Outcome.VALUE
     assert r.error is not None and r.error.type == "ResultTooLarge"
 

@@ -11,7 +11,7 @@ from types import MappingProxyType
 from typing import Final
 
 ERROR_TYPES: Final = frozenset({"timeout", "memory", "import", "value", "runtime", "exception", "crash"})
-REJECT_REASONS: Final = frozenset({"saturated", "invalid"})
+REJECT_REASONS: Final = frozenset({"saturated", "overlap", "invalid"})
 
 METRIC_TYPES: Final[Mapping[str, str]] = MappingProxyType(
     {
@@ -26,6 +26,8 @@ METRIC_TYPES: Final[Mapping[str, str]] = MappingProxyType(
         "sidecar_plugin_rejected_total": "counter",
         "sidecar_plugin_interval_seconds": "gauge",
         "sidecar_build_info": "gauge",
+        "sidecar_scheduler_errors_total": "counter",
+        "sidecar_metrics_render_errors_total": "counter",
     }
 )
 
@@ -46,6 +48,8 @@ METRIC_LABELS: Final[Mapping[str, frozenset[str]]] = MappingProxyType(
         "sidecar_plugin_rejected_total": frozenset({"plugin", "reason"}),
         "sidecar_plugin_interval_seconds": frozenset({"plugin"}),
         "sidecar_build_info": frozenset({"version"}),
+        "sidecar_scheduler_errors_total": frozenset(),
+        "sidecar_metrics_render_errors_total": frozenset(),
     }
 )
 

@@ -36,7 +36,7 @@ def test_expected_alerts_exist() -> None:
     names = {a["alert"] for a in ALERTS}
     expected = {
         "SidecarDown", "SidecarPluginTimeouts", "SidecarPluginMemoryErrors", "SidecarPluginCrashes",
-        "SidecarPluginErrorRatioHigh", "SidecarPluginStale", "SidecarSaturated",
+        "SidecarPluginErrorRatioHigh", "SidecarPluginStale", "SidecarSaturated", "SidecarInternalErrors",
     }  # fmt: skip
     assert expected <= names
     assert len(names) == len(ALERTS), "alert names must be unique"
