@@ -31,16 +31,29 @@ PER_PLUGIN: dict[str, int] = {
     "sidecar_plugin_uptime_seconds": 1,
     "sidecar_plugin_loaded_timestamp_seconds": 1,
     "sidecar_plugin_in_flight": 1,
-    "sidecar_plugin_rejected_total": 2,  # reason: saturated, invalid
+    "sidecar_plugin_rejected_total": 3,  # reason: saturated, overlap, invalid
     "sidecar_plugin_last_run_timestamp_seconds": 1,  # after its first run
     "sidecar_plugin_interval_seconds": 1,  # scheduled plugins and checks only
 }
 #: Series of a sidecar that carry no plugin label, by family.
 PER_SIDECAR: dict[str, int] = {
     "sidecar_build_info": 1,
+    "sidecar_scheduler_errors_total": 1,
+    "sidecar_metrics_render_errors_total": 1,
     "sidecar_store_errors_total": 4,  # reason: disk_full, read_only, corrupt, io
     "sidecar_store_pending_runs": 1,
     "sidecar_store_dropped_runs_total": 1,
+    # the runner's own process and interpreter, from prometheus-client's collectors
+    "process_virtual_memory_bytes": 1,
+    "process_resident_memory_bytes": 1,
+    "process_start_time_seconds": 1,
+    "process_cpu_seconds_total": 1,
+    "process_open_fds": 1,
+    "process_max_fds": 1,
+    "python_info": 1,
+    "python_gc_objects_collected_total": 3,  # one per GC generation
+    "python_gc_objects_uncollectable_total": 3,
+    "python_gc_collections_total": 3,
 }
 
 SCHEDULED, IDLE, RAN = "tick", "idle_plugin", "echo"
@@ -91,7 +104,7 @@ def test_series_per_plugin_are_pinned(app: Flask) -> None:
     scheduled = dict(by_plugin[SCHEDULED])
     assert scheduled in ({**never_ran, "sidecar_plugin_interval_seconds": 1}, PER_PLUGIN), scheduled
     assert dict(other) == PER_SIDECAR
-    assert sum(PER_PLUGIN.values()) == 48
+    assert sum(PER_PLUGIN.values()) == 49
 
 
 def test_budget_follows_the_knobs(tmp_path: Path) -> None:
@@ -107,6 +120,6 @@ def test_budget_follows_the_knobs(tmp_path: Path) -> None:
 def test_readme_budget_table_matches() -> None:
     readme = (REPO_ROOT / "README.md").read_text()
     section = readme[readme.index("### Cardinality budget") :]
-    rows = dict(re.findall(r"^\| `(sidecar_[a-z_]+)` \| (\d+) \|", section, flags=re.MULTILINE))
+    rows = dict(re.findall(r"^\| `((?:sidecar|process|python)_[a-z_]+)` \| (\d+) \|", section, flags=re.MULTILINE))
     assert {k: int(v) for k, v in rows.items()} == {**PER_PLUGIN, **PER_SIDECAR}
     assert f"**{sum(PER_PLUGIN.values())}**" in section
