@@ -1,8 +1,10 @@
-"""A trivial plugin's run: direct call vs this sandbox vs subprocess-per-run vs multiprocessing spawn.
+"""A plugin's run: direct call vs this sandbox vs subprocess-per-run vs multiprocessing spawn.
 
-    .venv/bin/python -m benchmarks.sandbox_bench [--runs N]
+    .venv/bin/python -m benchmarks.sandbox_bench [--runs N] [--plugin-runs N] [--only trivial|plugins|memory]
 
-Prints a Markdown table (median, p99, ratio to the sandbox) and writes benchmarks/results/sandbox.json.
+Prints Markdown tables (median, p99, ratios) and writes benchmarks/results/sandbox.json (a trivial
+plugin), sandbox_plugins.json (real plugins: trivial, heavy imports, `http_probe` of a loopback
+server; CPU per run by process) and sandbox_memory.json (idle memory of a `sidecar serve`).
 The sandbox is measured back to back and with 5 ms gaps (runs of a sidecar are spaced; the gap lets
 the launcher fork its next spare while nobody waits). A bare fork+exit+wait of a small Python
 process is included as the machine's floor.
@@ -49,8 +51,18 @@ def _cpu(pid: int) -> tuple[float, float]:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=400)
+    ap.add_argument("--plugin-runs", type=int, default=200, help="sandbox runs per real plugin")
+    ap.add_argument("--only", choices=["trivial", "plugins", "memory"], help="run one section")
     args = ap.parse_args()
-    n = args.runs
+    if args.only in (None, "trivial"):
+        trivial_plugin(args.runs)
+    if args.only in (None, "plugins"):
+        real_plugins(args.plugin_runs)
+    if args.only in (None, "memory"):
+        idle_memory()
+
+
+def trivial_plugin(n: int) -> None:
     rows: list[dict[str, Any]] = []
     rows.append({"method": "direct call", **summary(timed(lambda: _echo(x=1), n))})
     rows.append({"method": "bare fork+exit+wait (python -S)", **summary(_bare_fork(n))})
@@ -89,6 +101,232 @@ def main() -> None:
           + f" (total {sum(per_run.values()):.2f} on {os.cpu_count()} cores)")
     rows.append({"method": "cpu per back-to-back run (ms)", **{k: round(v, 3) for k, v in per_run.items()}})
     print("wrote", write("sandbox", rows))
+
+
+
+# -- real plugins ---------------------------------------------------------------------------------
+# Each plugin through the sandbox (per template mode), plus subprocess-per-run and multiprocessing
+# spawn running the same file. Rows carry a `templates` column so that per-plugin templates, once
+# they exist, add "on" rows next to today's "off" ones: extend TEMPLATE_MODES and `_sandbox_for`.
+
+BENCH_PLUGINS = Path(__file__).resolve().parent / "plugins"
+BUILTIN = ECHO.parent
+TEMPLATE_MODES = ("off",)
+
+_HTTP_SERVER = """
+import http.server, sys
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = b"ok"
+        self.send_response(200); self.send_header("Content-Length", str(len(body))); self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *args): pass
+s = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+print(s.server_address[1], flush=True)
+s.serve_forever()
+"""
+
+
+class _LoopbackHTTP:
+    """A small HTTP server on 127.0.0.1 in its own process (the service `http_probe` watches)."""
+
+    def __enter__(self) -> str:
+        self.proc = subprocess.Popen([sys.executable, "-c", _HTTP_SERVER], stdout=subprocess.PIPE)
+        assert self.proc.stdout is not None
+        return f"http://127.0.0.1:{int(self.proc.stdout.readline())}/healthz"
+
+    def __exit__(self, *exc: object) -> None:
+        self.proc.kill()
+        self.proc.wait()
+
+
+def _plugins(url: str) -> list[tuple[str, Path, dict[str, Any]]]:
+    return [
+        ("trivial (echo)", BUILTIN / "echo.py", {"x": 1}),
+        ("heavy imports", BENCH_PLUGINS / "heavy_import.py", {}),
+        ("http_probe, loopback HTTP", BUILTIN / "http_probe.py", {"url": url}),
+    ]
+
+
+def _sandbox_for(templates: str) -> Sandbox:
+    if templates == "off":
+        return Sandbox()
+    raise ValueError(f"unknown template mode {templates!r}")
+
+
+def _run_plugin_file(path: str, params: dict[str, Any]) -> object:
+    """What a multiprocessing-spawn child runs: load the plugin file and call it (module level: picklable)."""
+    import runpy
+
+    return runpy.run_path(path)["run"](**params)
+
+
+def _children_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def _self_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def _sandbox_rows(label: str, path: Path, params: dict[str, Any], templates: str, n: int) -> list[dict[str, Any]]:
+    rows = []
+    with _sandbox_for(templates) as sb:
+        req = RunRequest(PluginRef(path.stem, path=str(path)), params)
+        for _ in range(10):
+            result = sb.run(req)
+        assert result.ok, (label, result.error)
+        launcher = sb.launcher_pid
+        assert launcher is not None
+        before, self_before = _cpu(launcher), _self_cpu()
+        times = timed(lambda: sb.run(req), n)
+        after, self_after = _cpu(launcher), _self_cpu()
+        cpu = {"cpu_caller_ms": (self_after - self_before) / n * 1000, "cpu_launcher_ms": (after[0] - before[0]) / n
+               * 1000, "cpu_children_ms": (after[1] - before[1]) / n * 1000}
+        rows.append({"plugin": label, "method": "sidecar sandbox, back to back", "templates": templates,
+                     **summary(times), **cpu})
+        rows.append({"plugin": label, "method": "sidecar sandbox, 5 ms apart", "templates": templates,
+                     **summary(timed(lambda: sb.run(req), n, gap=0.005))})
+    return rows
+
+
+def _baseline_rows(label: str, path: Path, params: dict[str, Any], n: int) -> list[dict[str, Any]]:
+    import json
+
+    code = "import json, runpy, sys; print(json.dumps(runpy.run_path(sys.argv[1])['run'](**json.loads(sys.argv[2]))))"
+    argv = [sys.executable, "-c", code, str(path), json.dumps(params)]
+    rows = []
+    runs = max(10, n // 8)
+    self_before, children_before = _self_cpu(), _children_cpu()
+    times = timed(lambda: subprocess.run(argv, check=True, capture_output=True), runs)
+    rows.append({"plugin": label, "method": "subprocess per run", "templates": "-", **summary(times),
+                 "cpu_caller_ms": (_self_cpu() - self_before) / runs * 1000,
+                 "cpu_children_ms": (_children_cpu() - children_before) / runs * 1000})
+    ctx = multiprocessing.get_context("spawn")
+
+    def spawn() -> None:
+        p = ctx.Process(target=_run_plugin_file, args=(str(path), params))
+        p.start()
+        p.join()
+        assert p.exitcode == 0
+
+    runs = max(5, n // 20)
+    self_before, children_before = _self_cpu(), _children_cpu()
+    times = timed(spawn, runs)
+    rows.append({"plugin": label, "method": "multiprocessing spawn", "templates": "-", **summary(times),
+                 "cpu_caller_ms": (_self_cpu() - self_before) / runs * 1000,
+                 "cpu_children_ms": (_children_cpu() - children_before) / runs * 1000})
+    return rows
+
+
+def _add_ratios(rows: list[dict[str, Any]]) -> None:
+    """× sandbox: to this plugin's sandbox run (same template mode); × trivial: to the trivial plugin, same method."""
+    def key(r: dict[str, Any]) -> tuple[str, str, str]:
+        return r["plugin"], r["method"], r["templates"]
+
+    by = {key(r): float(r["median_ms"]) for r in rows}
+    trivial = rows[0]["plugin"]
+    for r in rows:
+        mode = r["templates"] if r["templates"] != "-" else TEMPLATE_MODES[0]
+        r["x_sandbox"] = float(r["median_ms"]) / by[(r["plugin"], "sidecar sandbox, back to back", mode)]
+        r["x_trivial"] = float(r["median_ms"]) / by[(trivial, r["method"], r["templates"])]
+
+
+def real_plugins(n: int) -> None:
+    rows: list[dict[str, Any]] = []
+    with _LoopbackHTTP() as url:
+        for label, path, params in _plugins(url):
+            for templates in TEMPLATE_MODES:
+                rows += _sandbox_rows(label, path, params, templates, n)
+            rows += _baseline_rows(label, path, params, n)
+    _add_ratios(rows)
+    print(table(rows, ["plugin", "method", "templates", "n", "median_ms", "p99_ms", "x_sandbox", "x_trivial"]))
+    cpu_rows = [r for r in rows if "cpu_caller_ms" in r]
+    for r in cpu_rows:
+        r.setdefault("cpu_launcher_ms", 0.0)
+        r["cpu_total_ms"] = r["cpu_caller_ms"] + r["cpu_launcher_ms"] + r["cpu_children_ms"]
+    print("\nCPU per run by process, ms:")
+    print(table(cpu_rows, ["plugin", "method", "templates", "cpu_caller_ms", "cpu_launcher_ms", "cpu_children_ms",
+                           "cpu_total_ms"]))
+    print("wrote", write("sandbox_plugins", rows))
+
+
+# -- idle memory of a sidecar -----------------------------------------------------------------------
+
+def _roles(root: Any) -> dict[str, list[Any]]:
+    """The processes of a `sidecar serve` tree by role."""
+    roles: dict[str, list[Any]] = {"runner": [root], "launcher": [], "spare children": [], "gunicorn master": [],
+                                   "gunicorn workers": []}
+    for p in root.children(recursive=True):
+        cmd = " ".join(p.cmdline())
+        parent = p.parent()
+        if parent is not None and "sidecar.sandbox.launcher" in " ".join(parent.cmdline()):
+            roles["spare children"].append(p)  # forked: same command line as the launcher
+        elif "sidecar.sandbox.launcher" in cmd:
+            roles["launcher"].append(p)
+        elif "gunicorn" in cmd and parent is not None and parent.pid == root.pid:
+            roles["gunicorn master"].append(p)
+        else:
+            roles["gunicorn workers"].append(p)
+    return roles
+
+
+def idle_memory(templates: str = "off") -> None:
+    """RSS and PSS of an idle `sidecar serve` by process role, after one run of each benchmark plugin."""
+    import json
+    import socket
+    import tempfile
+    import time
+    import urllib.request
+
+    import psutil
+
+    if templates != "off":
+        raise ValueError(f"unknown template mode {templates!r}")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with tempfile.TemporaryDirectory() as tmp, _LoopbackHTTP() as url:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SIDECAR_")}
+        env.update({"SIDECAR_BIND": f"127.0.0.1:{port}", "SIDECAR_DATA_DIR": tmp, "SIDECAR_ENTRY_POINTS": "false",
+                    "SIDECAR_PLUGIN_PATH": str(BENCH_PLUGINS)})
+        proc = subprocess.Popen([sys.executable, "-m", "sidecar.cli", "serve"], env=env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        base = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    with urllib.request.urlopen(base + "/readyz", timeout=2):
+                        break
+                except OSError:
+                    if time.monotonic() > deadline or proc.poll() is not None:
+                        raise RuntimeError("sidecar serve did not become ready") from None
+                    time.sleep(0.2)
+            for name, params in (("echo", {"x": 1}), ("heavy_import", {}), ("http_probe", {"url": url})):
+                req = urllib.request.Request(f"{base}/plugins/{name}/run", method="POST",
+                                             data=json.dumps({"params": params}).encode(),
+                                             headers={"Content-Type": "application/json"})
+                with urllib.request.urlopen(req, timeout=60) as resp:
+                    assert json.load(resp)["outcome"] == "success", name
+            time.sleep(2.0)  # idle: spares forked, pages settled
+            rows = []
+            for role, procs in _roles(psutil.Process(proc.pid)).items():
+                infos = [p.memory_full_info() for p in procs]
+                rows.append({"templates": templates, "process": role, "count": len(procs),
+                             "rss_mb": sum(i.rss for i in infos) / 2**20, "pss_mb": sum(i.pss for i in infos) / 2**20,
+                             "uss_mb": sum(i.uss for i in infos) / 2**20})
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+    core = [r for r in rows if r["process"] in ("runner", "launcher", "spare children")]
+    rows.append({"templates": templates, "process": "runner + launcher + spares",
+                 "count": sum(r["count"] for r in core),
+                 **{k: sum(r[k] for r in core) for k in ("rss_mb", "pss_mb", "uss_mb")}})
+    print(table(rows, ["templates", "process", "count", "rss_mb", "pss_mb", "uss_mb"]))
+    print("wrote", write("sandbox_memory", rows))
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
 A child is forked ahead of need (a "spare"): it confines what does not depend on the run
 (process group, death signal, signals, fds), then blocks reading its request. Once it has one
-it applies the run's limits, imports the plugin, calls `run(**params)`, and sends one framed
+it applies the run's limits, imports the plugin, calls `run(*args, **params)`, and sends one framed
 JSON message on its result fd. It never returns: it leaves with `os._exit` so nothing
 inherited from the launcher (atexit hooks, buffers) runs.
 
@@ -110,6 +110,9 @@ def _load(plugin: dict[str, Any]) -> Any:
 
 def _execute(request: dict[str, Any]) -> dict[str, Any]:
     plugin = request["plugin"]
+    caller_path = request.get("sys_path")
+    if caller_path:  # the caller's import path first, so `module:attr` resolves as it would there
+        sys.path[:] = [*caller_path, *(p for p in sys.path if p not in caller_path)]
     try:
         module = _load(plugin)
         func = getattr(module, str(plugin.get("attr") or "run"), None)
@@ -120,7 +123,7 @@ def _execute(request: dict[str, Any]) -> dict[str, Any]:
     if request.get("mode") == "import":
         return {"outcome": "success", "result": None}
     try:
-        result = func(**request.get("params", {}))
+        result = func(*request.get("args", ()), **request.get("params", {}))
     except TypeError as exc:
         if exc.__traceback__ is not None and exc.__traceback__.tb_next is None:
             # Raised while binding the arguments, before `run` started: the params do not fit it.

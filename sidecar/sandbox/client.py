@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -67,6 +67,10 @@ class RunRequest:
     max_processes: int | None = None
     #: "run" calls the plugin; "import" only loads it (used by `sidecar check`)
     mode: str = "run"
+    #: positional arguments, before `params` as keywords (the guard API calls any function this way)
+    args: Sequence[Any] = ()
+    #: the caller's import path, searched first in the child (None: the launcher's, fixed at its start)
+    sys_path: Sequence[str] | None = None
 
     def __post_init__(self) -> None:
         """Refuse impossible limits up front: a NaN deadline would never fire."""
@@ -91,6 +95,8 @@ class RunRequest:
             "max_output_bytes": self.max_output_bytes,
             "max_processes": self.max_processes,
             "mode": self.mode,
+            "args": list(self.args),
+            "sys_path": None if self.sys_path is None else list(self.sys_path),
         }).encode()
 
 
