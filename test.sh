@@ -18,6 +18,17 @@ if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null || ! c
     fi
 fi
 
+# The isolation tests need bubblewrap (Debian package `bubblewrap`): strict mode depends on it.
+if ! command -v bwrap >/dev/null; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        echo "test.sh: installing Debian's bubblewrap package" >&2
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends bubblewrap >/dev/null
+    else
+        echo "test.sh: bubblewrap (bwrap) missing: the isolation tests will be skipped" >&2
+    fi
+fi
+
 .venv/bin/ruff check .
 .venv/bin/mypy
 .venv/bin/python -m pytest "$@"

@@ -1,10 +1,13 @@
 """A plugin's run: direct call vs this sandbox vs subprocess-per-run vs multiprocessing spawn.
 
-    .venv/bin/python -m benchmarks.sandbox_bench [--runs N] [--plugin-runs N] [--only trivial|plugins|memory]
+    .venv/bin/python -m benchmarks.sandbox_bench [--runs N] [--plugin-runs N]
+        [--only trivial|plugins|memory|isolation]
 
 Prints Markdown tables (median, p99, ratios) and writes benchmarks/results/sandbox.json (a trivial
 plugin), sandbox_plugins.json (real plugins: trivial, heavy imports, `http_probe` of a loopback
-server; CPU per run by process) and sandbox_memory.json (idle memory of a `sidecar serve`).
+server; CPU per run by process), sandbox_memory.json (idle memory of a `sidecar serve`) and
+sandbox_isolation.json (the trivial plugin with no isolation, default and strict isolation side by
+side, interleaved, with each mode's launcher start: namespaces are set up then, never per run).
 The sandbox is measured back to back and with 5 ms gaps (runs of a sidecar are spaced; the gap lets
 the launcher fork its next spare while nobody waits). A bare fork+exit+wait of a small Python
 process is included as the machine's floor.
@@ -13,6 +16,7 @@ process is included as the machine's floor.
 from __future__ import annotations
 
 import argparse
+import functools
 import multiprocessing
 import os
 import resource
@@ -22,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from sidecar.sandbox.client import PluginRef, RunRequest, Sandbox
+from sidecar.sandbox.isolation import Isolation
 
 from .common import summary, table, timed, write
 
@@ -52,7 +57,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=400)
     ap.add_argument("--plugin-runs", type=int, default=200, help="sandbox runs per real plugin")
-    ap.add_argument("--only", choices=["trivial", "plugins", "memory"], help="run one section")
+    ap.add_argument("--only", choices=["trivial", "plugins", "memory", "isolation"], help="run one section")
     args = ap.parse_args()
     if args.only in (None, "trivial"):
         trivial_plugin(args.runs)
@@ -60,6 +65,8 @@ def main() -> None:
         real_plugins(args.plugin_runs)
     if args.only in (None, "memory"):
         idle_memory()
+    if args.only in (None, "isolation"):
+        isolation_modes(args.runs)
 
 
 def trivial_plugin(n: int) -> None:
@@ -101,7 +108,6 @@ def trivial_plugin(n: int) -> None:
           + f" (total {sum(per_run.values()):.2f} on {os.cpu_count()} cores)")
     rows.append({"method": "cpu per back-to-back run (ms)", **{k: round(v, 3) for k, v in per_run.items()}})
     print("wrote", write("sandbox", rows))
-
 
 
 # -- real plugins ---------------------------------------------------------------------------------
@@ -327,6 +333,65 @@ def idle_memory(templates: str = "off") -> None:
                  **{k: sum(r[k] for r in core) for k in ("rss_mb", "pss_mb", "uss_mb")}})
     print(table(rows, ["templates", "process", "count", "rss_mb", "pss_mb", "uss_mb"]))
     print("wrote", write("sandbox_memory", rows))
+
+
+# -- isolation modes ------------------------------------------------------------------------------
+def _launcher(pid: int) -> int:
+    """The launcher itself: the process started, or its descendant under bubblewrap."""
+    while b"sidecar.sandbox.launcher" not in open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")[:5]:
+        pid = int(open(f"/proc/{pid}/task/{pid}/children").read().split()[0])
+    return pid
+
+
+def isolation_modes(n: int) -> None:
+    """The trivial plugin in each isolation mode; what isolation costs per run and once."""
+    rows: list[dict[str, Any]] = []
+    req = RunRequest(PluginRef("echo", path=str(ECHO)), {"x": 1})
+    cpu: dict[str, dict[str, float]] = {}
+    modes: list[tuple[str, Isolation | None]] = [("no isolation", None), ("default isolation", Isolation())]
+    if Isolation().bwrap is not None:
+        modes.append(("strict isolation", Isolation("strict")))
+    # The modes run interleaved in blocks of 50 runs, so that a shared machine's changing load falls on
+    # all of them alike.
+    boxes = {label: Sandbox(isolation=isolation) for label, isolation in modes}
+    try:
+        for label, sb in boxes.items():
+            rows.append({"method": f"sandbox ({label}), first run incl. launcher start",
+                         **summary(timed(functools.partial(sb.run, req), 1))})
+            for _ in range(20):
+                sb.run(req)
+        back: dict[str, list[float]] = {label: [] for label in boxes}
+        for label in boxes:
+            cpu[label] = {"caller": 0.0, "launcher": 0.0, "children": 0.0}
+        for _ in range(max(1, n // 50)):
+            for label, sb in boxes.items():
+                assert sb.launcher_pid is not None
+                launcher = _launcher(sb.launcher_pid)
+                before, self_before = _cpu(launcher), resource.getrusage(resource.RUSAGE_SELF)
+                back[label] += timed(functools.partial(sb.run, req), 50)
+                after, self_after = _cpu(launcher), resource.getrusage(resource.RUSAGE_SELF)
+                cpu[label]["caller"] += (self_after.ru_utime + self_after.ru_stime - self_before.ru_utime
+                                         - self_before.ru_stime)
+                cpu[label]["launcher"] += after[0] - before[0]
+                cpu[label]["children"] += after[1] - before[1]
+        spaced: dict[str, list[float]] = {label: [] for label in boxes}
+        for _ in range(max(1, n // 50)):
+            for label, sb in boxes.items():
+                spaced[label] += timed(functools.partial(sb.run, req), 50, gap=0.005)
+        for label in boxes:
+            rows.append({"method": f"sandbox ({label}), back to back", **summary(back[label])})
+            rows.append({"method": f"sandbox ({label}), 5 ms apart", **summary(spaced[label])})
+    finally:
+        for sb in boxes.values():
+            sb.close()
+    print(table(rows, ["method", "n", "median_ms", "p99_ms"]))
+    for label, used in cpu.items():
+        per_run = {k: v / (max(1, n // 50) * 50) * 1000.0 for k, v in used.items()}
+        print(f"CPU per back-to-back run ({label}), ms: " + ", ".join(f"{k} {v:.2f}" for k, v in per_run.items())
+              + f" (total {sum(per_run.values()):.2f} on {os.cpu_count()} cores)")
+        rows.append({"method": f"cpu per back-to-back run, ms ({label})",
+                     **{k: round(v, 3) for k, v in per_run.items()}})
+    print("wrote", write("sandbox_isolation", rows))
 
 
 if __name__ == "__main__":

@@ -162,8 +162,10 @@ def worker_app() -> Flask:
     from .rpc import RunnerClient
 
     cfg = json.loads(os.environ[WORKER_ENV])
+    token_fd = cfg.get("api_token_fd")  # a memfd from `serve`: the token is never in the environment
+    token = os.pread(int(token_fd), 1 << 16, 0).decode() if token_fd is not None else None
     max_timeout = float(cfg.get("max_timeout_seconds", defaults.MAX_TIMEOUT_SECONDS))
-    settings = Settings(api_token=cfg.get("api_token"), max_body_bytes=int(cfg["max_body_bytes"]),
+    settings = Settings(api_token=token, max_body_bytes=int(cfg["max_body_bytes"]),
                         max_timeout_seconds=max_timeout,  # the worker never picks a default timeout itself
                         default_timeout_seconds=min(defaults.DEFAULT_TIMEOUT_SECONDS, max_timeout))
     return create_app(settings, cast("Backend", RunnerClient(cfg["socket"])))

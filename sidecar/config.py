@@ -21,7 +21,7 @@ import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from msgspec import Meta
 
@@ -81,6 +81,10 @@ class CheckConfig:
     timeout_seconds: float | None = None
     memory_limit_mb: int | None = None
     description: str | None = None
+    #: "default" or "strict" for this check's runs (else the sidecar's isolation)
+    isolation: str | None = None
+    #: strict mode: the check may use the network
+    network: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -99,8 +103,14 @@ class Settings:
     data_dir: str = _setting(defaults.DATA_DIR, "directory of the run-history database",
                              Annotated[str, Meta(min_length=1)],
                              doc=f"`{defaults.DATA_DIR}` (container: `/var/lib/sidecar`)")
-    api_token: str | None = _setting(None, "bearer token required by write routes; never passed to plugins",
-                                     str | None)
+    api_token: str | None = _setting(
+        None, "bearer token required by write routes; never passed to plugins. As `--api-token` it shows in the "
+        "process list: prefer `api_token_file`", str | None)
+    api_token_file: str | None = _setting(
+        None, "file holding the bearer token (Docker and Kubernetes secrets); read once at start", str | None)
+    isolation: str = _setting(
+        "default", "plugin isolation: `default`, or `strict` (read-only system, no network; needs bubblewrap)",
+        Literal["default", "strict"])
     default_timeout_seconds: float = _setting(defaults.DEFAULT_TIMEOUT_SECONDS,
                                               "per-run timeout when a plugin or call sets none", Seconds)
     max_timeout_seconds: float = _setting(defaults.MAX_TIMEOUT_SECONDS, "upper bound a plugin or call may ask for",
@@ -221,7 +231,8 @@ def _checks(table: Any, path: str) -> tuple[CheckConfig, ...]:
             raise ConfigError(str(exc)) from None
         out.append(CheckConfig(name=name, plugin=check.plugin, params=check.params,
                                interval_seconds=check.interval_seconds, timeout_seconds=check.timeout_seconds,
-                               memory_limit_mb=check.memory_limit_mb, description=check.description))
+                               memory_limit_mb=check.memory_limit_mb, description=check.description,
+                               isolation=check.isolation, network=check.network))
     return tuple(out)
 
 
@@ -258,7 +269,22 @@ def load_settings(
     for name, value in cli.items():
         if name in _BY_NAME:
             values[name] = _BY_NAME[name].coerce(value, _BY_NAME[name].flag) if isinstance(value, str) else value
+    if values.get("api_token_file"):
+        values["api_token"] = _read_token(values["api_token_file"], values.get("api_token"))
     return Settings(**values, checks=checks)
+
+
+def _read_token(path: str, given: str | None) -> str:
+    """The token from its file (a Docker or Kubernetes secret): one place, never a command line."""
+    if given:
+        raise ConfigError("api_token and api_token_file are both set: keep one (the file)")
+    try:
+        token = Path(path).read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read api_token_file {path}: {exc}") from None
+    if not token:
+        raise ConfigError(f"api_token_file {path} is empty")
+    return token
 
 
 def settings_table() -> str:

@@ -16,6 +16,7 @@ import logging
 import os
 import socket
 import socketserver
+import struct
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -68,7 +69,11 @@ class _Handler(socketserver.BaseRequestHandler):
 
 
 class RunnerServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    """Answers the sidecar's own processes only: same uid (SO_PEERCRED) and, once `trusted_parent`
+    is set, a child of it (the gunicorn master's workers) or this process."""
+
     daemon_threads = True
+    trusted_parent: int | None = None
 
     def __init__(self, path: str, runner: Runner) -> None:
         self.runner = runner
@@ -76,6 +81,23 @@ class RunnerServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
             os.unlink(path)
         super().__init__(path, _Handler)
         os.chmod(path, 0o600)
+
+    def verify_request(self, request: Any, client_address: Any) -> bool:
+        pid, uid, _gid = struct.unpack("3i", request.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+        ok = uid == os.geteuid() and (self.trusted_parent is None or pid == os.getpid()
+                                      or _parent_of(pid) == self.trusted_parent)
+        if not ok:
+            log.warning("runner socket: refused a peer that is not the sidecar's (pid %d, uid %d)", pid, uid)
+        return ok
+
+
+def _parent_of(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+        return int(stat[stat.rindex(b")") + 2 :].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 class RunnerClient:

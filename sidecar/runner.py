@@ -19,6 +19,7 @@ from .metrics import Metrics
 from .operations import operation
 from .plugins import Entry, Registry, discover
 from .sandbox.client import RunRequest, Sandbox
+from .sandbox.isolation import Isolation
 from .sandbox.result import PluginSandboxResult
 from .scheduler import Scheduler, Slots
 from .store import Store
@@ -47,11 +48,14 @@ def health_status(recent_outcomes: list[str]) -> str:
 
 
 class Runner:
-    def __init__(self, settings: Settings, *, start_scheduler: bool = True) -> None:
+    def __init__(self, settings: Settings, *, start_scheduler: bool = True, hidden: tuple[str, ...] = ()) -> None:
+        """`hidden`: more paths plugins must not see (the runner's socket directory)."""
         self.settings = settings
         self.registry: Registry = discover(settings)
         self.store = Store(settings.data_dir, settings.history_retention)
-        self.sandbox = Sandbox(extra_env=settings.plugin_env)
+        secrets = (settings.data_dir, *hidden, *((settings.api_token_file,) if settings.api_token_file else ()))
+        self.sandbox = Sandbox(extra_env=settings.plugin_env, isolation=Isolation(
+            settings.isolation, hidden=secrets, readable=settings.plugin_path))
         self.metrics = Metrics(settings.buckets)
         self.metrics.store_stats = self.store.stats
         for entry in self.registry:
@@ -103,7 +107,8 @@ class Runner:
         self.metrics.started(entry.name)
         try:
             result = self.sandbox.run(RunRequest(entry.ref, params, timeout, memory, s.max_result_bytes,
-                                                 s.max_output_bytes))
+                                                 s.max_output_bytes, isolation=entry.isolation,
+                                                 network=entry.network, host_processes=entry.host_processes))
             if result.plugin != entry.name:  # a check runs its plugin's code under its own name
                 result = PluginSandboxResult.from_dict({**result.to_dict(), "plugin": entry.name})
         except BaseException:

@@ -15,7 +15,7 @@ numbers. An error names where the value came from, the key, the bad value and wh
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
 from msgspec import Meta, Struct
@@ -70,12 +70,16 @@ class Limits(Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
     timeout_seconds: Seconds | None = None
     memory_limit_mb: MemoryMB | None = None
     interval_seconds: Seconds | None = None
+    #: keep the network in strict isolation
+    network: bool | None = None
 
 
 class PluginMetadata(Limits, forbid_unknown_fields=True, kw_only=True, frozen=True):
     """Module-level metadata of a plugin file (read with `ast.literal_eval`, never imported)."""
 
     version: str | None = None
+    #: read the host's processes (`/proc`) under isolation; signals still stay in the run's namespace
+    host_processes: bool = False
 
 
 class CheckTable(Limits, forbid_unknown_fields=True, kw_only=True, frozen=True):
@@ -83,6 +87,8 @@ class CheckTable(Limits, forbid_unknown_fields=True, kw_only=True, frozen=True):
 
     plugin: PluginName
     params: Params = msgspec.field(default_factory=dict)
+    #: this check's runs in "default" or "strict" isolation (else the sidecar's)
+    isolation: Literal["default", "strict"] | None = None
 
 
 class RunBody(Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):

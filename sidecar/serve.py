@@ -8,6 +8,10 @@ Process tree::
 
 If gunicorn exits, so does serve (with its status); SIGTERM/SIGINT stop gunicorn first, then the
 runner. If the runner is killed, gunicorn and the launcher get their parent-death signal.
+
+Secrets: the API token reaches gunicorn in a memfd inherited by fd number, never in an argument
+or an environment variable; the runner's socket lives in a 0700 directory plugins cannot see, and
+answers the gunicorn master's children only (`RunnerServer.trusted_parent`).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from .app import WORKER_ENV
 from .config import Settings
 from .rpc import RunnerServer
 from .runner import Runner
+from .sandbox.isolation import require_available
 
 __all__ = ["serve"]
 
@@ -35,23 +40,30 @@ log = logging.getLogger("sidecar")
 
 def serve(settings: Settings) -> int:
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    runner = Runner(settings)
+    require_available(settings.isolation)
+    sock_dir = tempfile.mkdtemp(prefix="sidecar-")  # 0700
+    runner = Runner(settings, hidden=(sock_dir,))
     for where, why in runner.registry.rejected:
         log.warning("rejected %s: %s", where, why)
     log.info("sidecar: %d plugins, history %s, up to %d concurrent runs", len(runner.registry),
              runner.store.path, settings.max_concurrent_runs)
-    sock_dir = tempfile.mkdtemp(prefix="sidecar-")
     server = RunnerServer(os.path.join(sock_dir, "runner.sock"), runner)
     threading.Thread(target=server.serve_forever, name="rpc", daemon=True).start()
-    env = dict(os.environ)
+    token_fd = _token_memfd(settings.api_token)
+    env = {k: v for k, v in os.environ.items() if k != "SIDECAR_API_TOKEN"}
     env[WORKER_ENV] = json.dumps({
         "socket": server.server_address, "bind": settings.bind, "workers": settings.workers,
-        "threads": settings.threads, "api_token": settings.api_token, "max_body_bytes": settings.max_body_bytes,
+        "threads": settings.threads, "api_token_fd": token_fd, "max_body_bytes": settings.max_body_bytes,
         "max_timeout_seconds": settings.max_timeout_seconds,
         "log_level": settings.log_level,
     })
-    gunicorn = subprocess.Popen([sys.executable, "-m", "gunicorn", "--config", "python:sidecar.gunicorn_conf"],
-                                env=env)
+    try:
+        gunicorn = subprocess.Popen([sys.executable, "-m", "gunicorn", "--config", "python:sidecar.gunicorn_conf"],
+                                    env=env, pass_fds=() if token_fd is None else (token_fd,))
+    finally:
+        if token_fd is not None:
+            os.close(token_fd)
+    server.trusted_parent = gunicorn.pid  # workers are the master's children; nobody else may call
 
     def forward(signum: int, frame: FrameType | None) -> None:
         if gunicorn.poll() is None:
@@ -68,3 +80,12 @@ def serve(settings: Settings) -> int:
         shutil.rmtree(sock_dir, ignore_errors=True)
     log.info("sidecar: gunicorn exited with %s", code)
     return 0 if code in (0, -signal.SIGTERM) else (code if code > 0 else 1)
+
+
+def _token_memfd(token: str | None) -> int | None:
+    """The token in an anonymous file that gunicorn inherits: readable by its workers, listed nowhere."""
+    if token is None:
+        return None
+    fd = os.memfd_create("sidecar-api-token", os.MFD_CLOEXEC)
+    os.write(fd, token.encode())
+    return fd

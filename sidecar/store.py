@@ -95,6 +95,14 @@ def fault_reason(exc: BaseException) -> str:
     return "io"
 
 
+def _private(path: str, mode: int) -> None:
+    """Tighten an existing path to `mode` (directory 0700, files 0600) when we own it."""
+    try:
+        os.chmod(path, mode)
+    except PermissionError:
+        log.warning("%s is not ours to make private (mode %o): plugins may reach it", path, mode)
+
+
 @dataclass(frozen=True)
 class StoreStats:
     """What `/metrics` shows of the store: write failures by reason, runs dropped, runs pending."""
@@ -130,7 +138,8 @@ class Store:
         #: Where a corrupt history file found at start was moved, if one was.
         self.moved_aside: str | None = None
         try:
-            os.makedirs(data_dir, exist_ok=True)
+            os.makedirs(data_dir, mode=0o700, exist_ok=True)
+            _private(data_dir, 0o700)
             with tempfile.TemporaryFile(dir=data_dir):
                 pass  # names the cause (read-only file system, permission denied) before SQLite does
             self._db = self._open()
@@ -140,6 +149,12 @@ class Store:
 
     # -- opening ---------------------------------------------------------------------------------
     def _connect(self) -> sqlite3.Connection:
+        # The history is the sidecar's alone: files 0600 (SQLite gives the -wal and -shm files the
+        # database file's mode), whatever the umask or an older install left.
+        os.close(os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
+        for suffix in ("", "-wal", "-shm"):
+            if os.path.exists(self.path + suffix):
+                _private(self.path + suffix, 0o600)
         db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
         try:
             db.execute("PRAGMA journal_mode=WAL")

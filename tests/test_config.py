@@ -106,7 +106,8 @@ def test_bad_check_values_name_file_table_key_and_value(tmp_path, line, key, val
 @pytest.mark.parametrize(("toml", "needle"), [
     ('[checks.c]\nplugin = "Echo"\n', "plugin = 'Echo' is invalid"),
     ('[checks.c]\nplugin = "echo"\nbogus = 1\n',
-     "unknown key 'bogus'; allowed: description, interval_seconds, memory_limit_mb, params, plugin, timeout_seconds"),
+     "unknown key 'bogus'; allowed: description, interval_seconds, isolation, memory_limit_mb, network, params, "
+     "plugin, timeout_seconds"),
     ('[checks.Bad-Name]\nplugin = "echo"\n', "the name 'Bad-Name' is invalid"),
     ('checks = 5\n', "checks = 5 is invalid"),
     ('[checks]\nc = 5\n', "checks.c = 5 is invalid: expected a table"),
@@ -159,3 +160,25 @@ def test_missing_config_file_is_its_own_error(tmp_path):
 
     with pytest.raises(ConfigFileMissing):
         load_settings({"config": str(tmp_path / "nope.toml")}, {})
+
+
+def test_the_token_comes_from_its_file_and_never_from_two_places(tmp_path):
+    token = tmp_path / "token"
+    token.write_text("from-a-secret\n")
+    assert load_settings(environ={"SIDECAR_API_TOKEN_FILE": str(token)}).api_token == "from-a-secret"
+    with pytest.raises(ConfigError, match="both set"):
+        load_settings(environ={"SIDECAR_API_TOKEN_FILE": str(token), "SIDECAR_API_TOKEN": "x"})
+    with pytest.raises(ConfigError, match="cannot read api_token_file"):
+        load_settings(environ={"SIDECAR_API_TOKEN_FILE": str(tmp_path / "missing")})
+    with pytest.raises(ConfigError, match="SIDECAR_ISOLATION"):
+        load_settings(environ={"SIDECAR_ISOLATION": "off"})
+
+
+def test_a_check_may_ask_for_strict_isolation_and_the_network(tmp_path):
+    config = tmp_path / "c.toml"
+    config.write_text('[checks.x]\nplugin = "echo"\nisolation = "strict"\nnetwork = true\n')
+    check = load_settings(environ={"SIDECAR_CONFIG": str(config)}).checks[0]
+    assert (check.isolation, check.network) == ("strict", True)
+    config.write_text('[checks.x]\nplugin = "echo"\nisolation = "none"\n')
+    with pytest.raises(ConfigError, match="isolation = 'none' is invalid"):
+        load_settings(environ={"SIDECAR_CONFIG": str(config)})

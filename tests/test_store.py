@@ -324,3 +324,20 @@ def test_corrupt_write_is_kept_like_a_full_disk(tmp_path: Path, monkeypatch: pyt
         assert s.stats().errors["corrupt"] == 1 and s.stats().pending == 1
     finally:
         s.close()
+
+
+def test_the_history_is_private_whatever_an_older_install_left(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir(mode=0o755)
+    Store(str(data)).close()
+    for name in ("history.sqlite3", "history.sqlite3-wal", "history.sqlite3-shm"):
+        if (data / name).exists():
+            (data / name).chmod(0o644)
+    data.chmod(0o755)
+    store = Store(str(data))
+    store.record(PluginSandboxResult("p", Outcome.SUCCESS, result=1), "api")
+    assert data.stat().st_mode & 0o777 == 0o700
+    files = list(data.iterdir())
+    assert any(f.name.endswith("-wal") for f in files)
+    assert all(f.stat().st_mode & 0o777 == 0o600 for f in files), [(f.name, oct(f.stat().st_mode)) for f in files]
+    store.close()

@@ -33,6 +33,10 @@ class Metadata:
     problem: str | None = None
     #: metadata values the schema refused (each names the key, the value and what is allowed)
     invalid: str | None = None
+    #: the plugin needs the network even in strict isolation
+    network: bool = False
+    #: the plugin reads the host's processes; isolation still keeps its signals in its namespace
+    host_processes: bool = False
 
     @property
     def issues(self) -> str | None:
@@ -80,4 +84,6 @@ def read_metadata(source: str, filename: str = "<plugin>") -> Metadata:
         memory_limit_mb=meta.memory_limit_mb,
         interval_seconds=meta.interval_seconds,
         invalid="; ".join(problems) or None,
+        network=bool(meta.network),
+        host_processes=meta.host_processes,
     )

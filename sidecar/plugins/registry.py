@@ -53,6 +53,12 @@ class Entry:
     interval_seconds: float | None = None
     timeout_seconds: float | None = None
     memory_limit_mb: int | None = None
+    #: "default" or "strict" for this entry's runs; None: the sidecar's isolation
+    isolation: str | None = None
+    #: strict isolation keeps the network for this entry (plugin metadata or check says `network = true`)
+    network: bool = False
+    #: the plugin's metadata asks to read the host's processes
+    host_processes: bool = False
 
     @property
     def description(self) -> str:
@@ -149,7 +155,8 @@ def _file_entry(path: Path, source: str, now: float) -> Entry:
     return Entry(
         name=path.stem, plugin=path.stem, ref=PluginRef(path.stem, path=str(path.resolve())), source=source,
         location=str(path), metadata=meta, loaded_at=now, interval_seconds=meta.interval_seconds,
-        timeout_seconds=meta.timeout_seconds, memory_limit_mb=meta.memory_limit_mb,
+        timeout_seconds=meta.timeout_seconds, memory_limit_mb=meta.memory_limit_mb, network=meta.network,
+        host_processes=meta.host_processes,
     )
 
 
@@ -177,7 +184,8 @@ def _entry_point_entries(now: float) -> Iterable[Entry]:
             name=ep.name, plugin=ep.name, ref=PluginRef(ep.name, module=module.strip(), attr=attr),
             source="entry_point", location=f"{ep.value} ({ep.dist.name if ep.dist else '?'})",
             metadata=meta, loaded_at=now, interval_seconds=meta.interval_seconds,
-            timeout_seconds=meta.timeout_seconds, memory_limit_mb=meta.memory_limit_mb,
+            timeout_seconds=meta.timeout_seconds, memory_limit_mb=meta.memory_limit_mb, network=meta.network,
+            host_processes=meta.host_processes,
         )
 
 
@@ -197,6 +205,8 @@ def _check_entry(check: CheckConfig, registry: Registry, now: float) -> Entry | 
         interval_seconds=check.interval_seconds if check.interval_seconds is not None else base.interval_seconds,
         timeout_seconds=check.timeout_seconds or base.timeout_seconds,
         memory_limit_mb=check.memory_limit_mb or base.memory_limit_mb,
+        isolation=check.isolation, network=base.network if check.network is None else check.network,
+        host_processes=base.host_processes,
     )
 
 

@@ -27,16 +27,34 @@ from ..framing import HEADER, write_all
 from . import _warmup
 from .outcomes import classify_exception
 
-__all__ = ["REQUEST_FD", "RESULT_FD", "spare_main"]
+__all__ = ["PLUGIN_ID_BASE", "REQUEST_FD", "RESULT_FD", "drop_privileges", "spare_main"]
 
 #: Fixed fds in the child: 0-2 are stdin (/dev/null), stdout, stderr pipes.
 RESULT_FD = 3
 REQUEST_FD = 4
 _TEXT_LIMIT = 8_000
 
+#: Runs get uid = gid = PLUGIN_ID_BASE + their pid: unique among live runs (pids are), never a
+#: system or login account, and clear of the ranges systemd and container engines allocate.
+PLUGIN_ID_BASE = 2_000_000_000
+_PR_SET_PDEATHSIG = 1
+_PR_SET_NO_NEW_PRIVS = 38
+
 
 class ResultTooLarge(Exception):
     pass
+
+
+def drop_privileges(prctl: Any, home: str) -> None:
+    """As root: become a uid/gid nobody else has, in the order that leaves no way back (see `isolation`)."""
+    ident = PLUGIN_ID_BASE + os.getpid()
+    os.chown(home, ident, ident)
+    os.setgroups([])
+    os.setgid(ident)
+    os.setuid(ident)
+    if prctl is not None:
+        prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
+        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)  # a change of uid cleared it
 
 
 def _confine(memory_limit_mb: int, max_processes: int | None) -> None:
@@ -182,13 +200,13 @@ def _read_request() -> dict[str, Any] | None:
     return dict(json.loads(bytes(data[HEADER.size :])))
 
 
-def spare_main(fds: tuple[int, int, int, int], prctl: Any) -> NoReturn:
-    """Entry point in a forked spare. fds = (result_w, stdout_w, stderr_w, request_r)."""
+def spare_main(fds: tuple[int, int, int, int], prctl: Any, tmp: str, drop: bool = False) -> NoReturn:
+    """Entry point in a forked spare. fds = (result_w, stdout_w, stderr_w, request_r); `tmp` is its own."""
     code = 0
     try:
         os.setpgid(0, 0)
         if prctl is not None:
-            prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG: die with the launcher
+            prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)  # die with the launcher
         signal.set_wakeup_fd(-1)
         for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGHUP):
             signal.signal(sig, signal.SIG_DFL)
@@ -202,6 +220,9 @@ def spare_main(fds: tuple[int, int, int, int], prctl: Any) -> NoReturn:
         os.dup2(result_w, RESULT_FD, inheritable=False)
         os.dup2(request_r, REQUEST_FD, inheritable=False)
         os.closerange(REQUEST_FD + 1, 1 << 16)
+        os.environ["TMPDIR"] = os.environ["HOME"] = tmp
+        if drop:  # before the warm-up: no code runs here as root that a plugin could have touched
+            drop_privileges(prctl, tmp)
 
         _warm_up()
         request = _read_request()

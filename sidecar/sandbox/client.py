@@ -32,6 +32,7 @@ from ..defaults import (
 from ..framing import FrameError, FrameReader, encode, send_frame, write_all
 from .capture import Capture
 from .environment import plugin_environment
+from .isolation import Confinement, Isolation, bwrap_command, namespaces_unavailable, needed_paths
 from .result import ErrorInfo, ExitFacts, Outcome, PluginSandboxResult, decide_outcome
 
 # The DEFAULT_* limits are declared once in `sidecar.defaults` and re-exported from here.
@@ -67,6 +68,12 @@ class RunRequest:
     max_processes: int | None = None
     #: "run" calls the plugin; "import" only loads it (used by `sidecar check`)
     mode: str = "run"
+    #: "default" or "strict" for this run (a check's own); None: the sandbox's isolation mode
+    isolation: str | None = None
+    #: strict mode only: keep the host's network (the check or the plugin's metadata says so)
+    network: bool = False
+    #: show the host's /proc (the plugin's metadata says so); its PID namespace stays its own
+    host_processes: bool = False
     #: positional arguments, before `params` as keywords (the guard API calls any function this way)
     args: Sequence[Any] = ()
     #: the caller's import path, searched first in the child (None: the launcher's, fixed at its start)
@@ -83,6 +90,8 @@ class RunRequest:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if self.mode not in ("run", "import"):
             raise ValueError(f"mode must be 'run' or 'import', got {self.mode!r}")
+        if self.isolation not in (None, "default", "strict"):
+            raise ValueError(f"isolation must be 'default' or 'strict', got {self.isolation!r}")
 
     def to_wire(self, rid: int) -> bytes:
         return json.dumps({
@@ -142,12 +151,12 @@ def _package_root() -> str:
 class _LauncherProcess:
     """One launcher process and its control socket, over which channel connections are handed."""
 
-    def __init__(self, env: dict[str, str]) -> None:
+    def __init__(self, env: dict[str, str], prefix: list[str], drop_privileges: bool) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             self.proc = subprocess.Popen(
-                [sys.executable, "-S", "-m", "sidecar.sandbox.launcher", str(theirs.fileno()),
-                 json.dumps(sys.path)],
+                [*prefix, sys.executable, "-S", "-m", "sidecar.sandbox.launcher", str(theirs.fileno()),
+                 json.dumps(sys.path), json.dumps({"drop_privileges": drop_privileges})],
                 pass_fds=(theirs.fileno(),),
                 env=env,
                 stdin=subprocess.DEVNULL,
@@ -225,8 +234,8 @@ class _Channel:
             except (FrameError, ValueError) as exc:
                 raise LauncherLost(f"garbled launcher message: {exc}") from None
         msg = self.messages.popleft()
-        if msg.get("t") == "ticket":  # its four fds arrived with (or before) its bytes, in order
-            self.tickets.append((int(msg["pid"]), [self.fds.popleft() for _ in range(4)]))
+        if msg.get("t") == "ticket":  # its five fds arrived with (or before) its bytes, in order
+            self.tickets.append((int(msg["pid"]), [self.fds.popleft() for _ in range(5)]))
         return msg
 
     def ticket(self, timeout: float = 30.0) -> tuple[int, list[int]]:
@@ -252,17 +261,19 @@ class _Channel:
             raise LauncherLost(f"launcher connection failed: {exc}") from None
 
 
-def _killpg(pid: int) -> None:
+def _kill(pidfd: int) -> None:
+    """SIGKILL a run through its pidfd (its pid may be another namespace's); the launcher then kills
+    its process group and reaps whatever it left."""
     try:
-        os.killpg(pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
+        signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError, OSError):
         pass
 
 
 def _drive(channel: _Channel, request: RunRequest, pid: int, fds: list[int],
            grace: float) -> PluginSandboxResult:
     """Run one request on a ticket: write it into the child, read its result and output directly."""
-    req_w, res_r, out_r, err_r = fds
+    req_w, res_r, out_r, err_r, pidfd = fds
     started_at = time.time()
     t0 = time.monotonic()
     try:
@@ -274,10 +285,6 @@ def _drive(channel: _Channel, request: RunRequest, pid: int, fds: list[int],
     # Told after the child has its request, so the launcher's work overlaps the run instead of
     # delaying it; the deadline counts from t0 all the same (CLOCK_MONOTONIC is system-wide).
     channel.start(pid, request, t0)
-    try:
-        pidfd: int | None = os.pidfd_open(pid)
-    except OSError:
-        pidfd = None
     result = FrameReader(limit=request.max_result_bytes + 65536)
     frames: list[bytes] = []
     out, err = Capture(request.max_output_bytes), Capture(request.max_output_bytes)
@@ -286,10 +293,9 @@ def _drive(channel: _Channel, request: RunRequest, pid: int, fds: list[int],
     for fd in (res_r, out_r, err_r):
         os.set_blocking(fd, False)
         poller.register(fd, select.POLLIN)
-    if pidfd is not None:
-        poller.register(pidfd, select.POLLIN)
+    poller.register(pidfd, select.POLLIN)
     protocol_error: str | None = None
-    exited = pidfd is None
+    exited = False
     deadline = t0 + request.timeout_seconds + grace
 
     def drain(fd: int, budget: int = 1 << 62) -> bool:
@@ -309,31 +315,27 @@ def _drive(channel: _Channel, request: RunRequest, pid: int, fds: list[int],
                     frames.extend(result.frames())
                 except FrameError:
                     protocol_error = "result channel exceeded its size cap"
-                    _killpg(pid)
+                    _kill(pidfd)
                     return False
             else:
                 sinks[fd](data)
         return True
 
-    try:
-        while not frames and not exited and protocol_error is None:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                _killpg(pid)  # backstop: the launcher should have killed it at the deadline
-                break
-            for fd, _ev in poller.poll(remaining * 1000):
-                if fd == pidfd:
-                    exited = True
-                elif not drain(fd):
-                    poller.unregister(fd)
-        finished = time.monotonic()
-        _killpg(pid)  # the run is over: its process group goes with it
-        for fd in (res_r, out_r, err_r):  # whatever was written before the end is in the pipes
-            if not frames or fd != res_r:
-                drain(fd, budget=4 << 20)
-    finally:
-        if pidfd is not None:
-            os.close(pidfd)
+    while not frames and not exited and protocol_error is None:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            _kill(pidfd)  # backstop: the launcher should have killed it at the deadline
+            break
+        for fd, _ev in poller.poll(remaining * 1000):
+            if fd == pidfd:
+                exited = True
+            elif not drain(fd):
+                poller.unregister(fd)
+    finished = time.monotonic()
+    _kill(pidfd)  # the run is over: it goes, and the launcher takes its process group with it
+    for fd in (res_r, out_r, err_r):  # whatever was written before the end is in the pipes
+        if not frames or fd != res_r:
+            drain(fd, budget=4 << 20)
     header: dict[str, Any] = {
         "wait_status": None, "timed_out": False, "memory_killed": False, "protocol_error": protocol_error,
         "execution_time_ms": (finished - t0) * 1000.0, "peak_memory_bytes": 0, "started_at": started_at,
@@ -361,39 +363,62 @@ class Sandbox:
     #: extra seconds a caller waits beyond a run's timeout before declaring the launcher wedged
     GRACE_SECONDS = 10.0
 
-    def __init__(self, *, environ: Mapping[str, str] | None = None, extra_env: Iterable[str] = ()) -> None:
+    def __init__(self, *, environ: Mapping[str, str] | None = None, extra_env: Iterable[str] = (),
+                 isolation: Isolation | None = None) -> None:
         env = plugin_environment(os.environ if environ is None else environ, extra_env)
         root = _package_root()
         env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         self._env = env
+        #: None: no isolation (the library's default); `serve` always passes one
+        self.isolation = isolation
         self._lock = threading.Lock()
-        self._launcher: _LauncherProcess | None = None
+        self._launchers: dict[Confinement | None, _LauncherProcess] = {}
         self._idle: list[_Channel] = []
         self._channels: set[_Channel] = set()
         self._closed = False
 
     @property
     def launcher_pid(self) -> int | None:
-        return self._launcher.proc.pid if self._launcher else None
+        """The process whose death takes the (first) launcher and every run with it."""
+        return next((launcher.proc.pid for launcher in self._launchers.values()), None)
 
-    def _current(self) -> _LauncherProcess:
+    def confinement(self, request: RunRequest) -> Confinement | None:
+        if self.isolation is None:
+            return None
+        return self.isolation.confinement(request.isolation, request.network, request.host_processes)
+
+    def _command(self, confinement: Confinement | None) -> tuple[list[str], bool]:
+        """The launcher's command prefix (bubblewrap's, when isolating with it) and whether runs drop root."""
+        iso = self.isolation
+        if iso is None or confinement is None:
+            return [], False
+        as_root = os.geteuid() == 0
+        if iso.bwrap is None or (not confinement.strict and namespaces_unavailable(iso.bwrap)):
+            return [], as_root  # default mode degrades to the identity layer (SECURITY.md says what holds)
+        needed = needed_paths((*iso.readable, _package_root()))
+        return bwrap_command(iso.bwrap, confinement, needed, iso.hidden, as_root), as_root
+
+    def _current(self, confinement: Confinement | None) -> _LauncherProcess:
         with self._lock:
             if self._closed:
                 raise RuntimeError("sandbox is closed")
-            if self._launcher is None or not self._launcher.alive():
-                if self._launcher is not None:
-                    self._launcher.stop()
-                self._launcher = _LauncherProcess(self._env)
-            return self._launcher
+            launcher = self._launchers.get(confinement)
+            if launcher is None or not launcher.alive():
+                if launcher is not None:
+                    launcher.stop()
+                launcher = self._launchers[confinement] = _LauncherProcess(self._env, *self._command(confinement))
+            return launcher
 
-    def _checkout(self) -> _Channel:
+    def _checkout(self, confinement: Confinement | None) -> _Channel:
         """An idle channel to the current launcher, or a new one: as many as runs in flight."""
-        launcher = self._current()
+        launcher = self._current(confinement)
         with self._lock:
-            while self._idle:
-                channel = self._idle.pop()
+            for channel in reversed(self._idle):
                 if channel.launcher is launcher:
+                    self._idle.remove(channel)
                     return channel
+            for channel in [c for c in self._idle if c.launcher not in self._launchers.values()]:
+                self._idle.remove(channel)
                 self._channels.discard(channel)
                 channel.close()
         channel = _Channel(launcher.connect(), launcher)
@@ -416,7 +441,7 @@ class Sandbox:
         channel: _Channel | None = None
         fds: list[int] = []
         try:
-            channel = self._checkout()
+            channel = self._checkout(self.confinement(request))
             pid, fds = channel.ticket()
         except (LauncherLost, OSError) as exc:
             if channel is not None:
@@ -430,7 +455,7 @@ class Sandbox:
             self._discard(channel)
             return PluginSandboxResult(request.plugin.name, Outcome.CRASH, error=ErrorInfo("LauncherDied", str(exc)))
         except BaseException:
-            _killpg(pid)  # whatever went wrong here, the child must not outlive the call
+            _kill(fds[4])  # whatever went wrong here, the child must not outlive the call
             self._discard(channel)
             raise
         finally:
@@ -442,12 +467,12 @@ class Sandbox:
         """Stop the launcher; it kills whatever runs are still in flight."""
         with self._lock:
             self._closed = True
-            launcher, self._launcher = self._launcher, None
+            launchers, self._launchers = list(self._launchers.values()), {}
             channels, self._channels = self._channels, set()
             self._idle.clear()
         for channel in channels:
             channel.close()
-        if launcher is not None:
+        for launcher in launchers:
             launcher.stop()
 
     def __enter__(self) -> Sandbox:

@@ -15,8 +15,14 @@ forks the connection's next ticket while nobody waits.
 It is also a child subreaper: a plugin's descendants that leave its process group (`setsid`,
 double fork) are re-parented here when their parent dies, and are killed when any run ends.
 
+Isolation (`isolation`): the caller may start the launcher inside bubblewrap's namespaces, where
+pids are the namespace's own; a ticket therefore carries the child's pidfd, which names it from
+anywhere. Each child gets a private temporary directory (its `TMPDIR` and `HOME`), removed when
+it exits, and, when the launcher runs as root, an identity of its own.
+
 Wire (JSON frames, `framing`): caller → launcher `{"t": "start", "pid", "t0", "timeout_seconds",
-"memory_limit_mb"}`; launcher → caller `{"t": "ticket", "pid"}` + 4 fds, `{"t": "exit", "pid",
+"memory_limit_mb"}`; launcher → caller `{"t": "ticket", "pid"}` + 5 fds (request, result,
+stdout, stderr, pidfd), `{"t": "exit", "pid",
 "status", "maxrss", "timed_out", "memory_killed"}`, `{"t": "error", "message"}`.
 """
 
@@ -27,6 +33,7 @@ import fcntl
 import json
 import os
 import select
+import shutil
 import signal
 import socket
 import sys
@@ -34,7 +41,7 @@ import time
 from typing import Any
 
 from ..framing import FrameError, FrameReader, encode
-from .child import spare_main
+from .child import PLUGIN_ID_BASE, spare_main
 
 __all__ = ["main"]
 
@@ -51,11 +58,12 @@ except (OSError, AttributeError):  # pragma: no cover - non-glibc platforms
 
 
 class _Child:
-    __slots__ = ("pid", "pidfd", "conn", "deadline", "rss_limit", "started", "timed_out", "memory_killed")
+    __slots__ = ("pid", "pidfd", "conn", "deadline", "rss_limit", "started", "timed_out", "memory_killed", "tmp")
 
-    def __init__(self, pid: int, pidfd: int, conn: _Conn) -> None:
+    def __init__(self, pid: int, pidfd: int, conn: _Conn, tmp: str) -> None:
         self.pid = pid
         self.pidfd = pidfd
+        self.tmp = tmp
         self.conn: _Conn | None = conn
         self.deadline = float("inf")
         self.rss_limit = 0
@@ -90,8 +98,10 @@ def _kill_child(pid: int) -> None:
 
 
 class Launcher:
-    def __init__(self, ctrl: socket.socket) -> None:
+    def __init__(self, ctrl: socket.socket, drop_privileges: bool = False) -> None:
         self.ctrl = ctrl
+        self.drop_privileges = drop_privileges
+        self.tmp_root = os.environ.get("TMPDIR") or "/tmp"
         self.epoll = select.epoll()
         self.children: dict[int, _Child] = {}  # pid -> child
         self.by_pidfd: dict[int, _Child] = {}
@@ -238,16 +248,19 @@ class Launcher:
             except OSError:
                 pass
         (res_r, res_w), (out_r, out_w), (err_r, err_w), (req_r, req_w) = pipes
+        tmp = os.path.join(self.tmp_root, f"sidecar-run-{os.urandom(8).hex()}")
         try:
+            os.mkdir(tmp, 0o700)
             pid = os.fork()
         except OSError as exc:
             for r, w in pipes:
                 os.close(r)
                 os.close(w)
+            shutil.rmtree(tmp, ignore_errors=True)
             self._send(conn, {"t": "error", "message": f"fork: {exc}"})
             return
         if pid == 0:  # pragma: no cover - runs in the child
-            spare_main((res_w, out_w, err_w, req_r), _prctl)
+            spare_main((res_w, out_w, err_w, req_r), _prctl, tmp, self.drop_privileges)
         try:
             os.setpgid(pid, pid)  # also done by the child: whichever runs first wins the race
         except OSError:
@@ -255,13 +268,13 @@ class Launcher:
         for fd in (res_w, out_w, err_w, req_r):
             os.close(fd)
         pidfd = os.pidfd_open(pid)
-        child = _Child(pid, pidfd, conn)
+        child = _Child(pid, pidfd, conn, tmp)
         self.children[pid] = child
         self.by_pidfd[pidfd] = child
         self.epoll.register(pidfd, select.EPOLLIN)
         conn.children.add(pid)
         try:
-            self._send(conn, {"t": "ticket", "pid": pid}, [req_w, res_r, out_r, err_r])
+            self._send(conn, {"t": "ticket", "pid": pid}, [req_w, res_r, out_r, err_r, pidfd])
         finally:
             for fd in (req_w, res_r, out_r, err_r):
                 os.close(fd)
@@ -277,13 +290,13 @@ class Launcher:
         del self.by_pidfd[child.pidfd]
         self._reap_orphans()  # descendants that left the group and were re-parented to us
         conn = child.conn
-        if conn is None or conn.sock.fileno() not in self.conns:
-            return
-        conn.children.discard(child.pid)
-        if self._send(conn, {"t": "exit", "pid": child.pid, "status": status, "maxrss": rusage.ru_maxrss * 1024,
-                             "timed_out": child.timed_out, "memory_killed": child.memory_killed,
-                             "started": child.started}):
-            self.want_ticket.append(conn)
+        if conn is not None and conn.sock.fileno() in self.conns:
+            conn.children.discard(child.pid)
+            if self._send(conn, {"t": "exit", "pid": child.pid, "status": status, "maxrss": rusage.ru_maxrss * 1024,
+                                 "timed_out": child.timed_out, "memory_killed": child.memory_killed,
+                                 "started": child.started}):
+                self.want_ticket.append(conn)
+        shutil.rmtree(child.tmp, ignore_errors=True)  # after the report: nobody waits for this
 
     # -- guards ---------------------------------------------------------------------------------
     def _poll_rss(self, running: list[_Child]) -> None:
@@ -316,10 +329,28 @@ class Launcher:
                         found.add(int(entry))
             return found
 
+    def _of_a_live_run(self, pid: int, live: set[int]) -> bool:
+        """Whether an escaped descendant may belong to a run still in flight (then it is left alone).
+
+        Under per-run identities its uid names its run; otherwise nobody can tell, so escaped
+        descendants wait until no run is in flight."""
+        if not live:
+            return False
+        if not self.drop_privileges:
+            return True
+        try:
+            with open(f"/proc/{pid}/status", "rb") as f:
+                uid = int(next(line for line in f if line.startswith(b"Uid:")).split()[1])
+        except (OSError, StopIteration, ValueError, IndexError):
+            return True
+        return uid - PLUGIN_ID_BASE in live
+
     def _reap_orphans(self) -> None:
-        """Kill and reap every child of ours that is not a ticket or a run: escaped descendants."""
+        """Kill and reap every child of ours that is not a ticket nor a run's: escaped descendants of
+        runs that ended. One run's end must not kill another run's daemon while that run goes on."""
+        live = {c.pid for c in self.children.values() if c.started}
         for pid in self._our_children() - self.children.keys():
-            if pid not in self.orphans:
+            if pid not in self.orphans and not self._of_a_live_run(pid, live):
                 try:
                     pgid = os.getpgid(pid)
                     if pgid not in (self.pgrp, self.pid):
@@ -344,6 +375,7 @@ class Launcher:
                 os.waitpid(child.pid, 0)
             except ChildProcessError:
                 pass
+            shutil.rmtree(child.tmp, ignore_errors=True)
         self.children.clear()
         self._reap_orphans()
 
@@ -363,7 +395,8 @@ def main(argv: list[str] | None = None) -> None:
     signal.signal(signal.SIGTERM, _on_term)
     if len(args) > 1:  # the caller's sys.path, so plugins import what the caller could
         sys.path.extend(p for p in json.loads(args[1]) if p and p not in sys.path)
-    Launcher(ctrl).serve()
+    options = json.loads(args[2]) if len(args) > 2 else {}
+    Launcher(ctrl, drop_privileges=bool(options.get("drop_privileges"))).serve()
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from typing import Any
 
 import psutil
 import pytest
@@ -180,8 +181,9 @@ def test_core_dumps_are_off_and_the_caller_is_unharmed(run_hostile):
     for _ in range(5):
         run_hostile("segfault")
         run_hostile("loop", timeout=0.2)
-    # A channel holds up to two tickets of four fds each; a leak per run would exceed that.
-    assert psutil.Process().num_fds() <= before + 8
+    # A channel holds up to two tickets of five fds each (four pipe ends, a pidfd); a leak per run would
+    # exceed that.
+    assert psutil.Process().num_fds() <= before + 10
     assert run_hostile("hello").outcome is Outcome.SUCCESS
 
 
@@ -251,3 +253,21 @@ def test_impossible_limits_are_refused_before_anything_runs(timeout):
         RunRequest(PluginRef("loop", path=str(HOSTILE / "loop.py")), timeout_seconds=timeout)
     with pytest.raises(ValueError, match="timeout_seconds"):
         run_plugin_sandboxed(str(HOSTILE / "loop.py"), timeout_seconds=timeout)
+
+
+def test_one_runs_end_does_not_kill_another_runs_daemon(run_hostile):
+    """Escaped descendants die when their run ends, not when some other run does."""
+    import threading
+
+    done: dict[str, Any] = {}
+    slow = threading.Thread(target=lambda: done.update(r=run_hostile("daemon_checked", wait=1.0)))
+    slow.start()
+    ends = 0
+    while slow.is_alive():
+        assert run_hostile("hello").outcome is Outcome.SUCCESS
+        ends += 1
+    slow.join()
+    r = done["r"]
+    assert r.outcome is Outcome.SUCCESS, r.error
+    assert ends > 1 and r.result["alive"] is True
+    assert _gone(r.result["pids"]) == []

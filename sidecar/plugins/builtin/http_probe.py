@@ -29,6 +29,8 @@ description = "HTTP(S) probe: fails on refusal, timeout, unexpected status or mi
 version = "1.0.0"
 timeout_seconds = 30.0
 memory_limit_mb = 256
+#: probes need the network even under strict isolation
+network = True
 
 _METHOD = re.compile(r"^[A-Z]{1,32}$")
 _CHUNK = 64 * 1024

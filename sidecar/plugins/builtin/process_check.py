@@ -19,6 +19,8 @@ description = "Process check by name or pid file; fails when fewer than min_coun
 version = "1.0.0"
 timeout_seconds = 30.0
 memory_limit_mb = 256
+#: reads the host's processes: isolation shows it the host's /proc (signals still stay in its namespace)
+host_processes = True
 
 
 def _by_name(name: str) -> tuple[list[int], int]:

@@ -16,6 +16,8 @@ description = "TCP connect probe: fails when the port refuses, times out or the 
 version = "1.0.0"
 timeout_seconds = 30.0
 memory_limit_mb = 256
+#: probes need the network even under strict isolation
+network = True
 
 
 def run(host: str, port: int, timeout: float = 3.0) -> dict[str, object]:
