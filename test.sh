@@ -18,6 +18,18 @@ if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null || ! c
     fi
 fi
 
+# The status page is rendered in headless Chromium (Debian package `chromium`); without it (and without root
+# to install it) that test is skipped, except under CI.
+if ! command -v chromium >/dev/null; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        echo "test.sh: installing Debian's chromium package" >&2
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null
+    else
+        echo "test.sh: chromium missing and cannot apt-get install it; the status-page browser test will skip" >&2
+    fi
+fi
+
 # The isolation tests need bubblewrap (Debian package `bubblewrap`): strict mode depends on it.
 if ! command -v bwrap >/dev/null; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then

@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING, cast
 from flask import Flask, Request, Response, jsonify, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from . import defaults, schema
+from . import __version__, defaults, schema, status_page
+from . import probe as probes
 from .config import Settings, load_settings
 from .errors import BadRequest, PayloadTooLarge, SidecarError, Unauthorized
 from .openapi import openapi_document
@@ -77,7 +78,7 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
     def _guards() -> None:
         if request.content_length is not None and request.content_length > settings.max_body_bytes:
             raise PayloadTooLarge(f"request body over {settings.max_body_bytes} bytes")
-        if request.method == "POST" and token:
+        if token and (request.method == "POST" or request.path == "/probe"):  # /probe runs code too
             given = request.headers.get("Authorization", "")
             if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
                 raise Unauthorized("missing or wrong bearer token")
@@ -149,6 +150,24 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
             backend.reject(name, "invalid")
             raise
         return jsonify(backend.run(name, body.params, body.timeout_seconds))
+
+    @app.get("/")
+    def status() -> Response:
+        if request.accept_mimetypes.best_match(["application/json", "text/html"]) != "text/html":
+            # JSON clients (curl, scripts): an index of the API, taken from the OpenAPI document.
+            return jsonify({"name": "sidecar", "version": __version__, "status_page": "GET / with Accept: text/html",
+                            "openapi": "/openapi.json", "routes": sorted(openapi_document(settings)["paths"])})
+        return Response(status_page.render(backend.status()), content_type="text/html; charset=utf-8")
+
+    @app.get("/probe")
+    def probe() -> Response:
+        req = probes.parse_request(request.args.lists(), request.headers.get(probes.SCRAPE_TIMEOUT_HEADER))
+        return Response(probes.render(backend.probe(req.target, req.params, req.budget_seconds)),
+                        content_type=probes.CONTENT_TYPE)
+
+    @app.post("/-/reload")
+    def reload() -> Response:
+        return jsonify(backend.reload())
 
     @app.get("/openapi.json")
     def openapi() -> Response:

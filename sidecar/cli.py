@@ -17,6 +17,7 @@ from typing import Any, NoReturn
 from . import __version__
 from .config import SETTINGS, ConfigFileMissing, Settings, load_settings, settings_table
 from .errors import ConfigError, SidecarError
+from .params import parse_value
 
 __all__ = ["main"]
 
@@ -29,10 +30,7 @@ def _parse_param(raw: str) -> tuple[str, Any]:
     key, sep, value = raw.partition("=")
     if not sep or not key:
         raise UsageError(f"--param expects KEY=VALUE, got {raw!r}")
-    try:
-        return key, json.loads(value)  # numbers, booleans, lists; anything else stays a string
-    except ValueError:
-        return key, value
+    return key, parse_value(value)
 
 
 def _params(args: argparse.Namespace) -> dict[str, Any]:
@@ -200,7 +198,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         raise ConfigError(refusal)
     from .serve import serve
 
-    return serve(settings)
+    return serve(settings, reload_source=lambda: _settings(args))
 
 
 def _cmd_settings(args: argparse.Namespace) -> int:

@@ -104,8 +104,8 @@ class Settings:
                              Annotated[str, Meta(min_length=1)],
                              doc=f"`{defaults.DATA_DIR}` (container: `/var/lib/sidecar`)")
     api_token: str | None = _setting(
-        None, "bearer token required by write routes; never passed to plugins. As `--api-token` it shows in the "
-        "process list: prefer `api_token_file`", str | None)
+        None, "bearer token required by write routes and /probe; never passed to plugins. As `--api-token` it "
+        "shows in the process list: prefer `api_token_file`", str | None)
     api_token_file: str | None = _setting(
         None, "file holding the bearer token (Docker and Kubernetes secrets); read once at start", str | None)
     isolation: str = _setting(

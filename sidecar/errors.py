@@ -1,7 +1,8 @@
 """The one exception tree of the sidecar.
 
     SidecarError                   base; carries an HTTP status and a stable error code
-    ├── ConfigError                bad setting, config file or plugin path (fails at start)
+    ├── ConfigError                400 config: bad setting, config file or plugin path (fails at start;
+    │                              a refused reload answers 400)
     ├── PluginNotFound             404 unknown_plugin
     ├── BadRequest                 400 bad_request (malformed body, bad params, timeout over the cap)
     ├── Unauthorized               401 unauthorized
@@ -58,6 +59,7 @@ class SidecarError(Exception):
 
 
 class ConfigError(SidecarError):
+    status = 400
     code = "config"
 
 

@@ -35,7 +35,7 @@ from .store import FAULT_REASONS, StoreStats
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
-__all__ = ["CONTENT_TYPE_TEXT", "FAMILIES", "OPENMETRICS_CONTENT_TYPE", "REJECT_REASONS", "Metrics"]
+__all__ = ["CONTENT_TYPE_TEXT", "FAMILIES", "OPENMETRICS_CONTENT_TYPE", "RELOAD_RESULTS", "REJECT_REASONS", "Metrics"]
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +43,7 @@ CONTENT_TYPE_TEXT = "text/plain; version=0.0.4; charset=utf-8"
 OPENMETRICS_CONTENT_TYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8"
 #: Why a run request was refused before running (the README's metric table says what each counts).
 REJECT_REASONS = ("saturated", "overlap", "invalid")
+RELOAD_RESULTS = ("success", "failure")
 #: Peak memory buckets, bytes: 8 MiB … 4 GiB.
 MEMORY_BUCKETS: tuple[float, ...] = tuple(float(2**i * 1024 * 1024) for i in range(3, 13))
 
@@ -73,6 +74,8 @@ FAMILIES: tuple[Family, ...] = (
     Family("sidecar_store_errors", "counter", "Runs whose history write failed (kept pending)", ("reason",)),
     Family("sidecar_store_dropped_runs", "counter", "Pending runs dropped because the write buffer was full", ()),
     Family("sidecar_store_pending_runs", "gauge", "Runs waiting in memory for the history store to recover", ()),
+    Family("sidecar_config_reloads", "counter", "Configuration reloads (SIGHUP, POST /-/reload) by result",
+           ("result",)),
 )
 
 
@@ -196,6 +199,7 @@ class Metrics:
         self._plugins: dict[str, _Plugin] = {}
         self._lock = threading.Lock()
         self._clock = clock
+        self._reloads = dict.fromkeys(RELOAD_RESULTS, 0)
         self._scheduler_errors = 0
         self._render_errors = 0
         self._failing: set[str] = set()  # plugins whose last render failed (logged once until they recover)
@@ -209,22 +213,42 @@ class Metrics:
             self._plugins[name] = _Plugin(name, loaded_at, interval_seconds, _Histogram(self.buckets),
                                           _Histogram(MEMORY_BUCKETS))
 
-    def started(self, name: str) -> None:
+    def update_plugin(self, name: str, loaded_at: float, interval_seconds: float | None) -> None:
+        """A reloaded plugin keeps its series; only its load time and interval may change."""
         with self._lock:
             p = self._plugins[name]
-            p.in_flight += 1
-            p.cache = None
+            p.loaded_at, p.interval, p.cache = loaded_at, interval_seconds, None
+
+    def remove_plugin(self, name: str) -> None:
+        """Drop a plugin's series (removed by a reload); runs still in flight for it are then ignored."""
+        with self._lock:
+            self._plugins.pop(name, None)
+
+    def reloaded(self, result: str) -> None:
+        with self._lock:
+            self._reloads[result] += 1
+
+    # A plugin removed by a reload may still have runs in flight: their updates find no series and are dropped.
+    def started(self, name: str) -> None:
+        with self._lock:
+            p = self._plugins.get(name)
+            if p is not None:
+                p.in_flight += 1
+                p.cache = None
 
     def aborted(self, name: str) -> None:
         """A run that ended without a result (a sidecar fault, not a plugin outcome): only in-flight changes."""
         with self._lock:
-            p = self._plugins[name]
-            p.in_flight -= 1
-            p.cache = None
+            p = self._plugins.get(name)
+            if p is not None:
+                p.in_flight -= 1
+                p.cache = None
 
     def finished(self, name: str, result: PluginSandboxResult) -> None:
         with self._lock:
-            p = self._plugins[name]
+            p = self._plugins.get(name)
+            if p is None:
+                return
             p.in_flight -= 1
             if result.ok:
                 p.success += 1
@@ -238,9 +262,10 @@ class Metrics:
 
     def reject(self, name: str, reason: str) -> None:
         with self._lock:
-            p = self._plugins[name]
-            p.rejected[reason] += 1
-            p.cache = None
+            p = self._plugins.get(name)
+            if p is not None:
+                p.rejected[reason] += 1
+                p.cache = None
 
     def scheduler_error(self) -> None:
         with self._lock:
@@ -309,6 +334,7 @@ class Metrics:
         with self._lock:
             totals = {"sidecar_scheduler_errors": self._scheduler_errors,
                       "sidecar_metrics_render_errors": self._render_errors}
+            reloads = dict(self._reloads)
         out: list[str] = []
         for fam in FAMILIES:
             name = fam.name
@@ -318,6 +344,8 @@ class Metrics:
                 out.append(f"# HELP {name}_total {fam.help}\n# TYPE {name}_total counter\n")
             if name == "sidecar_build_info":
                 out.append(f'sidecar_build_info{{version="{_escape(__version__)}"}} 1.0\n')
+            elif name == "sidecar_config_reloads":
+                out.extend(f'sidecar_config_reloads_total{{result="{r}"}} {_num(v)}\n' for r, v in reloads.items())
             elif name in totals:
                 out.append(f"{name}_total {_num(totals[name])}\n")
             elif name.startswith("sidecar_store_"):

@@ -97,7 +97,7 @@ SCHEMAS: dict[str, Any] = {
             "started_at": {"type": "string"}, "finished_at": {"type": "string"},
             "execution_time_ms": {"type": "number"}, "peak_memory_bytes": {"type": "integer"},
             "error_type": _NULLABLE_STR, "error_message": _NULLABLE_STR,
-            "trigger": {"type": "string", "enum": ["api", "schedule"]},
+            "trigger": {"type": "string", "enum": ["api", "schedule", "probe"]},
         },
     },
 }
@@ -108,7 +108,8 @@ def _json(ref: str) -> dict[str, Any]:
 
 
 def _errors(*codes: int) -> dict[str, Any]:
-    text = {400: "bad request", 401: "missing or wrong bearer token", 404: "unknown plugin",
+    text = {400: "bad request (a refused reload: code config)", 401: "missing or wrong bearer token",
+            404: "unknown plugin",
             413: "body too large", 503: "saturated (Retry-After) or runner unavailable"}
     return {str(c): {"description": text[c], **_json("Error")} for c in codes}
 
@@ -167,6 +168,37 @@ def openapi_document(settings: Settings | None = None) -> dict[str, Any]:
                                 "empty means {}", **_json("RunRequest")},
                 "responses": {"200": {"description": "the run's result", **_json("RunResult")},
                               **_errors(400, 401, 404, 413, 503)}}},
+            "/": {"get": {"summary": "status page (HTML) for clients that accept text/html; a JSON index for others",
+                          "responses": {"200": {"description": "the page, or the index of routes", "content": {
+                              "text/html": {},
+                              "application/json": {"schema": {
+                                  "type": "object", "required": ["name", "version", "status_page", "openapi", "routes"],
+                                  "properties": {"name": {"type": "string"}, "version": {"type": "string"},
+                                                 "status_page": {"type": "string"}, "openapi": {"type": "string"},
+                                                 "routes": {"type": "array", "items": {"type": "string"}}}}}}}}}},
+            "/probe": {"get": {
+                "summary": "run a plugin or check now; Prometheus text format (sidecar_probe_success, "
+                           "sidecar_probe_duration_seconds, sidecar_probe_value{field})",
+                "security": [{"bearer": []}, {}],
+                "parameters": [
+                    {"name": "target", "in": "query", "required": True, "example": "echo",
+                     "schema": {"type": "string", "pattern": "^[a-z][a-z0-9_]{0,63}$"}},
+                    {"name": "param.KEY", "in": "query", "required": False, "schema": {"type": "string"},
+                     "description": "a plugin parameter (not for checks); VALUE parsed as JSON when valid"},
+                    {"name": "X-Prometheus-Scrape-Timeout-Seconds", "in": "header", "required": False,
+                     "schema": {"type": "number", "exclusiveMinimum": 0},
+                     "description": "budget = value - 0.5 s (floor 0.5 s); 10 s without it"},
+                ],
+                "responses": {"200": {"description": "the probe's result; a failed or refused run is success 0",
+                                      "content": {"text/plain": {}}}, **_errors(400, 401, 404)}}},
+            "/-/reload": {"post": {
+                "summary": "re-read the checks and plugin directories; a bad configuration is refused (400)",
+                "security": [{"bearer": []}, {}],
+                "responses": {"200": {"description": "what changed", "content": {"application/json": {"schema": {
+                    "type": "object", "required": ["added", "changed", "removed", "needs_restart"],
+                    "properties": {k: {"type": "array", "items": {"type": "string"}}
+                                   for k in ("added", "changed", "removed", "needs_restart")}}}}},
+                    **_errors(400, 401)}}},
             "/openapi.json": {"get": {"responses": {"200": {"description": "this document"}}}},
         },
         "components": {

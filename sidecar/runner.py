@@ -8,13 +8,16 @@ interface to workers: they return plain JSON-able values and raise `SidecarError
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from .config import Settings
-from .errors import BadRequest, Saturated
+from .config import Settings, load_settings
+from .errors import BadRequest, ConfigError, Saturated, SidecarError
 from .metrics import Metrics
 from .operations import operation
 from .plugins import Entry, Registry, discover
@@ -30,6 +33,14 @@ log = logging.getLogger(__name__)
 
 #: Runs averaged by the health route's avg_execution_time_ms.
 AVERAGE_OVER = 10
+#: Recent execution times the status page draws as a sparkline.
+SPARKLINE_RUNS = 30
+#: Share of a probe's budget it may spend waiting for a sandbox slot; the rest is the run's.
+PROBE_SLOT_WAIT_SHARE = 0.5
+#: Settings a reload applies; any other change needs a restart and is named in a warning. A reload
+#: re-reads the files of the configured plugin directories; a new directory (`plugin_path`) needs a
+#: restart because the sandbox's namespace binds the directories it may read when the launcher starts.
+RELOADABLE = ("checks", "plugins", "entry_points", "default_timeout_seconds", "default_memory_limit_mb")
 
 
 def _iso(ts: float | None) -> str | None:
@@ -48,9 +59,14 @@ def health_status(recent_outcomes: list[str]) -> str:
 
 
 class Runner:
-    def __init__(self, settings: Settings, *, start_scheduler: bool = True, hidden: tuple[str, ...] = ()) -> None:
-        """`hidden`: more paths plugins must not see (the runner's socket directory)."""
+    def __init__(self, settings: Settings, *, start_scheduler: bool = True, hidden: tuple[str, ...] = (),
+                 reload_source: Callable[[], Settings] = load_settings) -> None:
+        """`hidden`: more paths plugins must not see (the runner's socket directory). `reload_source` reads
+        the configuration again on reload (serve: the same flags, env and file)."""
         self.settings = settings
+        self.reload_source = reload_source
+        self._reload_lock = threading.Lock()
+        self._start_scheduler = start_scheduler
         self.registry: Registry = discover(settings)
         self.store = Store(settings.data_dir, settings.history_retention)
         secrets = (settings.data_dir, *hidden, *((settings.api_token_file,) if settings.api_token_file else ()))
@@ -64,7 +80,10 @@ class Runner:
         self.scheduler = Scheduler(((e.name, e.interval_seconds) for e in self.registry if e.interval_seconds),
                                    self._slots, self._run_scheduled, self.metrics.reject,
                                    self.metrics.scheduler_error)
-        if start_scheduler and any(e.interval_seconds for e in self.registry):
+        self._start_scheduler_if_needed()
+
+    def _start_scheduler_if_needed(self) -> None:
+        if self._start_scheduler and not self.scheduler.alive and any(e.interval_seconds for e in self.registry):
             self.scheduler.start()
 
     def close(self) -> None:
@@ -123,19 +142,27 @@ class Runner:
 
     def _run_scheduled(self, name: str) -> None:
         """One scheduled run of a check; the scheduler holds its slot."""
-        entry = self.registry.get(name)
-        timeout, memory = self.registry.limits(entry)
+        registry = self.registry
+        entry = registry.entries.get(name)
+        if entry is None:
+            return  # removed by a reload after its tick
+        timeout, memory = registry.limits(entry)
         self._run_in_slot(entry, dict(entry.params), timeout, memory, "schedule")
 
     # -- reads -----------------------------------------------------------------------------------
     @operation()
     def plugins(self) -> list[dict[str, Any]]:
-        return [self.plugin(e.name) for e in self.registry]
+        registry = self.registry  # a reload may swap it meanwhile
+        return [self._describe(registry, e) for e in registry]
 
     @operation()
     def plugin(self, name: str) -> dict[str, Any]:
-        entry = self.registry.get(name)
-        timeout, memory = self.registry.limits(entry)
+        registry = self.registry
+        return self._describe(registry, registry.get(name))
+
+    def _describe(self, registry: Registry, entry: Entry) -> dict[str, Any]:
+        name = entry.name
+        timeout, memory = registry.limits(entry)
         return {**entry.to_dict(), "timeout_seconds": timeout, "memory_limit_mb": memory,
                 "loaded_at": _iso(entry.loaded_at), "health": self._summary(name)}
 
@@ -200,3 +227,108 @@ class Runner:
     @operation()
     def ping(self) -> bool:
         return True
+
+    # -- probes (GET /probe) ---------------------------------------------------------------------
+    @operation(resend=False)  # runs a plugin: never twice for one request
+    def probe(self, name: str, params: Any = None, budget_seconds: float = 10.0) -> dict[str, Any]:
+        """Run `name` now within `budget_seconds` (waiting for a slot included); trigger `probe`.
+
+        Returns `{plugin, outcome, result, duration_seconds}`; outcome `saturated` when no slot freed within
+        half the budget. A check runs with its configured params only; a plugin with `params`.
+        """
+        started = time.monotonic()
+        entry = self.registry.get(name)
+        try:
+            if params and entry.source == "check":
+                raise BadRequest(f"{name!r} is a check: it runs with its configured params (param.* is for plugins)")
+            if not isinstance(params or {}, dict):
+                raise BadRequest("params must be a JSON object")
+        except BadRequest:
+            self.metrics.reject(name, "invalid")
+            raise
+        timeout, memory = self.registry.limits(entry)
+        budget = min(float(budget_seconds), timeout)
+        # Wait at most half the budget: a run started with almost nothing left would only record a timeout
+        # against the plugin (and page someone) for what is really the sidecar's saturation.
+        if not self._slots.acquire(timeout=budget * PROBE_SLOT_WAIT_SHARE):
+            self.metrics.reject(name, "saturated")
+            return {"plugin": name, "outcome": "saturated", "result": None,
+                    "duration_seconds": time.monotonic() - started}
+        try:
+            remaining = budget - (time.monotonic() - started)
+            result = self._run_in_slot(entry, {**entry.params, **(params or {})}, remaining, memory, "probe")
+        finally:
+            self._slots.release()
+        return {"plugin": name, "outcome": result.outcome.value, "result": result.result,
+                "duration_seconds": time.monotonic() - started}
+
+    # -- reload (SIGHUP, POST /-/reload) -----------------------------------------------------------
+    @operation(resend=False)
+    def reload(self) -> dict[str, Any]:
+        """Re-read the checks and plugin directories and swap the registry; refuse a bad configuration.
+
+        A name that stays keeps its history and metric series; removed names leave `/plugins` and
+        `/metrics`; new ones are scheduled. Runs in flight finish with the entry they started with.
+        Raises ConfigError (the old configuration keeps running) when the new one is bad.
+        """
+        with self._reload_lock:
+            try:
+                fresh = self.reload_source()
+                settings = self.settings.replace(**{k: getattr(fresh, k) for k in RELOADABLE})
+                registry = discover(settings)
+                if registry.errors:  # what makes `serve` refuse to start makes a reload refused
+                    raise ConfigError("; ".join(registry.errors))
+            except SidecarError as exc:
+                self.metrics.reloaded("failure")
+                raise ConfigError(f"reload refused, the running configuration is kept: {exc.message}") from None
+            old = self.registry
+            for entry in registry:
+                previous = old.entries.get(entry.name)
+                if previous is None:
+                    self.metrics.add_plugin(entry.name, entry.loaded_at, entry.interval_seconds)
+                elif dataclasses.replace(entry, loaded_at=previous.loaded_at) == previous:
+                    registry.entries[entry.name] = previous  # unchanged: keeps its load time too
+                else:
+                    self.metrics.update_plugin(entry.name, entry.loaded_at, entry.interval_seconds)
+            self.registry, self.settings = registry, settings
+            removed = [n for n in old.entries if n not in registry.entries]
+            for name in removed:
+                self.metrics.remove_plugin(name)
+            self.scheduler.set_checks((e.name, e.interval_seconds) for e in registry if e.interval_seconds)
+            self._start_scheduler_if_needed()
+            self.metrics.reloaded("success")
+            summary = {
+                "added": [n for n in registry.entries if n not in old.entries],
+                "changed": [n for n, e in registry.entries.items() if n in old.entries and e is not old.entries[n]],
+                "removed": removed,
+                "needs_restart": [f.name for f in dataclasses.fields(Settings)
+                                  if f.name not in RELOADABLE and getattr(fresh, f.name) != getattr(settings, f.name)],
+            }
+            log.info("configuration reloaded: added %(added)s, changed %(changed)s, removed %(removed)s", summary)
+            if summary["needs_restart"]:
+                log.warning("reload: changed settings need a restart to apply: %s", ", ".join(summary["needs_restart"]))
+            return summary
+
+    # -- the status page (GET /) -------------------------------------------------------------------
+    @operation()
+    def status(self) -> dict[str, Any]:
+        """Everything the status page shows, in one call: each entry's health and recent execution times."""
+        registry = self.registry
+        entries = []
+        for entry in registry:
+            recent = self.store.recent(entry.name, SPARKLINE_RUNS)
+            totals = self.store.totals(entry.name)
+            last10 = [r["execution_time_ms"] for r in recent[:AVERAGE_OVER]]
+            entries.append({
+                "name": entry.name, "plugin": entry.plugin, "source": entry.source,
+                "description": entry.description, "interval_seconds": entry.interval_seconds,
+                "status": health_status([r["outcome"] for r in recent[:AVERAGE_OVER]]),
+                "last_used": _iso(recent[0]["finished_at"]) if recent else None,
+                "last_outcome": recent[0]["outcome"] if recent else None,
+                "avg_execution_time_ms": sum(last10) / len(last10) if last10 else None,
+                "success_count": totals.get("success", 0),
+                "errors_by_type": {k: v for k, v in sorted(totals.items()) if k != "success"},
+                "recent_execution_ms": [r["execution_time_ms"] for r in reversed(recent)],
+                "problem": entry.metadata.problem,
+            })
+        return {"entries": entries, "generated_at": _iso(time.time())}

@@ -126,14 +126,34 @@ class Scheduler:
         self._checks = [_Check(name, interval, start + first_offset(name, interval)) for name, interval in checks]
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self._wake = threading.Event()  # set by stop() and set_checks(): the loop looks again at once
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name="scheduler", daemon=True)
         self._thread.start()
 
+    def set_checks(self, checks: Iterable[tuple[str, float]]) -> None:
+        """Replace the scheduled checks (a reload). A kept check keeps its state, and its phase unless its
+        interval changed; a new or re-timed one gets its first tick as at start-up; a removed one stops
+        ticking (a wait or run in flight ends on its own)."""
+        start = self._clock()
+        with self._lock:
+            current = {c.name: c for c in self._checks}
+            updated = []
+            for name, interval in checks:
+                check = current.get(name)
+                if check is None:
+                    check = _Check(name, interval, start + first_offset(name, interval))
+                elif check.interval != interval:
+                    check.interval, check.due = interval, start + first_offset(name, interval)
+                updated.append(check)
+            self._checks = updated  # a new list: a loop pass still iterating the old one is unaffected
+        self._wake.set()
+
     def stop(self, timeout: float = 5.0) -> None:
         self._stop.set()
+        self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout)
 
@@ -153,7 +173,8 @@ class Scheduler:
             except Exception:
                 log.exception("the scheduler loop failed; it goes on")
                 self._error()
-            self._stop.wait(min(max(wait, 0.001), 60.0) if math.isfinite(wait) else RETRY_AFTER_ERROR_SECONDS)
+            self._wake.wait(min(max(wait, 0.001), 60.0) if math.isfinite(wait) else RETRY_AFTER_ERROR_SECONDS)
+            self._wake.clear()
 
     def _guarded_tick(self, check: _Check, now: float) -> None:
         try:

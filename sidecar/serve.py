@@ -7,7 +7,8 @@ Process tree::
     └── gunicorn master ── workers (HTTP, relay to the runner's socket)
 
 If gunicorn exits, so does serve (with its status); SIGTERM/SIGINT stop gunicorn first, then the
-runner. If the runner is killed, gunicorn and the launcher get their parent-death signal.
+runner. If the runner is killed, gunicorn and the launcher get their parent-death signal. SIGHUP
+reloads the checks and plugin directories (`Runner.reload`); a refused reload is logged.
 
 Secrets: the API token reaches gunicorn in a memfd inherited by fd number, never in an argument
 or an environment variable; the runner's socket lives in a 0700 directory plugins cannot see, and
@@ -25,10 +26,12 @@ import subprocess
 import sys
 import tempfile
 import threading
+from collections.abc import Callable
 from types import FrameType
 
 from .app import WORKER_ENV
-from .config import Settings
+from .config import Settings, load_settings
+from .errors import SidecarError
 from .rpc import RunnerServer
 from .runner import Runner
 from .sandbox.isolation import require_available
@@ -38,11 +41,32 @@ __all__ = ["serve"]
 log = logging.getLogger("sidecar")
 
 
-def serve(settings: Settings) -> int:
+def _reload_on_sighup(runner: Runner) -> None:
+    """SIGHUP only sets an event (nothing else is safe in a handler); this thread does the reload."""
+    hup = threading.Event()
+
+    def loop() -> None:
+        while True:
+            hup.wait()
+            hup.clear()
+            try:
+                runner.reload()
+            except SidecarError as exc:
+                log.error("SIGHUP: %s", exc.message)
+            except Exception:
+                log.exception("SIGHUP: reload failed")
+
+    threading.Thread(target=loop, name="sighup-reload", daemon=True).start()
+    signal.signal(signal.SIGHUP, lambda signum, frame: hup.set())
+
+
+def serve(settings: Settings, reload_source: Callable[[], Settings] = load_settings) -> int:
+    """Run until gunicorn exits; `reload_source` re-reads the configuration on reload (the same flags)."""
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     require_available(settings.isolation)
     sock_dir = tempfile.mkdtemp(prefix="sidecar-")  # 0700
-    runner = Runner(settings, hidden=(sock_dir,))
+    runner = Runner(settings, hidden=(sock_dir,), reload_source=reload_source)
+    _reload_on_sighup(runner)
     for where, why in runner.registry.rejected:
         log.warning("rejected %s: %s", where, why)
     log.info("sidecar: %d plugins, history %s, up to %d concurrent runs", len(runner.registry),

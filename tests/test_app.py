@@ -20,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families as parse_tex
 
 from sidecar.app import create_app
 from sidecar.config import Settings
-from sidecar.errors import PluginNotFound
+from sidecar.errors import ConfigError, PluginNotFound, SidecarError
 from sidecar.metrics import CONTENT_TYPE_TEXT, OPENMETRICS_CONTENT_TYPE
 from sidecar.rpc import OPERATIONS
 from sidecar.runner import Runner
@@ -102,6 +102,21 @@ class FakeBackend:
 
     def ping(self) -> bool:
         return True
+
+    def probe(self, name: str, params: Any = None, budget_seconds: float = 10.0) -> dict[str, Any]:
+        self.plugin(name)
+        self.calls.append((name, params, budget_seconds))
+        return {"plugin": name, "outcome": "success", "result": {"x": 1}, "duration_seconds": 0.1}
+
+    def reload(self) -> dict[str, Any]:
+        if self.reload_error is not None:
+            raise self.reload_error
+        return {"added": [], "changed": [], "removed": [], "needs_restart": []}
+
+    def status(self) -> dict[str, Any]:
+        return {"entries": [], "generated_at": "now"}
+
+    reload_error: SidecarError | None = None
 
 
 def fake_app(settings: Settings, fake: FakeBackend) -> Flask:
@@ -562,3 +577,29 @@ def test_fake_backend_counts_bad_bodies_before_any_run(tmp_path: Path) -> None:
     client = fake_app(_settings(tmp_path), backend).test_client()
     _error(client.post("/plugins/hello/run", data=b'{"params": 1}'), 400, "bad_request")
     assert backend.calls == [("hello", "rejected", "invalid")]
+
+
+# -- probe and reload routes -----------------------------------------------------------------------------
+
+
+def test_probe_route_hands_validated_input_to_the_backend(tmp_path: Path) -> None:
+    backend = FakeBackend()
+    client = fake_app(_settings(tmp_path), backend).test_client()
+    resp = client.get("/probe?target=hello&param.n=2&param.s=x", headers={"X-Prometheus-Scrape-Timeout-Seconds": "4"})
+    assert resp.status_code == 200 and resp.mimetype == "text/plain"
+    assert b"sidecar_probe_success 1.0" in resp.data
+    assert backend.calls == [("hello", {"n": 2, "s": "x"}, 3.5)]
+    assert client.get("/probe?target=hello&bogus=1").status_code == 400
+    assert client.get("/probe?target=nope").status_code == 404
+    assert len(backend.calls) == 1  # nothing ran for bad input
+
+
+def test_reload_route(tmp_path: Path) -> None:
+    backend = FakeBackend()
+    client = fake_app(_settings(tmp_path, api_token="s3cret"), backend).test_client()
+    auth = {"Authorization": "Bearer s3cret"}
+    _error(client.post("/-/reload"), 401, "unauthorized")
+    resp = client.post("/-/reload", headers=auth)
+    assert resp.status_code == 200 and resp.get_json()["removed"] == []
+    backend.reload_error = ConfigError("reload refused, the running configuration is kept: bad.toml: boom")
+    assert "boom" in _error(client.post("/-/reload", headers=auth), 400, "config")["message"]

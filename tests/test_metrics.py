@@ -17,6 +17,7 @@ from sidecar.metrics import (
     MEMORY_BUCKETS,
     OPENMETRICS_CONTENT_TYPE,
     REJECT_REASONS,
+    RELOAD_RESULTS,
     Metrics,
 )
 from sidecar.sandbox.outcomes import ERROR_OUTCOMES
@@ -254,7 +255,8 @@ def test_label_values_only_from_added_plugins(metrics: Metrics) -> None:
     metrics.finished("alpha", _result("alpha", Outcome.VALUE))
     metrics.reject("beta", "saturated")
     allowed: dict[str, set[Any]] = {"plugin": {"alpha", "beta"}, "error_type": set(ERROR_OUTCOMES),
-                                    "reason": set(REJECT_REASONS) | set(FAULT_REASONS), "version": {__version__}}
+                                    "reason": set(REJECT_REASONS) | set(FAULT_REASONS), "version": {__version__},
+                                    "result": set(RELOAD_RESULTS)}
     for openmetrics in (False, True):
         for fam in _families(metrics, openmetrics).values():
             if not fam.name.startswith("sidecar_"):
@@ -267,11 +269,34 @@ def test_label_values_only_from_added_plugins(metrics: Metrics) -> None:
                     assert v in allowed[k], (fam.name, k, v)
 
 
-def test_unknown_plugin_is_a_key_error(metrics: Metrics) -> None:
+def test_unknown_plugin_creates_no_series(metrics: Metrics) -> None:
+    # A run still in flight when a reload removed its plugin reports to a series that is gone: dropped.
+    def ours() -> dict[str, Metric]:  # the process series move on their own (CPU time)
+        return {k: v for k, v in _families(metrics).items() if k.startswith("sidecar_")}
+
+    before = ours()
+    metrics.started("nope")
+    metrics.finished("nope", _result("nope", Outcome.VALUE))
+    metrics.reject("nope", "saturated")
+    assert ours() == before
     with pytest.raises(KeyError):
-        metrics.started("nope")
-    with pytest.raises(KeyError):
-        metrics.reject("nope", "saturated")
+        metrics.update_plugin("nope", 0.0, None)
+
+
+def test_removed_plugin_leaves_and_kept_plugin_keeps_its_series(metrics: Metrics) -> None:
+    metrics.started("alpha")
+    metrics.finished("alpha", _result("alpha", Outcome.SUCCESS))
+    metrics.update_plugin("alpha", 2000.0, 5.0)
+    metrics.remove_plugin("beta")
+    metrics.reloaded("success")
+    metrics.reloaded("failure")
+    metrics.reloaded("failure")
+    fams = _families(metrics)
+    assert {s.labels.get("plugin") for s in fams["sidecar_plugin_success"].samples} == {"alpha"}
+    assert _value(fams, "sidecar_plugin_success", "sidecar_plugin_success_total", plugin="alpha") == 1.0
+    assert _value(fams, "sidecar_plugin_interval_seconds", "sidecar_plugin_interval_seconds", plugin="alpha") == 5.0
+    assert _value(fams, "sidecar_config_reloads", "sidecar_config_reloads_total", result="failure") == 2.0
+    assert _value(fams, "sidecar_config_reloads", "sidecar_config_reloads_total", result="success") == 1.0
 
 
 # -- a scrape never fails because of one value or one plugin ------------------------------------------

@@ -46,9 +46,9 @@ def served(tmp_path_factory: pytest.TempPathFactory, sock_dir: Path) -> Iterator
 
 def test_operations_are_the_runners_marked_methods() -> None:
     assert set(OPERATIONS) == {"plugins", "plugin", "health", "runs", "run", "reject", "render_metrics",
-                                 "ready", "ping"}
+                                 "ready", "ping", "probe", "reload", "status"}
     assert {n for n, op in OPERATIONS.items() if op.raw} == {"render_metrics"}
-    assert {n for n, op in OPERATIONS.items() if not op.resend} == {"run", "reject"}
+    assert {n for n, op in OPERATIONS.items() if not op.resend} == {"run", "reject", "probe", "reload"}
     assert "close" not in OPERATIONS and "_run_in_slot" not in OPERATIONS
 
 

@@ -11,7 +11,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from sidecar.config import CheckConfig, Settings
-from sidecar.errors import Saturated
+from sidecar.errors import ConfigError, Saturated
 from sidecar.plugins import Entry
 from sidecar.runner import Runner, health_status
 
@@ -123,3 +123,137 @@ def test_a_check_whose_scheduling_raises_does_not_stop_the_others(tmp_path: Path
 ])
 def test_health_status_rules(outcomes, status):
     assert health_status(outcomes) == status
+
+
+# --- reload ---------------------------------------------------------------------------------------------
+
+
+class Source:
+    """What a reload reads: settings the test swaps between reloads (a file re-read, in `serve`)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def __call__(self) -> Settings:
+        return self.settings
+
+
+def _metric_lines(runner: Runner, plugin: str) -> list[str]:
+    body, _ = runner.render_metrics()
+    return [line for line in body.decode().splitlines() if f'plugin="{plugin}"' in line]
+
+
+def _reloads(runner: Runner, result: str) -> str:
+    body, _ = runner.render_metrics()
+    prefix = f'sidecar_config_reloads_total{{result="{result}"}} '
+    return next(line for line in body.decode().splitlines() if line.startswith(prefix))[len(prefix):]
+
+
+@pytest.fixture
+def reloadable(tmp_path) -> Iterator[tuple[Runner, Source]]:
+    base = Settings(data_dir=str(tmp_path), entry_points=False,
+                    checks=(CheckConfig("keep", "echo", {"v": 1}), CheckConfig("drop", "echo", {"v": 2})))
+    source = Source(base)
+    r = Runner(base, reload_source=source)
+    yield r, source
+    r.close()
+
+
+def test_reload_adds_changes_and_removes_checks_keeping_history(reloadable):
+    runner, source = reloadable
+    runner.run("keep")
+    runner.run("drop")
+    loaded_at = runner.registry.get("keep").loaded_at
+    source.settings = source.settings.replace(checks=(
+        CheckConfig("keep", "echo", {"v": 10}, description="changed definition"),
+        CheckConfig("fresh", "echo", {"new": True}, interval_seconds=0.1),
+    ))
+    summary = runner.reload()
+    assert summary == {"added": ["fresh"], "changed": ["keep"], "removed": ["drop"], "needs_restart": []}
+    names = {p["name"] for p in runner.plugins()}
+    assert {"keep", "fresh"} <= names and "drop" not in names
+    assert not _metric_lines(runner, "drop")
+    # The kept check: same history and counters, new definition.
+    assert runner.health("keep")["success_count"] == 1
+    assert 'sidecar_plugin_success_total{plugin="keep"} 1.0' in _metric_lines(runner, "keep")
+    assert runner.run("keep")["result"] == {"v": 10}
+    assert runner.health("keep")["success_count"] == 2
+    assert runner.registry.get("keep").loaded_at >= loaded_at
+    # The new check is scheduled without a restart.
+    _wait_for(lambda: runner.health("fresh")["success_count"] >= 2)
+    assert {r["trigger"] for r in runner.runs("fresh")} == {"schedule"}
+    assert _reloads(runner, "success") == "1.0"
+
+
+def test_an_unchanged_reload_changes_nothing(reloadable):
+    runner, _ = reloadable
+    before = {e.name: e for e in runner.registry}
+    assert runner.reload() == {"added": [], "changed": [], "removed": [], "needs_restart": []}
+    assert all(runner.registry.get(n) is e for n, e in before.items())
+
+
+def test_a_bad_reload_keeps_the_old_configuration(reloadable):
+    runner, source = reloadable
+    registry = runner.registry
+    source.settings = source.settings.replace(checks=(CheckConfig("keep", "no_such_plugin"),))
+    with pytest.raises(ConfigError, match="no_such_plugin") as info:
+        runner.reload()
+    assert info.value.status == 400
+    assert runner.registry is registry
+    assert {"keep", "drop"} <= {p["name"] for p in runner.plugins()}
+    assert runner.run("drop")["outcome"] == "success"
+
+    def unreadable() -> Settings:
+        raise ConfigError("cannot read config file x.toml: boom")
+
+    runner.reload_source = unreadable
+    with pytest.raises(ConfigError, match="boom"):
+        runner.reload()
+    assert runner.registry is registry
+    assert (_reloads(runner, "failure"), _reloads(runner, "success")) == ("2.0", "0.0")
+
+
+def test_settings_that_need_a_restart_are_named_not_applied(reloadable, tmp_path):
+    runner, source = reloadable
+    source.settings = source.settings.replace(workers=7, api_token="new", default_timeout_seconds=5.0,
+                                              plugin_path=(str(tmp_path),))
+    summary = runner.reload()
+    assert summary["needs_restart"] == ["workers", "plugin_path", "api_token"]
+    assert runner.settings.plugin_path == ()
+    assert (runner.settings.workers, runner.settings.api_token) == (2, None)
+    assert runner.settings.default_timeout_seconds == 5.0  # reloadable: applied
+
+
+def test_reload_is_safe_with_runs_in_flight(reloadable):
+    runner, source = reloadable
+    source.settings = source.settings.replace(checks=(CheckConfig("slow", "sleep", {"seconds": 0.5}),))
+    runner.reload()
+    results: list[dict[str, object]] = []
+    in_flight = threading.Thread(target=lambda: results.append(runner.run("slow")))
+    in_flight.start()
+    _wait_for(lambda: runner.metrics.snapshot("slow")["in_flight"] == 1)
+    source.settings = source.settings.replace(checks=(CheckConfig("other", "echo"),))
+    for _ in range(10):  # the removal, then reloads that change nothing, all while the run goes on
+        runner.reload()
+    in_flight.join(30)
+    assert [r["outcome"] for r in results] == ["success"]  # it finished with the entry it started with
+    assert not _metric_lines(runner, "slow")  # and did not bring the removed series back
+    assert runner.store.recent("slow", 1)[0]["outcome"] == "success"  # its run is still recorded
+
+
+def test_reload_rereads_plugin_directories(tmp_path):
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "first.py").write_text("def run():\n    return 1\n")
+    base = Settings(data_dir=str(tmp_path / "data"), plugin_path=(str(plugins),), entry_points=False)
+    runner = Runner(base, start_scheduler=False, reload_source=Source(base))
+    try:
+        assert runner.run("first")["result"] == 1
+        (plugins / "first.py").unlink()
+        (plugins / "second.py").write_text('interval_seconds = 60\ndef run():\n    return 2\n')
+        assert runner.reload() == {"added": ["second"], "changed": [], "removed": ["first"], "needs_restart": []}
+        assert runner.run("second")["result"] == 2
+        assert 'sidecar_plugin_interval_seconds{plugin="second"} 60.0' in _metric_lines(runner, "second")
+        assert not _metric_lines(runner, "first")
+    finally:
+        runner.close()

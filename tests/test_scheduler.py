@@ -227,3 +227,20 @@ def test_no_checks_is_no_fault(started: Callable[..., Scheduler]) -> None:
     assert scheduler.alive
     scheduler.stop()
     assert not scheduler.alive and rec.errors == 0
+
+
+def test_set_checks_adds_removes_and_keeps_a_running_check_from_overlapping(started: Callable[..., Scheduler]) -> None:
+    rec, slots = Recorder(), Slots(2)
+    rec.hold["slow"] = threading.Event()
+    scheduler = started([("slow", INTERVAL), ("gone", INTERVAL)], slots, rec)
+    wait_for(lambda: rec.runs["gone"] >= 1 and rec.rejected["slow", "overlap"] >= 1)
+    # A reload: "slow" stays (re-timed, still in its first run), "gone" goes, "new" comes.
+    scheduler.set_checks([("slow", INTERVAL * 2), ("new", INTERVAL)])
+    wait_for(lambda: rec.runs["new"] >= 3)
+    gone = rec.runs["gone"]
+    wait_for(lambda: rec.runs["new"] >= 6)
+    assert rec.runs["gone"] <= gone + 1  # at most a run already ticked before the swap
+    assert rec.runs["slow"] == 0  # kept its state: never started beside its own first run
+    rec.hold["slow"].set()
+    wait_for(lambda: rec.runs["slow"] >= 2)
+    assert rec.errors == 0

@@ -182,6 +182,19 @@ def sidecar(prometheus_binary: str, tmp_path_factory: pytest.TempPathFactory) ->
     server.stop()
 
 
+def _probe_job(sidecar: LiveServer) -> dict[str, Any]:
+    """The shipped probe job (its relabelling unchanged), probing this module's scheduled check on this sidecar."""
+    shipped = yaml.safe_load((Path(__file__).parents[2] / "prometheus" / "prometheus.yml").read_text())
+    job = dict(next(j for j in shipped["scrape_configs"] if j["metrics_path"] == "/probe"))
+    job.pop("params", None)  # a check runs with its configured params
+    job["static_configs"] = [{"targets": [HEARTBEAT]}]
+    job["scrape_interval"] = job["scrape_timeout"] = "1s"
+    for rule in job["relabel_configs"]:
+        if rule.get("target_label") == "__address__":
+            rule["replacement"] = f"127.0.0.1:{sidecar.port}"
+    return job
+
+
 def _alert_rules_without_for(tmp: Path) -> Path:
     """A copy of prometheus/alerts.yml with every `for:` cut to 0s, so alerts fire on their first evaluation."""
     doc = yaml.safe_load(ALERTS_FILE.read_text())
@@ -210,6 +223,7 @@ def prometheus(
                 "rule_files": [str(recording), str(alerts)],
                 "scrape_configs": [
                     {"job_name": "sidecar", "static_configs": [{"targets": [f"127.0.0.1:{sidecar.port}"]}]},
+                    _probe_job(sidecar),
                 ],
             }
         )
@@ -324,6 +338,24 @@ def test_scraped_counters_match_the_runs(stack: Stack) -> None:
     assert stack.prometheus.value('up{job="sidecar"}') == 1.0
     # The scheduled check runs on its own and exports its interval.
     assert stack.prometheus.value(f'sidecar_plugin_interval_seconds{{plugin="{HEARTBEAT}"}}') == HEARTBEAT_INTERVAL
+
+
+def test_the_shipped_probe_job_runs_the_check_at_scrape_time(stack: Stack) -> None:
+    prom = stack.prometheus
+    job = _probe_job(stack.sidecar)["job_name"]
+    selector = f'{{job="{job}",target="{HEARTBEAT}"}}'
+
+    def probed() -> tuple[bool, dict[str, float | None]]:
+        seen = {name: prom.value(name + selector) for name in
+                ("up", "sidecar_probe_success", "sidecar_probe_duration_seconds")}
+        return seen["sidecar_probe_success"] == 1.0, seen
+
+    seen = poll("a successful probe of the heartbeat check", probed)
+    assert seen["up"] == 1.0 and seen["sidecar_probe_duration_seconds"] is not None
+    # The check's result {"beat": true} gives one numeric field; probe runs are recorded with trigger "probe".
+    assert prom.value(f'sidecar_probe_value{{job="{job}",target="{HEARTBEAT}",field="beat"}}') == 1.0
+    status, doc = stack.sidecar.json("GET", f"/plugins/{HEARTBEAT}/runs?limit=1000")
+    assert status == 200 and "probe" in {r["trigger"] for r in doc["runs"]}
 
 
 def _expression_cases() -> list[tuple[str, str, str | None]]:
