@@ -40,6 +40,7 @@ PER_SIDECAR: dict[str, int] = {
     "sidecar_build_info": 1,
     "sidecar_scheduler_errors_total": 1,
     "sidecar_metrics_render_errors_total": 1,
+    "sidecar_config_reloads_total": 2,  # result: success, failure
     "sidecar_store_errors_total": 4,  # reason: disk_full, read_only, corrupt, io
     "sidecar_store_pending_runs": 1,
     "sidecar_store_dropped_runs_total": 1,
