@@ -64,6 +64,9 @@ MAY_BE_EMPTY: dict[str, str] = {
         "returns data only after a fault of the sidecar itself (scheduling a check, rendering a plugin's series); "
         "this module causes none"
     ),
+    "prometheus/alerts.yml: alert SidecarHistoryWritesFailing": (
+        "returns data only while the history cannot be written; this module's disk is fine"
+    ),
     "prometheus/alerts.yml: alert SidecarPluginStale": (
         f"returns data only when a scheduled check stops finishing runs; {HEARTBEAT!r} runs every "
         f"{HEARTBEAT_INTERVAL:g} s and the threshold is 3 intervals"

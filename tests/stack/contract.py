@@ -12,6 +12,7 @@ from typing import Final
 
 ERROR_TYPES: Final = frozenset({"timeout", "memory", "import", "value", "runtime", "exception", "crash"})
 REJECT_REASONS: Final = frozenset({"saturated", "overlap", "invalid"})
+STORE_FAULT_REASONS: Final = frozenset({"disk_full", "read_only", "corrupt", "io"})
 
 METRIC_TYPES: Final[Mapping[str, str]] = MappingProxyType(
     {
@@ -28,6 +29,9 @@ METRIC_TYPES: Final[Mapping[str, str]] = MappingProxyType(
         "sidecar_build_info": "gauge",
         "sidecar_scheduler_errors_total": "counter",
         "sidecar_metrics_render_errors_total": "counter",
+        "sidecar_store_errors_total": "counter",
+        "sidecar_store_dropped_runs_total": "counter",
+        "sidecar_store_pending_runs": "gauge",
         "sidecar_templates": "gauge",
         "sidecar_template_builds_total": "counter",
         "sidecar_template_evictions_total": "counter",
@@ -54,6 +58,9 @@ METRIC_LABELS: Final[Mapping[str, frozenset[str]]] = MappingProxyType(
         "sidecar_build_info": frozenset({"version"}),
         "sidecar_scheduler_errors_total": frozenset(),
         "sidecar_metrics_render_errors_total": frozenset(),
+        "sidecar_store_errors_total": frozenset({"reason"}),
+        "sidecar_store_dropped_runs_total": frozenset(),
+        "sidecar_store_pending_runs": frozenset(),
         "sidecar_templates": frozenset(),
         "sidecar_template_builds_total": frozenset(),
         "sidecar_template_evictions_total": frozenset(),
@@ -63,7 +70,7 @@ METRIC_LABELS: Final[Mapping[str, frozenset[str]]] = MappingProxyType(
 
 # Labels whose values are a closed set.
 LABEL_VALUES: Final[Mapping[str, frozenset[str]]] = MappingProxyType(
-    {"error_type": ERROR_TYPES, "reason": REJECT_REASONS}
+    {"error_type": ERROR_TYPES, "reason": REJECT_REASONS | STORE_FAULT_REASONS}
 )
 
 TARGET_LABELS: Final = frozenset({"job", "instance"})

@@ -112,7 +112,7 @@ def _panels_using(pattern: str) -> list[dict[str, Any]]:
         ("errors by type", r"by \(error_type\) \(sidecar:plugin_errors:rate5m"),
         (
             "error ratio",
-            r"sidecar:plugin_errors:rate5m[^/]*\)\s*/\s*\(sum by \(plugin\) \(sidecar:plugin_runs",
+            r"sidecar:plugin_failures:rate5m[^/]*\)\s*/\s*\(sum by \(plugin\) \(sidecar:plugin_runs",
         ),
         ("p50", r"histogram_quantile\(0\.50?, .*execution_seconds_bucket"),
         ("p95", r"histogram_quantile\(0\.95, .*execution_seconds_bucket"),
@@ -133,7 +133,8 @@ def test_heatmap_panel() -> None:
     assert heatmaps
     target = heatmaps[0]["targets"][0]
     assert target["format"] == "heatmap"
-    assert "sidecar_plugin_execution_seconds_bucket" in target["expr"] and "by (le)" in target["expr"]
+    # At fleet size the heatmap reads the recorded per-job bucket rates, not the raw buckets of every sidecar.
+    assert "sidecar:plugin_execution_seconds_bucket:sum_rate5m" in target["expr"] and "by (le)" in target["expr"]
 
 
 def test_firing_alerts_panel() -> None:

@@ -269,7 +269,8 @@ def test_deployment_sidecar_container() -> None:
     env = {e["name"]: e.get("value") for e in sidecar["env"]}
     assert env["SIDECAR_BIND"] == f"0.0.0.0:{PORT}"
     assert sidecar["livenessProbe"]["httpGet"]["path"] == "/healthz"
-    assert sidecar["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    # not /readyz: a history fault must not take the application's pod out of its Service
+    assert sidecar["readinessProbe"]["httpGet"]["path"] == "/healthz"
     for probe in ("livenessProbe", "readinessProbe"):
         assert sidecar[probe]["httpGet"]["port"] in ("metrics", PORT)
     assert "command" not in sidecar and "args" not in sidecar, "the image's CMD starts the server"

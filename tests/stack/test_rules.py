@@ -37,6 +37,7 @@ def test_expected_alerts_exist() -> None:
     expected = {
         "SidecarDown", "SidecarPluginTimeouts", "SidecarPluginMemoryErrors", "SidecarPluginCrashes",
         "SidecarPluginErrorRatioHigh", "SidecarPluginStale", "SidecarSaturated", "SidecarInternalErrors",
+        "SidecarHistoryWritesFailing",
     }  # fmt: skip
     assert expected <= names
     assert len(names) == len(ALERTS), "alert names must be unique"
