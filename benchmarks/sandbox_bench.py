@@ -5,9 +5,10 @@
 
 Prints Markdown tables (median, p99, ratios) and writes benchmarks/results/sandbox.json (a trivial
 plugin), sandbox_plugins.json (real plugins: trivial, heavy imports, `http_probe` of a loopback
-server; CPU per run by process), sandbox_memory.json (idle memory of a `sidecar serve`) and
-sandbox_isolation.json (the trivial plugin with no isolation, default and strict isolation side by
-side, interleaved, with each mode's launcher start: namespaces are set up then, never per run).
+server; CPU per run by process, templates on and off), sandbox_memory_templates_{off,on}.json (idle
+memory of a `sidecar serve`; with templates on, 20 templates alive) and sandbox_isolation.json (the
+trivial plugin with no isolation, default and strict isolation side by side, interleaved, with each
+mode's launcher start: namespaces are set up then, never per run).
 The sandbox is measured back to back and with 5 ms gaps (runs of a sidecar are spaced; the gap lets
 the launcher fork its next spare while nobody waits). A bare fork+exit+wait of a small Python
 process is included as the machine's floor.
@@ -64,7 +65,8 @@ def main() -> None:
     if args.only in (None, "plugins"):
         real_plugins(args.plugin_runs)
     if args.only in (None, "memory"):
-        idle_memory()
+        idle_memory("off")
+        idle_memory("on")
     if args.only in (None, "isolation"):
         isolation_modes(args.runs)
 
@@ -112,12 +114,12 @@ def trivial_plugin(n: int) -> None:
 
 # -- real plugins ---------------------------------------------------------------------------------
 # Each plugin through the sandbox (per template mode), plus subprocess-per-run and multiprocessing
-# spawn running the same file. Rows carry a `templates` column so that per-plugin templates, once
-# they exist, add "on" rows next to today's "off" ones: extend TEMPLATE_MODES and `_sandbox_for`.
+# spawn running the same file. Rows carry a `templates` column: "on" forks each run from the plugin's
+# template (SIDECAR_TEMPLATES=on, the default), "off" imports the plugin in every run.
 
 BENCH_PLUGINS = Path(__file__).resolve().parent / "plugins"
 BUILTIN = ECHO.parent
-TEMPLATE_MODES = ("off",)
+TEMPLATE_MODES = ("off", "on")
 
 _HTTP_SERVER = """
 import http.server, sys
@@ -155,9 +157,9 @@ def _plugins(url: str) -> list[tuple[str, Path, dict[str, Any]]]:
 
 
 def _sandbox_for(templates: str) -> Sandbox:
-    if templates == "off":
-        return Sandbox()
-    raise ValueError(f"unknown template mode {templates!r}")
+    if templates not in TEMPLATE_MODES:
+        raise ValueError(f"unknown template mode {templates!r}")
+    return Sandbox(templates=templates == "on")
 
 
 def _run_plugin_file(path: str, params: dict[str, Any]) -> object:
@@ -263,13 +265,19 @@ def real_plugins(n: int) -> None:
 
 def _roles(root: Any) -> dict[str, list[Any]]:
     """The processes of a `sidecar serve` tree by role."""
-    roles: dict[str, list[Any]] = {"runner": [root], "launcher": [], "spare children": [], "gunicorn master": [],
-                                   "gunicorn workers": []}
+    roles: dict[str, list[Any]] = {"runner": [root], "launcher": [], "templates": [], "spare children": [],
+                                   "gunicorn master": [], "gunicorn workers": []}
     for p in root.children(recursive=True):
         cmd = " ".join(p.cmdline())
         parent = p.parent()
         if parent is not None and "sidecar.sandbox.launcher" in " ".join(parent.cmdline()):
-            roles["spare children"].append(p)  # forked: same command line as the launcher
+            # Forked: same command line as the launcher; a template holds its socket to the launcher
+            # on fd 3, where a spare holds its result pipe.
+            try:
+                template = os.readlink(f"/proc/{p.pid}/fd/3").startswith("socket:")
+            except OSError:
+                template = False
+            roles["templates" if template else "spare children"].append(p)
         elif "sidecar.sandbox.launcher" in cmd:
             roles["launcher"].append(p)
         elif "gunicorn" in cmd and parent is not None and parent.pid == root.pid:
@@ -279,8 +287,13 @@ def _roles(root: Any) -> dict[str, list[Any]]:
     return roles
 
 
+#: Plugins run once each before measuring idle memory with templates on: 20 templates.
+IDLE_TEMPLATES = 20
+
+
 def idle_memory(templates: str = "off") -> None:
-    """RSS and PSS of an idle `sidecar serve` by process role, after one run of each benchmark plugin."""
+    """RSS and PSS of an idle `sidecar serve` by process role, after one run of each benchmark plugin
+    (with templates on: also of 17 copies of the heavy-import plugin, so that 20 templates are alive)."""
     import json
     import socket
     import tempfile
@@ -289,15 +302,22 @@ def idle_memory(templates: str = "off") -> None:
 
     import psutil
 
-    if templates != "off":
+    if templates not in TEMPLATE_MODES:
         raise ValueError(f"unknown template mode {templates!r}")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     with tempfile.TemporaryDirectory() as tmp, _LoopbackHTTP() as url:
         env = {k: v for k, v in os.environ.items() if not k.startswith("SIDECAR_")}
-        env.update({"SIDECAR_BIND": f"127.0.0.1:{port}", "SIDECAR_DATA_DIR": tmp, "SIDECAR_ENTRY_POINTS": "false",
-                    "SIDECAR_PLUGIN_PATH": str(BENCH_PLUGINS)})
+        extra = Path(tmp) / "plugins"
+        extra.mkdir()
+        source = (BENCH_PLUGINS / "heavy_import.py").read_text()
+        copies = [f"heavy_copy_{i:02d}" for i in range(IDLE_TEMPLATES - 3)] if templates == "on" else []
+        for name in copies:
+            (extra / f"{name}.py").write_text(source)
+        env.update({"SIDECAR_BIND": f"127.0.0.1:{port}", "SIDECAR_DATA_DIR": tmp + "/data",
+                    "SIDECAR_ENTRY_POINTS": "false", "SIDECAR_TEMPLATES": templates,
+                    "SIDECAR_PLUGIN_PATH": os.pathsep.join((str(BENCH_PLUGINS), str(extra)))})
         proc = subprocess.Popen([sys.executable, "-m", "sidecar.cli", "serve"], env=env, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
         base = f"http://127.0.0.1:{port}"
@@ -311,7 +331,9 @@ def idle_memory(templates: str = "off") -> None:
                     if time.monotonic() > deadline or proc.poll() is not None:
                         raise RuntimeError("sidecar serve did not become ready") from None
                     time.sleep(0.2)
-            for name, params in (("echo", {"x": 1}), ("heavy_import", {}), ("http_probe", {"url": url})):
+            runs = [("echo", {"x": 1}), ("heavy_import", {}), ("http_probe", {"url": url}),
+                    *((name, {}) for name in copies)]
+            for name, params in runs:
                 req = urllib.request.Request(f"{base}/plugins/{name}/run", method="POST",
                                              data=json.dumps({"params": params}).encode(),
                                              headers={"Content-Type": "application/json"})
@@ -327,12 +349,12 @@ def idle_memory(templates: str = "off") -> None:
         finally:
             proc.terminate()
             proc.wait(timeout=30)
-    core = [r for r in rows if r["process"] in ("runner", "launcher", "spare children")]
-    rows.append({"templates": templates, "process": "runner + launcher + spares",
+    core = [r for r in rows if r["process"] in ("runner", "launcher", "templates", "spare children")]
+    rows.append({"templates": templates, "process": "runner + launcher + templates + spares",
                  "count": sum(r["count"] for r in core),
                  **{k: sum(r[k] for r in core) for k in ("rss_mb", "pss_mb", "uss_mb")}})
     print(table(rows, ["templates", "process", "count", "rss_mb", "pss_mb", "uss_mb"]))
-    print("wrote", write("sandbox_memory", rows))
+    print("wrote", write(f"sandbox_memory_templates_{templates}", rows))
 
 
 # -- isolation modes ------------------------------------------------------------------------------

@@ -74,7 +74,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         memory = args.memory_mb
     params = {**entry.params, **_params(args)}
     request = RunRequest(entry.ref, params, timeout, memory, settings.max_result_bytes, settings.max_output_bytes)
-    with Sandbox(extra_env=settings.plugin_env) as sandbox:
+    with Sandbox(extra_env=settings.plugin_env, templates=settings.templates == "on",
+                 max_templates=settings.max_templates) as sandbox:
         result = sandbox.run(request)
     result = type(result).from_dict({**result.to_dict(), "plugin": entry.name})
     if args.json:
@@ -122,7 +123,8 @@ def _cmd_check(args: argparse.Namespace) -> int:
     for error in registry.errors:
         broken += 1
         print(f"INVALID {error}")
-    with Sandbox(extra_env=settings.plugin_env) as sandbox:
+    with Sandbox(extra_env=settings.plugin_env, templates=settings.templates == "on",
+                 max_templates=settings.max_templates) as sandbox:
         for entry in registry:
             if entry.source == "check":
                 continue
@@ -174,7 +176,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
                          settings.max_result_bytes, settings.max_output_bytes)
     outcomes: Counter[str] = Counter()
     times: list[float] = []
-    with Sandbox(extra_env=settings.plugin_env) as sandbox:
+    with Sandbox(extra_env=settings.plugin_env, templates=settings.templates == "on",
+                 max_templates=settings.max_templates) as sandbox:
         sandbox.run(request)  # start the launcher outside the measurement
         for _ in range(args.runs):
             t = time.perf_counter()

@@ -123,6 +123,11 @@ class Settings:
     duration_buckets: tuple[float, ...] = _setting(
         (), "execution-time histogram buckets, seconds, comma-separated", tuple[Bucket, ...], sep=",",
         check=_increasing, doc="1 ms … max timeout")
+    templates: str = _setting(
+        defaults.TEMPLATES, "`on`: fork each plugin's runs from a template process that imported it once; "
+        "`off`: import the plugin in every run", Literal["on", "off"])
+    max_templates: int = _setting(defaults.MAX_TEMPLATES,
+                                  "templates kept at once; the least recently used is stopped beyond it", Count)
     history_retention: int = _setting(defaults.HISTORY_RETENTION, "runs kept per plugin in the history", Count)
     max_body_bytes: int = _setting(defaults.MAX_BODY_BYTES, "largest accepted request body", Bytes)
     max_result_bytes: int = _setting(defaults.DEFAULT_MAX_RESULT_BYTES, "largest plugin result (JSON bytes)", Bytes)

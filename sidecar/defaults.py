@@ -19,6 +19,9 @@ DEFAULT_MEMORY_LIMIT_MB = 1024
 DEFAULT_MAX_RESULT_BYTES = 8 * 1024 * 1024
 DEFAULT_MAX_OUTPUT_BYTES = 64 * 1024
 MAX_BODY_BYTES = 1024 * 1024
+#: Per-plugin templates (a process that imported the plugin once and forks its runs): on, and how many.
+TEMPLATES = "on"
+MAX_TEMPLATES = 32
 HISTORY_RETENTION = 1000
 
 #: The form of every plugin and check name: a metric label value and a URL path segment.

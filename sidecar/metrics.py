@@ -23,7 +23,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -76,7 +76,14 @@ FAMILIES: tuple[Family, ...] = (
     Family("sidecar_store_pending_runs", "gauge", "Runs waiting in memory for the history store to recover", ()),
     Family("sidecar_config_reloads", "counter", "Configuration reloads (SIGHUP, POST /-/reload) by result",
            ("result",)),
+    Family("sidecar_templates", "gauge", "Plugin templates alive (processes that imported a plugin once)", ()),
+    Family("sidecar_template_builds", "counter", "Plugin templates started (first runs, edits, evictions)", ()),
+    Family("sidecar_template_evictions", "counter", "Templates stopped because SIDECAR_MAX_TEMPLATES was reached", ()),
+    Family("sidecar_templates_resident_bytes", "gauge", "Summed resident set size of the templates alive", ()),
 )
+#: The sandbox's template counters (`Sandbox.template_stats`) behind each template family.
+_TEMPLATE_STATS = {"sidecar_templates": "alive", "sidecar_template_builds": "builds",
+                   "sidecar_template_evictions": "evictions", "sidecar_templates_resident_bytes": "resident_bytes"}
 
 
 def _num(v: float) -> str:
@@ -206,6 +213,7 @@ class Metrics:
         self._process = _process_registry() if process_metrics else None
         #: Read at scrape time: the history store's fault counters (set by the runner).
         self.store_stats: Callable[[], StoreStats] = lambda: StoreStats(dict.fromkeys(FAULT_REASONS, 0), 0, 0)
+        self.template_stats: Callable[[], Mapping[str, int]] = lambda: dict.fromkeys(_TEMPLATE_STATS.values(), 0)
 
     def add_plugin(self, name: str, loaded_at: float, interval_seconds: float | None) -> None:
         """Create every series of a plugin at zero, so the first error is an increase, not a new series."""
@@ -326,10 +334,20 @@ class Metrics:
                 self._render_errors += 1
             return None
 
+    def _template_stats(self) -> Mapping[str, int] | None:
+        try:
+            return self.template_stats()
+        except Exception:
+            log.exception("reading the sandbox's template counters failed; left out of this scrape")
+            with self._lock:
+                self._render_errors += 1
+            return None
+
     def render(self, openmetrics: bool = False) -> tuple[bytes, str]:
         """(body, content type) in the Prometheus text format, or OpenMetrics when asked for."""
         process = self._process_text(openmetrics)
         store = self._store_stats()
+        templates = self._template_stats()
         chunks = self._plugin_chunks(self._clock())
         with self._lock:
             totals = {"sidecar_scheduler_errors": self._scheduler_errors,
@@ -348,6 +366,10 @@ class Metrics:
                 out.extend(f'sidecar_config_reloads_total{{result="{r}"}} {_num(v)}\n' for r, v in reloads.items())
             elif name in totals:
                 out.append(f"{name}_total {_num(totals[name])}\n")
+            elif name in _TEMPLATE_STATS:
+                if templates is not None:
+                    suffix = "_total" if fam.type == "counter" else ""
+                    out.append(f"{name}{suffix} {_num(templates.get(_TEMPLATE_STATS[name], 0))}\n")
             elif name.startswith("sidecar_store_"):
                 if store is None:
                     continue

@@ -71,9 +71,11 @@ class Runner:
         self.store = Store(settings.data_dir, settings.history_retention)
         secrets = (settings.data_dir, *hidden, *((settings.api_token_file,) if settings.api_token_file else ()))
         self.sandbox = Sandbox(extra_env=settings.plugin_env, isolation=Isolation(
-            settings.isolation, hidden=secrets, readable=settings.plugin_path))
+            settings.isolation, hidden=secrets, readable=settings.plugin_path), templates=settings.templates == "on",
+            max_templates=settings.max_templates)
         self.metrics = Metrics(settings.buckets)
         self.metrics.store_stats = self.store.stats
+        self.metrics.template_stats = self.sandbox.template_stats
         for entry in self.registry:
             self.metrics.add_plugin(entry.name, entry.loaded_at, entry.interval_seconds)
         self._slots = Slots(settings.max_concurrent_runs)

@@ -80,6 +80,8 @@ class PluginMetadata(Limits, forbid_unknown_fields=True, kw_only=True, frozen=Tr
     version: str | None = None
     #: read the host's processes (`/proc`) under isolation; signals still stay in the run's namespace
     host_processes: bool = False
+    #: false: import the plugin in every run instead of forking runs from a template that imported it once
+    preload: bool = True
 
 
 class CheckTable(Limits, forbid_unknown_fields=True, kw_only=True, frozen=True):

@@ -375,6 +375,26 @@ def test_scheduler_errors_are_counted(metrics: Metrics) -> None:
     assert _value(fams, "sidecar_scheduler_errors", "sidecar_scheduler_errors_total") == 2
 
 
+@pytest.mark.parametrize("openmetrics", [False, True])
+def test_template_counters_come_from_the_sandbox(metrics: Metrics, openmetrics: bool) -> None:
+    metrics.template_stats = lambda: {"alive": 3, "builds": 7, "evictions": 2, "resident_bytes": 75_000_000}
+    fams = _families(metrics, openmetrics)
+    assert _value(fams, "sidecar_templates", "sidecar_templates") == 3
+    assert _value(fams, "sidecar_template_builds", "sidecar_template_builds_total") == 7
+    assert _value(fams, "sidecar_template_evictions", "sidecar_template_evictions_total") == 2
+    assert _value(fams, "sidecar_templates_resident_bytes", "sidecar_templates_resident_bytes") == 75_000_000
+
+
+def test_failing_template_counters_are_left_out_and_counted(metrics: Metrics) -> None:
+    def broken() -> dict[str, int]:
+        raise OSError("launcher gone")
+
+    metrics.template_stats = broken
+    fams = _families(metrics)
+    assert not fams["sidecar_templates"].samples
+    assert _value(fams, "sidecar_metrics_render_errors", "sidecar_metrics_render_errors_total") == 1
+
+
 # -- the runner's own process and python series ------------------------------------------------------
 
 

@@ -37,6 +37,8 @@ class Metadata:
     network: bool = False
     #: the plugin reads the host's processes; isolation still keeps its signals in its namespace
     host_processes: bool = False
+    #: runs are forked from a template that imported the plugin once (`preload = false`: import per run)
+    preload: bool = True
 
     @property
     def issues(self) -> str | None:
@@ -86,4 +88,5 @@ def read_metadata(source: str, filename: str = "<plugin>") -> Metadata:
         invalid="; ".join(problems) or None,
         network=bool(meta.network),
         host_processes=meta.host_processes,
+        preload=meta.preload,
     )

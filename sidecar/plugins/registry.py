@@ -153,7 +153,8 @@ def _file_entry(path: Path, source: str, now: float) -> Entry:
     except (OSError, UnicodeDecodeError) as exc:
         meta = Metadata(problem=f"{type(exc).__name__}: {exc}")
     return Entry(
-        name=path.stem, plugin=path.stem, ref=PluginRef(path.stem, path=str(path.resolve())), source=source,
+        name=path.stem, plugin=path.stem, ref=PluginRef(path.stem, path=str(path.resolve()), preload=meta.preload),
+        source=source,
         location=str(path), metadata=meta, loaded_at=now, interval_seconds=meta.interval_seconds,
         timeout_seconds=meta.timeout_seconds, memory_limit_mb=meta.memory_limit_mb, network=meta.network,
         host_processes=meta.host_processes,
@@ -181,7 +182,8 @@ def _entry_point_entries(now: float) -> Iterable[Entry]:
         if path is not None and path.is_file():
             meta = read_metadata(path.read_text(encoding="utf-8"), str(path))
         yield Entry(
-            name=ep.name, plugin=ep.name, ref=PluginRef(ep.name, module=module.strip(), attr=attr),
+            name=ep.name, plugin=ep.name, ref=PluginRef(ep.name, module=module.strip(), attr=attr,
+                                                        preload=meta.preload),
             source="entry_point", location=f"{ep.value} ({ep.dist.name if ep.dist else '?'})",
             metadata=meta, loaded_at=now, interval_seconds=meta.interval_seconds,
             timeout_seconds=meta.timeout_seconds, memory_limit_mb=meta.memory_limit_mb, network=meta.network,

@@ -27,7 +27,8 @@ from ..framing import HEADER, write_all
 from . import _warmup
 from .outcomes import classify_exception
 
-__all__ = ["PLUGIN_ID_BASE", "REQUEST_FD", "RESULT_FD", "drop_privileges", "spare_main"]
+__all__ = ["PLUGIN_ID_BASE", "REQUEST_FD", "RESULT_FD", "confine_fds", "drop_privileges", "error_from", "load_entry",
+           "read_request", "serve_request", "spare_main", "use_caller_path"]
 
 #: Fixed fds in the child: 0-2 are stdin (/dev/null), stdout, stderr pipes.
 RESULT_FD = 3
@@ -77,7 +78,7 @@ def _error(outcome: str, type_: str, message: str, tb: str | None = None) -> dic
     return {"outcome": outcome, "error": {"type": type_, "message": message, "traceback": tb}}
 
 
-def _error_from(exc: BaseException, outcome: str) -> dict[str, Any]:
+def error_from(exc: BaseException, outcome: str) -> dict[str, Any]:
     """Drop the frames' locals first (after a MemoryError they still hold the memory), then format."""
     import traceback
 
@@ -126,18 +127,30 @@ def _load(plugin: dict[str, Any]) -> Any:
         return importlib.import_module(name)
 
 
-def _execute(request: dict[str, Any]) -> dict[str, Any]:
-    plugin = request["plugin"]
-    caller_path = request.get("sys_path")
-    if caller_path:  # the caller's import path first, so `module:attr` resolves as it would there
+def use_caller_path(caller_path: list[str] | None) -> None:
+    """The caller's import path first, so `module:attr` resolves as it would there."""
+    if caller_path:
         sys.path[:] = [*caller_path, *(p for p in sys.path if p not in caller_path)]
-    try:
-        module = _load(plugin)
-        func = getattr(module, str(plugin.get("attr") or "run"), None)
-        if not callable(func):
-            raise ImportError(f"plugin {plugin['name']!r} has no callable `run`")
-    except BaseException as exc:  # noqa: B036 - every failure to load is a reportable outcome
-        return _error_from(exc, classify_exception(exc, during_import=True))
+
+
+def load_entry(plugin: dict[str, Any]) -> Any:
+    """Import the plugin and return its callable (`run`, or the reference's attribute)."""
+    func = getattr(_load(plugin), str(plugin.get("attr") or "run"), None)
+    if not callable(func):
+        raise ImportError(f"plugin {plugin['name']!r} has no callable `run`")
+    return func
+
+
+def _execute(request: dict[str, Any], preloaded: Any = None) -> dict[str, Any]:
+    """Run the request; `preloaded` is the callable a template imported already (then nothing is imported)."""
+    func = preloaded
+    if func is None:
+        plugin = request["plugin"]
+        use_caller_path(request.get("sys_path"))
+        try:
+            func = load_entry(plugin)
+        except BaseException as exc:  # noqa: B036 - every failure to load is a reportable outcome
+            return error_from(exc, classify_exception(exc, during_import=True))
     if request.get("mode") == "import":
         return {"outcome": "success", "result": None}
     try:
@@ -146,9 +159,9 @@ def _execute(request: dict[str, Any]) -> dict[str, Any]:
         if exc.__traceback__ is not None and exc.__traceback__.tb_next is None:
             # Raised while binding the arguments, before `run` started: the params do not fit it.
             return _error("value", "TypeError", f"parameters do not match run(): {exc}")
-        return _error_from(exc, classify_exception(exc))
+        return error_from(exc, classify_exception(exc))
     except BaseException as exc:  # noqa: B036 - SystemExit and KeyboardInterrupt are outcomes too
-        return _error_from(exc, classify_exception(exc))
+        return error_from(exc, classify_exception(exc))
     return {"outcome": "success", "result": result}
 
 
@@ -188,7 +201,7 @@ def _warm_up() -> None:
         pass
 
 
-def _read_request() -> dict[str, Any] | None:
+def read_request() -> dict[str, Any] | None:
     data = bytearray()
     while True:
         chunk = os.read(REQUEST_FD, 1 << 16)
@@ -200,42 +213,57 @@ def _read_request() -> dict[str, Any] | None:
     return dict(json.loads(bytes(data[HEADER.size :])))
 
 
+def confine_fds(fds: tuple[int, int, int, int], keep_others: bool = False) -> None:
+    """Own process group, default signals, and fds 0-4 as the run expects them; every other fd closed
+    (`keep_others`: only the ones given, so a template's run keeps the fds its plugin opened at import)."""
+    os.setpgid(0, 0)
+    signal.set_wakeup_fd(-1)
+    for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    # Move our fds out of the way first: dup2 onto 1-4 must not clobber one we still need.
+    result_w, out_w, err_w, request_r = (fcntl.fcntl(fd, fcntl.F_DUPFD, 16) for fd in fds)
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.dup2(out_w, 1)
+    os.dup2(err_w, 2)
+    os.dup2(result_w, RESULT_FD, inheritable=False)
+    os.dup2(request_r, REQUEST_FD, inheritable=False)
+    if keep_others:
+        for fd in {*fds, result_w, out_w, err_w, request_r, devnull} - {0, 1, 2, RESULT_FD, REQUEST_FD}:
+            os.close(fd)
+    else:
+        os.closerange(REQUEST_FD + 1, 1 << 16)
+
+
+def serve_request(request: dict[str, Any], preloaded: Any = None) -> None:
+    """Apply the run's limits, run it, and write its one framed result message."""
+    _confine(int(request["memory_limit_mb"]), request.get("max_processes"))
+    gc.enable()
+    message = _execute(request, preloaded)
+    _flush_std()
+    # Peak memory from the child's own rusage, so the launcher can answer before the exit.
+    message["peak_memory_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    payload = _payload(message, int(request["max_result_bytes"]))
+    write_all(RESULT_FD, HEADER.pack(len(payload)) + payload)
+
+
 def spare_main(fds: tuple[int, int, int, int], prctl: Any, tmp: str, drop: bool = False) -> NoReturn:
     """Entry point in a forked spare. fds = (result_w, stdout_w, stderr_w, request_r); `tmp` is its own."""
     code = 0
     try:
-        os.setpgid(0, 0)
         if prctl is not None:
             prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)  # die with the launcher
-        signal.set_wakeup_fd(-1)
-        for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGHUP):
-            signal.signal(sig, signal.SIG_DFL)
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        # Move our fds out of the way first: dup2 onto 1-4 must not clobber one we still need.
-        result_w, out_w, err_w, request_r = (fcntl.fcntl(fd, fcntl.F_DUPFD, 16) for fd in fds)
-        devnull = os.open(os.devnull, os.O_RDONLY)
-        os.dup2(devnull, 0)
-        os.dup2(out_w, 1)
-        os.dup2(err_w, 2)
-        os.dup2(result_w, RESULT_FD, inheritable=False)
-        os.dup2(request_r, REQUEST_FD, inheritable=False)
-        os.closerange(REQUEST_FD + 1, 1 << 16)
+        confine_fds(fds)
         os.environ["TMPDIR"] = os.environ["HOME"] = tmp
         if drop:  # before the warm-up: no code runs here as root that a plugin could have touched
             drop_privileges(prctl, tmp)
 
         _warm_up()
-        request = _read_request()
+        request = read_request()
         if request is None:  # retired spare
             os._exit(0)
-        _confine(int(request["memory_limit_mb"]), request.get("max_processes"))
-        gc.enable()
-        message = _execute(request)
-        _flush_std()
-        # Peak memory from the child's own rusage, so the launcher can answer before the exit.
-        message["peak_memory_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-        payload = _payload(message, int(request["max_result_bytes"]))
-        write_all(RESULT_FD, HEADER.pack(len(payload)) + payload)
+        serve_request(request)
     except BaseException:  # noqa: B036 - the launcher reports a missing result as a crash
         code = 70
     os._exit(code)

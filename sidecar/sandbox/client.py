@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import atexit
 import json
+import logging
 import math
 import os
 import select
@@ -28,6 +29,8 @@ from ..defaults import (
     DEFAULT_MAX_RESULT_BYTES,
     DEFAULT_MEMORY_LIMIT_MB,
     DEFAULT_TIMEOUT_SECONDS,
+    MAX_TEMPLATES,
+    TEMPLATES,
 )
 from ..framing import FrameError, FrameReader, encode, send_frame, write_all
 from .capture import Capture
@@ -36,6 +39,8 @@ from .isolation import Confinement, Isolation, bwrap_command, namespaces_unavail
 from .result import ErrorInfo, ExitFacts, Outcome, PluginSandboxResult, decide_outcome
 
 # The DEFAULT_* limits are declared once in `sidecar.defaults` and re-exported from here.
+_log = logging.getLogger("sidecar.sandbox")
+
 __all__ = ["DEFAULT_MAX_OUTPUT_BYTES", "DEFAULT_MAX_RESULT_BYTES", "DEFAULT_MEMORY_LIMIT_MB", "DEFAULT_TIMEOUT_SECONDS",
            "PluginRef", "RunRequest", "Sandbox", "default_sandbox", "run_plugin_sandboxed"]
 
@@ -48,6 +53,8 @@ class PluginRef:
     path: str | None = None
     module: str | None = None
     attr: str = "run"
+    #: fork runs from a template that imported the plugin once (metadata `preload = false` says no)
+    preload: bool = True
 
     def __post_init__(self) -> None:
         if (self.path is None) == (self.module is None):
@@ -105,8 +112,11 @@ class RunRequest:
             "max_processes": self.max_processes,
             "mode": self.mode,
             "args": list(self.args),
-            "sys_path": None if self.sys_path is None else list(self.sys_path),
+            "sys_path": self.wire_sys_path(),
         }).encode()
+
+    def wire_sys_path(self) -> list[str] | None:
+        return None if self.sys_path is None else list(self.sys_path)
 
 
 def build_result(request: RunRequest, header: dict[str, Any], message: bytes) -> PluginSandboxResult:
@@ -151,12 +161,14 @@ def _package_root() -> str:
 class _LauncherProcess:
     """One launcher process and its control socket, over which channel connections are handed."""
 
-    def __init__(self, env: dict[str, str], prefix: list[str], drop_privileges: bool) -> None:
+    def __init__(self, env: dict[str, str], prefix: list[str], drop_privileges: bool,
+                 max_templates: int = MAX_TEMPLATES) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             self.proc = subprocess.Popen(
                 [*prefix, sys.executable, "-S", "-m", "sidecar.sandbox.launcher", str(theirs.fileno()),
-                 json.dumps(sys.path), json.dumps({"drop_privileges": drop_privileges})],
+                 json.dumps(sys.path),
+                 json.dumps({"drop_privileges": drop_privileges, "max_templates": max_templates})],
                 pass_fds=(theirs.fileno(),),
                 env=env,
                 stdin=subprocess.DEVNULL,
@@ -206,12 +218,15 @@ class _Channel:
         self.messages: deque[dict[str, Any]] = deque()
         self.fds: deque[int] = deque()
         self.tickets: deque[tuple[int, list[int]]] = deque()
+        #: tickets forked from a plugin's template: each answers this channel's one `want`
+        self.template_tickets: deque[tuple[int, list[int]]] = deque()
 
     def close(self) -> None:
-        for _pid, fds in self.tickets:
-            for fd in fds:
-                os.close(fd)
-        self.tickets.clear()
+        for tickets in (self.tickets, self.template_tickets):
+            for _pid, fds in tickets:
+                for fd in fds:
+                    os.close(fd)
+            tickets.clear()
         while self.fds:
             os.close(self.fds.popleft())
         self.sock.close()
@@ -235,8 +250,35 @@ class _Channel:
                 raise LauncherLost(f"garbled launcher message: {exc}") from None
         msg = self.messages.popleft()
         if msg.get("t") == "ticket":  # its five fds arrived with (or before) its bytes, in order
-            self.tickets.append((int(msg["pid"]), [self.fds.popleft() for _ in range(5)]))
+            queue = self.template_tickets if msg.get("template") else self.tickets
+            queue.append((int(msg["pid"]), [self.fds.popleft() for _ in range(5)]))
         return msg
+
+    def ask(self, msg: dict[str, Any]) -> None:
+        self.sock.settimeout(10)
+        try:
+            send_frame(self.sock, json.dumps(msg).encode())
+        except OSError as exc:
+            raise LauncherLost(f"launcher connection failed: {exc}") from None
+
+    def template_ticket(self, request: RunRequest, t0: float, timeout: float) -> dict[str, Any]:
+        """Ask for a child forked from the plugin's template: a ticket, a fallback, or the import's failure."""
+        self.ask({"t": "want", "plugin": request.plugin.to_dict(), "sys_path": request.wire_sys_path(),
+                  "memory_limit_mb": request.memory_limit_mb, "max_processes": request.max_processes,
+                  "timeout_seconds": request.timeout_seconds, "t0": t0})
+        while True:
+            msg = self._receive(timeout)
+            if msg.get("t") == "ticket" and msg.get("template"):
+                return msg
+            if msg.get("t") in ("fallback", "template_failed", "error"):
+                return msg
+
+    def stats(self, timeout: float = 10.0) -> dict[str, Any]:
+        self.ask({"t": "stats"})
+        while True:
+            msg = self._receive(timeout)
+            if msg.get("t") == "stats":
+                return msg
 
     def ticket(self, timeout: float = 30.0) -> tuple[int, list[int]]:
         while not self.tickets:
@@ -364,13 +406,18 @@ class Sandbox:
     GRACE_SECONDS = 10.0
 
     def __init__(self, *, environ: Mapping[str, str] | None = None, extra_env: Iterable[str] = (),
-                 isolation: Isolation | None = None) -> None:
+                 isolation: Isolation | None = None, templates: bool = TEMPLATES == "on",
+                 max_templates: int = MAX_TEMPLATES) -> None:
+        """`templates`: fork each plugin's runs from a process that imported it once (see `template`)."""
         env = plugin_environment(os.environ if environ is None else environ, extra_env)
         root = _package_root()
         env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         self._env = env
         #: None: no isolation (the library's default); `serve` always passes one
         self.isolation = isolation
+        self.templates = templates
+        self.max_templates = max_templates
+        self._per_run_logged: set[str] = set()
         self._lock = threading.Lock()
         self._launchers: dict[Confinement | None, _LauncherProcess] = {}
         self._idle: list[_Channel] = []
@@ -406,12 +453,15 @@ class Sandbox:
             if launcher is None or not launcher.alive():
                 if launcher is not None:
                     launcher.stop()
-                launcher = self._launchers[confinement] = _LauncherProcess(self._env, *self._command(confinement))
+                launcher = self._launchers[confinement] = _LauncherProcess(self._env, *self._command(confinement),
+                                                                           self.max_templates)
             return launcher
 
     def _checkout(self, confinement: Confinement | None) -> _Channel:
         """An idle channel to the current launcher, or a new one: as many as runs in flight."""
-        launcher = self._current(confinement)
+        return self._checkout_of(self._current(confinement))
+
+    def _checkout_of(self, launcher: _LauncherProcess) -> _Channel:
         with self._lock:
             for channel in reversed(self._idle):
                 if channel.launcher is launcher:
@@ -442,7 +492,14 @@ class Sandbox:
         fds: list[int] = []
         try:
             channel = self._checkout(self.confinement(request))
-            pid, fds = channel.ticket()
+            if self.templates and request.plugin.preload and request.mode == "run":
+                ticket = self._template_ticket(channel, request)
+                if isinstance(ticket, PluginSandboxResult):
+                    self._checkin(channel)
+                    return ticket
+                pid, fds = ticket
+            else:
+                pid, fds = channel.ticket()
         except (LauncherLost, OSError) as exc:
             if channel is not None:
                 self._discard(channel)
@@ -462,6 +519,52 @@ class Sandbox:
             for fd in fds:
                 if fd >= 0:
                     os.close(fd)
+
+    def _template_ticket(self, channel: _Channel,
+                         request: RunRequest) -> tuple[int, list[int]] | PluginSandboxResult:
+        """A child forked from the plugin's template; a spare when the plugin cannot have one; or the
+        outcome of the waiting run when the template's import failed or hung (as a run's would)."""
+        started_at, t0 = time.time(), time.monotonic()
+        msg = channel.template_ticket(request, t0, request.timeout_seconds + self.GRACE_SECONDS)
+        kind = msg.get("t")
+        if kind == "ticket":
+            return channel.template_tickets.popleft()
+        if kind == "template_failed":
+            finished = time.monotonic()
+            header: dict[str, Any] = {
+                "wait_status": msg.get("status"), "timed_out": bool(msg.get("timed_out")), "memory_killed": False,
+                "protocol_error": None, "execution_time_ms": (finished - t0) * 1000.0, "peak_memory_bytes": 0,
+                "started_at": started_at, "finished_at": started_at + (finished - t0),
+                "stdout": Capture(request.max_output_bytes).to_dict(),
+                "stderr": Capture(request.max_output_bytes).to_dict(),
+            }
+            message = msg.get("message")
+            return build_result(request, header, json.dumps(message).encode() if message else b"")
+        if kind == "fallback" and msg.get("reason") == "threads" and request.plugin.name not in self._per_run_logged:
+            self._per_run_logged.add(request.plugin.name)
+            _log.warning("plugin %s starts %s threads when imported: it is imported per run (a template "
+                         "holding threads is unsafe to fork)", request.plugin.name, msg.get("threads", "some"))
+        return channel.ticket()
+
+    def template_stats(self) -> dict[str, int]:
+        """Templates alive, built and evicted, and their resident memory, summed over the launchers."""
+        totals = {"alive": 0, "builds": 0, "evictions": 0, "resident_bytes": 0}
+        with self._lock:
+            launchers = [launcher for launcher in self._launchers.values() if launcher.alive()]
+        for launcher in launchers:
+            try:
+                channel = self._checkout_of(launcher)
+            except (LauncherLost, OSError, RuntimeError):
+                continue
+            try:
+                stats = channel.stats()
+                self._checkin(channel)
+            except (LauncherLost, OSError):
+                self._discard(channel)
+                continue
+            for key in totals:
+                totals[key] += int(stats.get(key, 0))
+        return totals
 
     def close(self) -> None:
         """Stop the launcher; it kills whatever runs are still in flight."""

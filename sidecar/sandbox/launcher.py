@@ -38,10 +38,12 @@ import signal
 import socket
 import sys
 import time
+from collections import OrderedDict
 from typing import Any
 
 from ..framing import FrameError, FrameReader, encode
 from .child import PLUGIN_ID_BASE, spare_main
+from .template import template_main
 
 __all__ = ["main"]
 
@@ -58,10 +60,15 @@ except (OSError, AttributeError):  # pragma: no cover - non-glibc platforms
 
 
 class _Child:
-    __slots__ = ("pid", "pidfd", "conn", "deadline", "rss_limit", "started", "timed_out", "memory_killed", "tmp")
+    __slots__ = ("pid", "pidfd", "conn", "deadline", "rss_limit", "started", "timed_out", "memory_killed", "tmp",
+                 "owner", "ticket_fds")
 
-    def __init__(self, pid: int, pidfd: int, conn: _Conn, tmp: str) -> None:
+    def __init__(self, pid: int, pidfd: int, conn: _Conn | None, tmp: str, owner: int = 0) -> None:
         self.pid = pid
+        #: the process whose identity the run wears: itself, or the template it was forked from
+        self.owner = owner or pid
+        #: a template's spare: the caller's ends of its pipes, held here until a run of its plugin asks
+        self.ticket_fds: tuple[int, ...] = ()
         self.pidfd = pidfd
         self.tmp = tmp
         self.conn: _Conn | None = conn
@@ -81,6 +88,49 @@ class _Conn:
         self.children: set[int] = set()
 
 
+#: Back-off after a template's import failed or hung: 1 s, doubling up to this (runs meanwhile import per run).
+_MAX_BACKOFF_SECONDS = 60.0
+
+
+class _Template:
+    """A plugin's template as the launcher sees it: its process, its socket and who waits on it."""
+
+    __slots__ = ("key", "pid", "pidfd", "sock", "tmp", "signature", "ready", "deadline", "timed_out",
+                 "waiting", "forking", "spares", "answered")
+
+    def __init__(self, key: str, pid: int, pidfd: int, sock: socket.socket, tmp: str,
+                 signature: tuple[int, ...] | None, deadline: float) -> None:
+        self.key = key
+        self.pid = pid
+        self.pidfd = pidfd
+        self.sock = sock
+        self.tmp = tmp
+        #: (inode, size, mtime) of the plugin's file when built: a change means a new template
+        self.signature = signature
+        self.ready = False
+        #: it said why it will not serve (its import failed, or started a thread)
+        self.answered = False
+        self.deadline = deadline
+        self.timed_out = False
+        #: connections waiting for the import to finish, then for a fork
+        self.waiting: list[_Conn] = []
+        #: fork requests in flight, in order: who gets the child (None: kept as a spare), the caller's
+        #: ends of its pipes and its private directory
+        self.forking: list[tuple[_Conn | None, tuple[int, ...], str]] = []
+        #: children forked ahead of need, handed to the next runs of this plugin
+        self.spares: list[_Child] = []
+
+
+def _signature(path: str | None) -> tuple[int, ...] | None:
+    if not path:
+        return None
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
 def _killpg(pgid: int) -> None:
     try:
         os.killpg(pgid, signal.SIGKILL)
@@ -98,9 +148,20 @@ def _kill_child(pid: int) -> None:
 
 
 class Launcher:
-    def __init__(self, ctrl: socket.socket, drop_privileges: bool = False) -> None:
+    def __init__(self, ctrl: socket.socket, drop_privileges: bool = False, max_templates: int = 32) -> None:
         self.ctrl = ctrl
         self.drop_privileges = drop_privileges
+        self.max_templates = max_templates
+        self.templates: OrderedDict[str, _Template] = OrderedDict()  # least recently used first
+        self.template_fds: dict[int, _Template] = {}  # socket and pidfd -> template
+        #: key -> (retry after, failures, signature): failed imports, retried with back-off
+        self.backoff: dict[str, tuple[float, int, tuple[int, ...] | None]] = {}
+        #: key -> signature: plugins whose import starts a thread, imported per run until they change
+        self.per_run: dict[str, tuple[int, ...] | None] = {}
+        self.builds = 0
+        self.evictions = 0
+        self.reap_due = False
+        self._origins: dict[str, str] = {}
         self.tmp_root = os.environ.get("TMPDIR") or "/tmp"
         self.epoll = select.epoll()
         self.children: dict[int, _Child] = {}  # pid -> child
@@ -110,7 +171,11 @@ class Launcher:
         self.orphans: set[int] = set()
         self.pid = os.getpid()
         self.pgrp = os.getpgrp()
-        self.children_file = f"/proc/{self.pid}/task/{self.pid}/children"
+        # /proc may be the host's (a plugin allowed to see the host's processes shares our mounts):
+        # then it names us, and our children, by host pids, which are translated to ours.
+        self.proc_pid = int(os.readlink("/proc/self"))
+        self.host_proc = self.proc_pid != self.pid
+        self.children_file = f"/proc/{self.proc_pid}/task/{self.proc_pid}/children"
         self.next_rss_poll = 0.0
         self.epoll.register(ctrl.fileno(), select.EPOLLIN)
 
@@ -129,8 +194,12 @@ class Launcher:
         if running:
             nearest = min((c.deadline for c in running if not c.timed_out), default=now + 1.0)
             timeout = max(0.0, min(nearest, self.next_rss_poll) - now)
-        if self.orphans:
+        if self.orphans or self.reap_due:
             timeout = 0.05 if timeout < 0 else min(timeout, 0.05)
+        building = [t for t in self.templates.values() if not t.ready and not t.timed_out]
+        if building:
+            nearest = max(0.0, min(t.deadline for t in building) - now)
+            timeout = nearest if timeout < 0 else min(timeout, nearest)
         if self.want_ticket:
             timeout = 0.0  # fork tickets as soon as nothing else is waiting
         events = self.epoll.poll(timeout)
@@ -144,6 +213,8 @@ class Launcher:
                     self._on_conn(self.conns[fd])
                 elif fd in self.by_pidfd:
                     self._on_exit(self.by_pidfd[fd])
+                elif fd in self.template_fds:
+                    self._on_template(self.template_fds[fd], fd)
             except Exception:  # a bug must cost one run, not every run in flight
                 import traceback
 
@@ -156,7 +227,11 @@ class Launcher:
         if running and now >= self.next_rss_poll:
             self.next_rss_poll = now + _RSS_POLL_SECONDS
             self._poll_rss(running)
-        if self.orphans:
+        for tpl in building:
+            if now >= tpl.deadline:
+                tpl.timed_out = True  # its exit ends the runs waiting for it as `timeout`
+                _kill_child(tpl.pid)
+        if self.orphans or self.reap_due:
             self._reap_orphans()
         if self.want_ticket and not events:
             conn = self.want_ticket.pop(0)
@@ -201,7 +276,12 @@ class Launcher:
         for frame in frames:
             msg = json.loads(frame)
             child = self.children.get(int(msg.get("pid", 0)))
-            if msg.get("t") == "start" and child is not None and child.conn is conn and not child.started:
+            kind = msg.get("t")
+            if kind == "want":
+                self._want(conn, msg)
+            elif kind == "stats":
+                self._send(conn, self._stats())
+            elif kind == "start" and child is not None and child.conn is conn and not child.started:
                 child.started = True
                 child.deadline = float(msg.get("t0") or time.monotonic()) + float(msg["timeout_seconds"])
                 child.rss_limit = int(msg["memory_limit_mb"]) * 1024 * 1024
@@ -211,6 +291,9 @@ class Launcher:
         fd = conn.sock.fileno()
         self.epoll.unregister(fd)
         del self.conns[fd]
+        for tpl in self.templates.values():
+            if conn in tpl.waiting:
+                tpl.waiting.remove(conn)
         for pid in conn.children:
             if pid in self.children:
                 self.children[pid].conn = None
@@ -289,14 +372,277 @@ class Launcher:
         os.close(child.pidfd)
         del self.by_pidfd[child.pidfd]
         self._reap_orphans()  # descendants that left the group and were re-parented to us
+        for fd in child.ticket_fds:  # a template's spare that never ran
+            os.close(fd)
+        for tpl in self.templates.values():
+            if child in tpl.spares:
+                tpl.spares.remove(child)
         conn = child.conn
         if conn is not None and conn.sock.fileno() in self.conns:
             conn.children.discard(child.pid)
             if self._send(conn, {"t": "exit", "pid": child.pid, "status": status, "maxrss": rusage.ru_maxrss * 1024,
                                  "timed_out": child.timed_out, "memory_killed": child.memory_killed,
-                                 "started": child.started}):
-                self.want_ticket.append(conn)
+                                 "started": child.started}) and child.owner == child.pid:
+                self.want_ticket.append(conn)  # a spare was used: fork the next (a template's run was not one)
         shutil.rmtree(child.tmp, ignore_errors=True)  # after the report: nobody waits for this
+
+    # -- templates ------------------------------------------------------------------------------
+    def _want(self, conn: _Conn, msg: dict[str, Any]) -> None:
+        """A run of this plugin is about to start: a ticket forked from its template, or why not."""
+        plugin = msg["plugin"]
+        key = json.dumps([plugin, msg.get("sys_path"), msg["memory_limit_mb"], msg.get("max_processes")],
+                         sort_keys=True)
+        tpl = self.templates.get(key)
+        signature = _signature(plugin.get("path") or self._origins.get(key))
+        if tpl is not None and tpl.ready and signature != tpl.signature:
+            self._drop_template(tpl)  # the file changed on disk: its next run gets a new template
+            tpl = None
+        if key in self.per_run:
+            if self.per_run[key] == signature or signature is None:
+                self._send(conn, {"t": "fallback", "reason": "threads"})
+                return
+            del self.per_run[key]
+        if key in self.backoff:
+            until, _failures, failed_signature = self.backoff[key]
+            if time.monotonic() < until and (failed_signature == signature or signature is None):
+                self._send(conn, {"t": "fallback", "reason": "backoff"})
+                return
+        if tpl is None:
+            tpl = self._build(key, msg, signature)
+            if tpl is None:
+                self._send(conn, {"t": "fallback", "reason": "fork"})
+                return
+        self.templates.move_to_end(key)
+        if tpl.ready and tpl.spares:
+            self._hand_out(tpl.spares.pop(0), conn)
+            self._fork_from(tpl, None)  # the next run's, while nobody waits
+        elif tpl.ready:
+            self._fork_from(tpl, conn)
+        else:
+            tpl.waiting.append(conn)
+
+    def _hand_out(self, child: _Child, conn: _Conn) -> None:
+        fds, child.ticket_fds = child.ticket_fds, ()
+        child.conn = conn
+        conn.children.add(child.pid)
+        try:
+            self._send(conn, {"t": "ticket", "pid": child.pid, "template": True}, [*fds, child.pidfd])
+        finally:
+            for fd in fds:
+                os.close(fd)
+
+    def _build(self, key: str, msg: dict[str, Any], signature: tuple[int, ...] | None) -> _Template | None:
+        while len(self.templates) >= self.max_templates:
+            victim = next((t for t in self.templates.values() if t.ready and not t.forking), None)
+            if victim is None:
+                return None  # every template is busy being built or forking: import per run
+            self._drop_template(victim)
+            self.evictions += 1
+        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        tmp = os.path.join(self.tmp_root, f"sidecar-template-{os.urandom(8).hex()}")
+        try:
+            os.mkdir(tmp, 0o700)
+            pid = os.fork()
+        except OSError:
+            mine.close()
+            theirs.close()
+            shutil.rmtree(tmp, ignore_errors=True)
+            return None
+        if pid == 0:  # pragma: no cover - runs in the template
+            mine.close()
+            template_main(theirs.fileno(), _prctl, tmp, self.drop_privileges, msg)
+        theirs.close()
+        try:
+            os.setpgid(pid, pid)
+        except OSError:
+            pass
+        pidfd = os.pidfd_open(pid)
+        deadline = float(msg.get("t0") or time.monotonic()) + float(msg["timeout_seconds"])
+        tpl = _Template(key, pid, pidfd, mine, tmp, signature, deadline)
+        self.templates[key] = tpl
+        for fd in (mine.fileno(), pidfd):
+            self.template_fds[fd] = tpl
+            self.epoll.register(fd, select.EPOLLIN)
+        self.builds += 1
+        return tpl
+
+    def _fork_from(self, tpl: _Template, conn: _Conn | None) -> None:
+        """Ask the template for a child: for `conn`'s run, or (None) a spare for the next run."""
+        if conn is not None and conn.sock.fileno() not in self.conns:
+            return
+        try:
+            pipes = [os.pipe2(os.O_CLOEXEC) for _ in range(4)]
+        except OSError:
+            if conn is not None:
+                self._send(conn, {"t": "fallback", "reason": "pipe"})
+            return
+        for _r, w in pipes[:3]:
+            try:
+                fcntl.fcntl(w, _F_SETPIPE_SZ, _PIPE_SIZE)
+            except OSError:
+                pass
+        (res_r, res_w), (out_r, out_w), (err_r, err_w), (req_r, req_w) = pipes
+        tmp = os.path.join(self.tmp_root, f"sidecar-run-{os.urandom(8).hex()}")
+        ours = (req_w, res_r, out_r, err_r)
+        try:
+            os.mkdir(tmp, 0o700)
+            if self.drop_privileges:  # the run wears its template's identity
+                ident = PLUGIN_ID_BASE + tpl.pid
+                os.chown(tmp, ident, ident)
+            socket.send_fds(tpl.sock, [json.dumps({"tmp": tmp}).encode()], [res_w, out_w, err_w, req_r])
+        except OSError:
+            for fd in ours:
+                os.close(fd)
+            shutil.rmtree(tmp, ignore_errors=True)
+            if conn is not None:
+                self._send(conn, {"t": "fallback", "reason": "template"})
+            return
+        finally:
+            for fd in (res_w, out_w, err_w, req_r):
+                os.close(fd)
+        tpl.forking.append((conn, ours, tmp))
+
+    def _on_template(self, tpl: _Template, fd: int) -> None:
+        if fd == tpl.pidfd:
+            self._template_exited(tpl)
+            return
+        try:
+            data = tpl.sock.recv(1 << 16)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            return  # its exit (pidfd) says the rest
+        msg = json.loads(data)
+        kind = msg.get("t")
+        if kind == "ready":
+            tpl.ready = True
+            if msg.get("origin") and tpl.signature is None:
+                tpl.signature = _signature(msg["origin"])
+                self._origins[tpl.key] = msg["origin"]
+            self.backoff.pop(tpl.key, None)
+            waiting, tpl.waiting = tpl.waiting, []
+            for conn in waiting:
+                self._fork_from(tpl, conn)
+            self._fork_from(tpl, None)
+        elif kind == "failed":
+            tpl.answered = True
+            self._back_off(tpl)
+            waiting, tpl.waiting = tpl.waiting, []
+            for conn in waiting:
+                self._send(conn, {"t": "template_failed", "message": msg.get("message"), "status": 0,
+                                  "timed_out": False})
+        elif kind == "threads":
+            tpl.answered = True
+            self.per_run[tpl.key] = tpl.signature
+            waiting, tpl.waiting = tpl.waiting, []
+            for conn in waiting:
+                self._send(conn, {"t": "fallback", "reason": "threads", "threads": msg.get("count")})
+        elif kind == "forked" and tpl.forking:
+            to, ours, tmp = tpl.forking.pop(0)
+            self._ticket_from(tpl, to, int(msg.get("pid") or 0), ours, tmp)
+
+    def _ticket_from(self, tpl: _Template, conn: _Conn | None, pid: int, ours: tuple[int, ...], tmp: str) -> None:
+        spare = conn is None and pid and self.templates.get(tpl.key) is tpl
+        alive = conn is not None and self.conns.get(conn.sock.fileno()) is conn
+        pidfd = -1
+        if pid:
+            try:
+                pidfd = os.pidfd_open(pid)
+            except OSError:
+                pid = 0
+        if not pid:
+            for fd in ours:
+                os.close(fd)
+            shutil.rmtree(tmp, ignore_errors=True)
+            if alive and conn is not None:
+                self._send(conn, {"t": "fallback", "reason": "fork"})
+            self._reap_orphans()
+            return
+        child = _Child(pid, pidfd, conn if alive else None, tmp, owner=tpl.pid)
+        self.children[pid] = child
+        self.by_pidfd[pidfd] = child
+        self.epoll.register(pidfd, select.EPOLLIN)
+        if spare:
+            child.ticket_fds = ours
+            tpl.spares.append(child)
+            return
+        try:
+            if alive and conn is not None:
+                conn.children.add(pid)
+                self._send(conn, {"t": "ticket", "pid": pid, "template": True}, [*ours, pidfd])
+            else:
+                _kill_child(pid)
+        finally:
+            for fd in ours:
+                os.close(fd)
+        if self.reap_due and not any(t.forking for t in self.templates.values()):
+            self._reap_orphans()
+
+    def _template_exited(self, tpl: _Template) -> None:
+        try:
+            _pid, status, _rusage = os.wait4(tpl.pid, os.WNOHANG)
+        except ChildProcessError:
+            _pid, status = tpl.pid, 0
+        if _pid == 0:
+            return
+        if not tpl.ready and not tpl.answered:
+            self._back_off(tpl)  # died (or was killed at its deadline) while importing
+        if tpl.waiting:  # the runs waiting for it end the same way
+            for conn in tpl.waiting:
+                self._send(conn, {"t": "template_failed", "message": None, "status": status,
+                                  "timed_out": tpl.timed_out})
+            tpl.waiting = []
+        self._forget_template(tpl, reaped=True)
+
+    def _back_off(self, tpl: _Template) -> None:
+        """No new template for this key for 1 s, doubling per failure up to a minute."""
+        _until, failures, _sig = self.backoff.get(tpl.key, (0.0, 0, None))
+        self.backoff[tpl.key] = (time.monotonic() + min(_MAX_BACKOFF_SECONDS, 2.0 ** failures), failures + 1,
+                                 tpl.signature)
+
+    def _drop_template(self, tpl: _Template, wait: bool = False) -> None:
+        """Retire a template (evicted, stale or shutting down); its runs are ours and go on."""
+        _kill_child(tpl.pid)
+        if wait:
+            try:
+                os.waitpid(tpl.pid, 0)
+            except ChildProcessError:
+                pass
+        for conn in tpl.waiting:
+            self._send(conn, {"t": "fallback", "reason": "retired"})
+        tpl.waiting = []
+        self._forget_template(tpl, reaped=wait)
+
+    def _forget_template(self, tpl: _Template, reaped: bool) -> None:
+        forking, tpl.forking = tpl.forking, []
+        for conn, ours, tmp in forking:  # fork requests it will never answer
+            self._ticket_from(tpl, conn, 0, ours, tmp)
+        for child in tpl.spares:  # reaped (and their fds closed) when their exit is seen
+            _kill_child(child.pid)
+        tpl.spares = []
+        if self.templates.get(tpl.key) is tpl:
+            del self.templates[tpl.key]
+        for fd in (tpl.sock.fileno(), tpl.pidfd):
+            if self.template_fds.pop(fd, None) is not None:
+                self.epoll.unregister(fd)
+        tpl.sock.close()
+        os.close(tpl.pidfd)
+        shutil.rmtree(tpl.tmp, ignore_errors=True)
+        if not reaped:
+            self.orphans.add(tpl.pid)  # killed: reaped with the other orphans
+
+    def _stats(self) -> dict[str, Any]:
+        resident = 0
+        for tpl in self.templates.values():
+            try:
+                with open(f"/proc/{tpl.pid}/statm", "rb") as f:
+                    resident += int(f.read().split()[1]) * _PAGE
+            except (OSError, IndexError, ValueError):
+                pass
+        return {"t": "stats", "alive": len(self.templates), "builds": self.builds, "evictions": self.evictions,
+                "resident_bytes": resident}
 
     # -- guards ---------------------------------------------------------------------------------
     def _poll_rss(self, running: list[_Child]) -> None:
@@ -312,7 +658,21 @@ class Launcher:
                 child.memory_killed = True
                 _kill_child(child.pid)
 
-    def _our_children(self) -> set[int]:
+    def _our_children(self) -> dict[int, int]:
+        """Our children: our pid for each -> its pid in /proc (the same unless /proc is the host's)."""
+        if not self.host_proc:
+            return {pid: pid for pid in self._listed_children()}
+        found = {}
+        for proc_pid in self._listed_children():
+            try:
+                with open(f"/proc/{proc_pid}/status", "rb") as f:
+                    ours = int(next(line for line in f if line.startswith(b"NSpid:")).split()[-1])
+            except (OSError, StopIteration, ValueError, IndexError):
+                continue
+            found[ours] = proc_pid
+        return found
+
+    def _listed_children(self) -> set[int]:
         try:
             with open(self.children_file, "rb") as f:
                 return {int(p) for p in f.read().split()}
@@ -325,11 +685,11 @@ class Launcher:
                             stat = f.read()
                     except OSError:
                         continue
-                    if int(stat[stat.rindex(b")") + 2 :].split()[1]) == self.pid:
+                    if int(stat[stat.rindex(b")") + 2 :].split()[1]) == self.proc_pid:
                         found.add(int(entry))
             return found
 
-    def _of_a_live_run(self, pid: int, live: set[int]) -> bool:
+    def _of_a_live_run(self, proc_pid: int, live: set[int]) -> bool:
         """Whether an escaped descendant may belong to a run still in flight (then it is left alone).
 
         Under per-run identities its uid names its run; otherwise nobody can tell, so escaped
@@ -339,7 +699,7 @@ class Launcher:
         if not self.drop_privileges:
             return True
         try:
-            with open(f"/proc/{pid}/status", "rb") as f:
+            with open(f"/proc/{proc_pid}/status", "rb") as f:
                 uid = int(next(line for line in f if line.startswith(b"Uid:")).split()[1])
         except (OSError, StopIteration, ValueError, IndexError):
             return True
@@ -348,9 +708,18 @@ class Launcher:
     def _reap_orphans(self) -> None:
         """Kill and reap every child of ours that is not a ticket nor a run's: escaped descendants of
         runs that ended. One run's end must not kill another run's daemon while that run goes on."""
-        live = {c.pid for c in self.children.values() if c.started}
-        for pid in self._our_children() - self.children.keys():
-            if pid not in self.orphans and not self._of_a_live_run(pid, live):
+        if any(t.forking for t in self.templates.values()):
+            # A run forked by a template is re-parented to us before we know its pid: wait.
+            self.reap_due = True
+            self._reap_killed()
+            return
+        self.reap_due = False
+        live = {c.owner for c in self.children.values() if c.started}
+        templates = {t.pid for t in self.templates.values()}
+        for pid, proc_pid in self._our_children().items():
+            if pid in self.children or pid in templates:
+                continue
+            if pid not in self.orphans and not self._of_a_live_run(proc_pid, live):
                 try:
                     pgid = os.getpgid(pid)
                     if pgid not in (self.pgrp, self.pid):
@@ -359,6 +728,9 @@ class Launcher:
                 except (ProcessLookupError, PermissionError):
                     pass
                 self.orphans.add(pid)
+        self._reap_killed()
+
+    def _reap_killed(self) -> None:
         for pid in list(self.orphans):
             try:
                 done, _ = os.waitpid(pid, os.WNOHANG)
@@ -368,6 +740,8 @@ class Launcher:
                 self.orphans.discard(pid)
 
     def _shutdown(self) -> None:
+        for tpl in list(self.templates.values()):
+            self._drop_template(tpl, wait=True)
         for child in list(self.children.values()):
             _kill_child(child.pid)
         for child in list(self.children.values()):
@@ -396,7 +770,8 @@ def main(argv: list[str] | None = None) -> None:
     if len(args) > 1:  # the caller's sys.path, so plugins import what the caller could
         sys.path.extend(p for p in json.loads(args[1]) if p and p not in sys.path)
     options = json.loads(args[2]) if len(args) > 2 else {}
-    Launcher(ctrl, drop_privileges=bool(options.get("drop_privileges"))).serve()
+    Launcher(ctrl, drop_privileges=bool(options.get("drop_privileges")),
+             max_templates=int(options.get("max_templates", 32))).serve()
 
 
 if __name__ == "__main__":

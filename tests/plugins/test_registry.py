@@ -143,3 +143,13 @@ def test_allow_list_keeps_only_the_named_plugins():
     assert reg.errors and "plugin = 'http_probe' is invalid: no such plugin (known: echo, sleep)" in reg.errors[0]
     reg = discover(Settings(plugins=("echo", "ech"), entry_points=False))
     assert reg.errors == ["plugins = ['echo', 'ech'] is invalid: no plugin named 'ech' was found"]
+
+
+def test_preload_false_in_metadata_reaches_the_plugin_reference(tmp_path):
+    (tmp_path / "eager.py").write_text("def run():\n    return 1\n")
+    (tmp_path / "lazy.py").write_text("preload = False\ndef run():\n    return 1\n")
+    (tmp_path / "bad.py").write_text("preload = 'no'\ndef run():\n    return 1\n")
+    reg = discover(Settings(plugin_path=(str(tmp_path),), entry_points=False))
+    assert reg.get("eager").ref.preload is True
+    assert reg.get("lazy").ref.preload is False
+    assert "preload" in (reg.get("bad").metadata.invalid or "")

@@ -12,10 +12,11 @@ from sidecar.sandbox.result import PluginSandboxResult
 HOSTILE = Path(__file__).parent / "hostile"
 
 
-@pytest.fixture(scope="module")
-def sandbox() -> Iterator[Sandbox]:
+@pytest.fixture(scope="module", params=[True, False], ids=["templates", "per-run-import"])
+def sandbox(request: pytest.FixtureRequest) -> Iterator[Sandbox]:
+    """Every sandbox test runs with runs forked from per-plugin templates and with a fresh import per run."""
     environ = dict(os.environ, SIDECAR_API_TOKEN="s3cret-token", SIDECAR_OTHER="x", OPERATOR_EXTRA="passed")
-    with Sandbox(environ=environ, extra_env=["OPERATOR_EXTRA"]) as sb:
+    with Sandbox(environ=environ, extra_env=["OPERATOR_EXTRA"], templates=request.param) as sb:
         yield sb
 
 

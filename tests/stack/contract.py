@@ -32,6 +32,10 @@ METRIC_TYPES: Final[Mapping[str, str]] = MappingProxyType(
         "sidecar_store_errors_total": "counter",
         "sidecar_store_dropped_runs_total": "counter",
         "sidecar_store_pending_runs": "gauge",
+        "sidecar_templates": "gauge",
+        "sidecar_template_builds_total": "counter",
+        "sidecar_template_evictions_total": "counter",
+        "sidecar_templates_resident_bytes": "gauge",
     }
 )
 
@@ -57,6 +61,10 @@ METRIC_LABELS: Final[Mapping[str, frozenset[str]]] = MappingProxyType(
         "sidecar_store_errors_total": frozenset({"reason"}),
         "sidecar_store_dropped_runs_total": frozenset(),
         "sidecar_store_pending_runs": frozenset(),
+        "sidecar_templates": frozenset(),
+        "sidecar_template_builds_total": frozenset(),
+        "sidecar_template_evictions_total": frozenset(),
+        "sidecar_templates_resident_bytes": frozenset(),
     }
 )
 

@@ -44,6 +44,10 @@ PER_SIDECAR: dict[str, int] = {
     "sidecar_store_errors_total": 4,  # reason: disk_full, read_only, corrupt, io
     "sidecar_store_pending_runs": 1,
     "sidecar_store_dropped_runs_total": 1,
+    "sidecar_templates": 1,
+    "sidecar_template_builds_total": 1,
+    "sidecar_template_evictions_total": 1,
+    "sidecar_templates_resident_bytes": 1,
     # the runner's own process and interpreter, from prometheus-client's collectors
     "process_virtual_memory_bytes": 1,
     "process_resident_memory_bytes": 1,

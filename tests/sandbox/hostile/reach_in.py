@@ -92,11 +92,30 @@ def _history_attempts(data_dir):
     return out
 
 
+def _status(path):
+    try:
+        with open(path) as f:
+            return {k: v.split() for k, _, v in (line.partition(":") for line in f)}
+    except OSError:
+        return {}
+
+
+def _uid_of(pid):
+    """The uid of `pid` in our PID namespace, also when /proc is the host's (reach_in_host)."""
+    if os.readlink("/proc/self") == str(os.getpid()):
+        return int(_status(f"/proc/{pid}/status").get("Uid", ["-1"])[0])
+    for entry in os.listdir("/proc"):
+        st = _status(f"/proc/{entry}/status") if entry.isdigit() else {}
+        if st.get("NSpid", [""])[-1] == str(pid) and int(st.get("Uid", ["-1"])[0]) == os.getuid():
+            return os.getuid()
+    return None
+
+
 def _signal_attempts(targets):
     out = {}
     for pid in dict.fromkeys([*targets, os.getppid(), *_visible_pids()]):
-        if pid in (os.getpid(), 0):
-            continue
+        if pid in (os.getpid(), 0) or _uid_of(pid) == os.getuid():
+            continue  # itself, and its own plugin's template (which it may harm: the next run rebuilds it)
         try:
             os.kill(pid, signal.SIGKILL)
             out[str(pid)] = "killed"
