@@ -35,7 +35,8 @@ from .store import FAULT_REASONS, StoreStats
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
-__all__ = ["CONTENT_TYPE_TEXT", "FAMILIES", "OPENMETRICS_CONTENT_TYPE", "RELOAD_RESULTS", "REJECT_REASONS", "Metrics"]
+__all__ = ["CONTENT_TYPE_TEXT", "FAMILIES", "OPENMETRICS_CONTENT_TYPE", "RELOAD_RESULTS", "REJECT_REASONS", "Metrics",
+           "refreshed_in_background"]
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +82,42 @@ FAMILIES: tuple[Family, ...] = (
     Family("sidecar_template_evictions", "counter", "Templates stopped because SIDECAR_MAX_TEMPLATES was reached", ()),
     Family("sidecar_templates_resident_bytes", "gauge", "Summed resident set size of the templates alive", ()),
 )
+def refreshed_in_background(read: Callable[[], Mapping[str, int]], max_age: float,
+                            clock: Callable[[], float] = time.monotonic) -> Callable[[], Mapping[str, int]]:
+    """`read`'s last answer, re-read on a thread of its own once it is `max_age` seconds old.
+
+    A scrape must not wait on another process: the template counters come from the launcher, which may be
+    busy forking (measured with 50 sidecars: asking it on every scrape moved the p99 scrape from 16 to 29 ms).
+    Until the first read lands, the answer is empty (the families render 0). A read that raises keeps the
+    last good answer and is logged.
+    """
+    lock = threading.Lock()
+    last: dict[str, Mapping[str, int]] = {}
+    read_at = [-math.inf]
+    busy = [False]
+
+    def refresh() -> None:
+        try:
+            value: Mapping[str, int] | None = read()
+        except Exception:
+            log.exception("background read for the scrape failed; the last answer stays")
+            value = None
+        with lock:
+            if value is not None:
+                last["value"] = value
+            read_at[0] = clock()
+            busy[0] = False
+
+    def get() -> Mapping[str, int]:
+        with lock:
+            if clock() - read_at[0] >= max_age and not busy[0]:
+                busy[0] = True
+                threading.Thread(target=refresh, name="scrape-refresh", daemon=True).start()
+            return last.get("value", {})
+
+    return get
+
+
 #: The sandbox's template counters (`Sandbox.template_stats`) behind each template family.
 _TEMPLATE_STATS = {"sidecar_templates": "alive", "sidecar_template_builds": "builds",
                    "sidecar_template_evictions": "evictions", "sidecar_templates_resident_bytes": "resident_bytes"}

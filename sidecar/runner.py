@@ -18,7 +18,7 @@ from typing import Any
 
 from .config import Settings, load_settings
 from .errors import BadRequest, ConfigError, Saturated, SidecarError
-from .metrics import Metrics
+from .metrics import Metrics, refreshed_in_background
 from .operations import operation
 from .plugins import Entry, Registry, discover
 from .sandbox.client import RunRequest, Sandbox
@@ -75,7 +75,8 @@ class Runner:
             max_templates=settings.max_templates)
         self.metrics = Metrics(settings.buckets)
         self.metrics.store_stats = self.store.stats
-        self.metrics.template_stats = self.sandbox.template_stats
+        # read off the scrape path: the launcher may be busy forking when Prometheus asks
+        self.metrics.template_stats = refreshed_in_background(self.sandbox.template_stats, max_age=5.0)
         for entry in self.registry:
             self.metrics.add_plugin(entry.name, entry.loaded_at, entry.interval_seconds)
         self._slots = Slots(settings.max_concurrent_runs)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import math
+import threading
+import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -417,3 +420,54 @@ def test_process_and_python_series_of_this_process(metrics: Metrics, openmetrics
 def test_process_series_can_be_left_out() -> None:
     fams = _families(Metrics(BUCKETS, process_metrics=False))
     assert _sidecar(fams) == set(fams)
+
+
+def test_refreshed_in_background_never_makes_the_caller_wait() -> None:
+    from sidecar.metrics import refreshed_in_background
+
+    now = [0.0]
+    gate = threading.Event()
+    reads: list[int] = []
+
+    def read() -> dict[str, int]:
+        gate.wait(10)  # a busy launcher: the caller must not be the one waiting
+        reads.append(1)
+        return {"alive": len(reads)}
+
+    get = refreshed_in_background(read, max_age=5.0, clock=lambda: now[0])
+    assert get() == {}  # nothing read yet: empty, at once
+    assert get() == {}  # a read in progress is not started twice
+    gate.set()
+    _poll(lambda: get() == {"alive": 1})
+    now[0] = 4.0
+    assert get() == {"alive": 1} and len(reads) == 1  # fresh enough: no new read
+    now[0] = 20.0
+    _poll(lambda: get() == {"alive": 2})
+
+
+def test_refreshed_in_background_keeps_the_last_answer_when_a_read_fails() -> None:
+    from sidecar.metrics import refreshed_in_background
+
+    now = [0.0]
+    answers: list[object] = [{"alive": 3}, RuntimeError("launcher gone")]
+
+    def read() -> dict[str, int]:
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer  # type: ignore[return-value]
+
+    get = refreshed_in_background(read, max_age=1.0, clock=lambda: now[0])
+    get()
+    _poll(lambda: get() == {"alive": 3})
+    now[0] = 5.0
+    get()
+    _poll(lambda: not answers)
+    assert get() == {"alive": 3}
+
+
+def _poll(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.01)
