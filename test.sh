@@ -4,41 +4,41 @@ set -euo pipefail
 cd "$(dirname "$0")"
 scripts/bootstrap.sh "test,dev"
 
+# apt_install WHAT PACKAGE...: install Debian packages when root with apt-get (one `apt-get update` per
+# run); fails when it cannot, so each caller says what that costs.
+apt_updated=""
+apt_install() {
+    local what=$1
+    shift
+    [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null || return 1
+    echo "test.sh: installing Debian's $* ($what)" >&2
+    if [ -z "$apt_updated" ]; then
+        apt-get update -qq
+        apt_updated=1
+    fi
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+
 # The integration tests need a real Prometheus and promtool (Debian package `prometheus`);
 # the Alertmanager config is checked with amtool (`prometheus-alertmanager`).
 if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null || ! command -v amtool >/dev/null; then
-    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-        echo "test.sh: installing Debian's prometheus and prometheus-alertmanager packages" >&2
-        apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-            prometheus prometheus-alertmanager >/dev/null
-    else
+    apt_install "integration tests" prometheus prometheus-alertmanager || {
         echo "test.sh: prometheus/promtool/amtool missing and cannot apt-get install them" >&2
         exit 1
-    fi
+    }
 fi
 
 # The status page is rendered in headless Chromium (Debian package `chromium`); without it (and without root
 # to install it) that test is skipped, except under CI.
 if ! command -v chromium >/dev/null; then
-    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-        echo "test.sh: installing Debian's chromium package" >&2
-        apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null
-    else
+    apt_install "status-page browser test" chromium ||
         echo "test.sh: chromium missing and cannot apt-get install it; the status-page browser test will skip" >&2
-    fi
 fi
 
 # The isolation tests need bubblewrap (Debian package `bubblewrap`): strict mode depends on it.
 if ! command -v bwrap >/dev/null; then
-    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-        echo "test.sh: installing Debian's bubblewrap package" >&2
-        apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends bubblewrap >/dev/null
-    else
+    apt_install "isolation tests" bubblewrap ||
         echo "test.sh: bubblewrap (bwrap) missing: the isolation tests will be skipped" >&2
-    fi
 fi
 
 .venv/bin/ruff check .

@@ -49,7 +49,7 @@ from typing import Any
 import psutil
 import yaml
 
-from tests.conftest import LiveServer, free_port, make_live_server
+from tests.conftest import LiveServer, free_port, make_live_server, poll
 from tests.stack.promql import ALERTS_FILE, RECORDING_FILE, all_expressions
 
 from .common import RESULTS, machine
@@ -137,16 +137,6 @@ class PrometheusServer:
         return self.log.read_text(errors="replace")[-chars:]
 
 
-def poll(what: str, attempt: Callable[[], tuple[bool, Any]], timeout: float, every: float = 0.25) -> Any:
-    """Call `attempt` until it reports done; fail with its last answer after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        done, answer = attempt()
-        if done:
-            return answer
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:g} s waiting for {what}; last seen:\n{answer}")
-        time.sleep(every)
 
 
 def _stop_process(proc: subprocess.Popen[bytes], grace: float = 30) -> None:

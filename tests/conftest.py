@@ -10,14 +10,34 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
 HOSTILE = Path(__file__).parent / "sandbox" / "hostile"
+
+
+T = TypeVar("T")
+
+
+def ci() -> bool:
+    """True under CI (env CI set): tests that skip for a missing tool fail there instead."""
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def poll(what: str, attempt: Callable[[], tuple[bool, T]], timeout: float = 45.0, every: float = 0.25) -> T:
+    """Call `attempt` until it reports done; fail with its last answer after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        done, answer = attempt()
+        if done:
+            return answer
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout:g} s waiting for {what}; last seen:\n{answer}")
+        time.sleep(every)
 
 
 def free_port() -> int:

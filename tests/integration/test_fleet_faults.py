@@ -11,7 +11,6 @@ fault in a way that explains it.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,8 +18,8 @@ from typing import Any
 import pytest
 import yaml
 
-from benchmarks.fleet import Fleet, fleet, poll, prometheus_binary
-from tests.conftest import HOSTILE
+from benchmarks.fleet import Fleet, fleet, prometheus_binary
+from tests.conftest import HOSTILE, ci, poll
 from tests.stack.promql import ALERTS_FILE, RECORDING_FILE
 
 pytestmark = pytest.mark.integration
@@ -38,8 +37,6 @@ SLOW, HUNGRY, KILLED = range(3)
 ALSO = {"SidecarPluginErrorRatioHigh"}
 
 
-def _ci() -> bool:
-    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
 
 
 def _alerts_without_for(tmp: Path) -> Path:
@@ -57,7 +54,7 @@ def _alerts_without_for(tmp: Path) -> Path:
 def faulty_fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     binary = prometheus_binary()
     if binary is None:
-        if _ci():
+        if ci():
             pytest.fail("the `prometheus` binary is missing (Debian package `prometheus`); it is required under CI")
         pytest.skip("the `prometheus` binary is missing (Debian package `prometheus`)")
     tmp = tmp_path_factory.mktemp("fleet-faults")
@@ -91,8 +88,8 @@ def test_each_alert_fires_for_exactly_the_faulty_instance(faulty_fleet: Fleet) -
         instance[HUNGRY]: {"SidecarPluginMemoryErrors", *ALSO},
         instance[KILLED]: {"SidecarDown"},
     }
-    for name, instances in firing.items():
-        for inst in instances:
+    for name, firing_at in firing.items():
+        for inst in firing_at:
             assert inst in allowed and name in allowed[inst], f"{name} fires for {inst}: {firing}"
 
     # The alerts name the plugin at fault, and SidecarDown's description names the killed sidecar.

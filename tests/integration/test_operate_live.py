@@ -13,20 +13,18 @@ import shutil
 import signal
 import subprocess
 import tempfile
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, fields
 from html.parser import HTMLParser
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 
-from tests.conftest import LiveServer, free_port, make_live_server
+from tests.conftest import LiveServer, ci, free_port, make_live_server, poll
 
 pytestmark = pytest.mark.integration
 
-T = TypeVar("T")
 TOKEN = "operate-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 #: Each run writes its screenshot under test-artifacts/ (ignored by git); the README's copy in docs/ is
@@ -35,19 +33,8 @@ SCREENSHOT = Path(__file__).parents[2] / "test-artifacts" / "status-page.png"
 README_SCREENSHOT = Path(__file__).parents[2] / "docs" / "status-page.png"
 
 
-def _ci() -> bool:
-    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
 
 
-def poll(what: str, attempt: Callable[[], tuple[bool, T]], timeout: float = 45.0, every: float = 0.2) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        done, answer = attempt()
-        if done:
-            return answer
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}; last seen:\n{answer}")
-        time.sleep(every)
 
 
 def _config(port: int, closed_port: int, extra: str = "", drop: str = "") -> str:
@@ -110,7 +97,7 @@ def _metric(server: LiveServer, line_prefix: str) -> float | None:
 def chromium() -> str:
     found = shutil.which("chromium") or shutil.which("chromium-browser")
     if found is None:
-        if _ci():
+        if ci():
             pytest.fail("chromium is missing (Debian package `chromium`); test.sh installs it, CI requires it")
         pytest.skip("chromium is missing (Debian package `chromium`; test.sh installs it when run as root)")
     return found

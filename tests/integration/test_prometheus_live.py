@@ -21,21 +21,20 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 import yaml
 
-from tests.conftest import LiveServer, free_port, make_live_server
+from tests.conftest import LiveServer, ci, free_port, make_live_server, poll
 from tests.stack.contract import SAMPLE_NAMES
 from tests.stack.promql import ALERTS_FILE, RECORDING_FILE, all_expressions, load_rules
 
 pytestmark = pytest.mark.integration
 
-T = TypeVar("T")
 
 #: The scheduled check of the sidecar's TOML config: exports `sidecar_plugin_interval_seconds`.
 HEARTBEAT = "heartbeat"
@@ -94,20 +93,8 @@ FIRING: dict[str, str | None] = {
 }
 
 
-def _ci() -> bool:
-    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
 
 
-def poll(what: str, attempt: Callable[[], tuple[bool, T]], timeout: float = 45.0, every: float = 0.25) -> T:
-    """Call `attempt` until it reports done; fail with its last answer after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        done, answer = attempt()
-        if done:
-            return answer
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}; last seen:\n{answer}")
-        time.sleep(every)
 
 
 @dataclass
@@ -164,7 +151,7 @@ class Stack:
 def prometheus_binary() -> str:
     found = shutil.which("prometheus") or ("/usr/bin/prometheus" if os.access("/usr/bin/prometheus", os.X_OK) else None)
     if found is None:
-        if _ci():
+        if ci():
             pytest.fail("the `prometheus` binary is missing (Debian package `prometheus`); it is required under CI")
         pytest.skip("the `prometheus` binary is missing (Debian package `prometheus`)")
     return found
