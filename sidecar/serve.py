@@ -6,8 +6,9 @@ Process tree::
     ├── launcher (forks one sandboxed child per run)
     └── gunicorn master ── workers (HTTP, relay to the runner's socket)
 
-If gunicorn exits, so does serve (with its status); SIGTERM/SIGINT stop gunicorn first, then the
-runner. If the runner is killed, gunicorn and the launcher get their parent-death signal. SIGHUP
+If gunicorn exits, so does serve; SIGTERM/SIGINT stop gunicorn first, then the runner. serve exits 0
+only after a stop it was asked for: any other end of gunicorn is a failure a supervisor must see
+(`exit_status`). If the runner is killed, gunicorn and the launcher get their parent-death signal. SIGHUP
 reloads the checks and plugin directories (`Runner.reload`); a refused reload is logged.
 
 Secrets: the API token reaches gunicorn in a memfd inherited by fd number, never in an argument
@@ -89,7 +90,10 @@ def serve(settings: Settings, reload_source: Callable[[], Settings] = load_setti
             os.close(token_fd)
     server.trusted_parent = gunicorn.pid  # workers are the master's children; nobody else may call
 
+    stop_asked: list[int] = []
+
     def forward(signum: int, frame: FrameType | None) -> None:
+        stop_asked.append(signum)
         if gunicorn.poll() is None:
             gunicorn.send_signal(signal.SIGTERM)
 
@@ -102,8 +106,24 @@ def serve(settings: Settings, reload_source: Callable[[], Settings] = load_setti
         server.server_close()
         runner.close()
         shutil.rmtree(sock_dir, ignore_errors=True)
-    log.info("sidecar: gunicorn exited with %s", code)
-    return 0 if code in (0, -signal.SIGTERM) else (code if code > 0 else 1)
+    status, why = exit_status(code, asked=bool(stop_asked))
+    (log.info if status == 0 else log.error)("sidecar: %s", why)
+    return status
+
+
+def exit_status(code: int, asked: bool) -> tuple[int, str]:
+    """serve's exit status and the line saying why, from gunicorn's `Popen.returncode` (pure).
+
+    0 only when serve was asked to stop and gunicorn stopped cleanly; a signal serve did not send, or
+    gunicorn ending on its own (even with 0), is a failure: 128 + the signal, as shells report it."""
+    if code < 0:
+        name = signal.Signals(-code).name if -code in signal.valid_signals() else f"signal {-code}"
+        if asked and code == -signal.SIGTERM:
+            return 0, "stopped"
+        return 128 - code, f"gunicorn was killed by {name}{'' if asked else ' that serve did not send'}"
+    if code == 0:
+        return (0, "stopped") if asked else (1, "gunicorn exited 0 although serve was not asked to stop")
+    return code, f"gunicorn exited with {code}"
 
 
 def _token_memfd(token: str | None) -> int | None:

@@ -54,6 +54,9 @@ class LiveServer:
     env: dict[str, str]
     proc: subprocess.Popen[bytes] | None = None
     log: Path = field(default_factory=lambda: Path("/dev/null"))
+    #: What to start (default: this venv's `sidecar serve`) and where (default: this process's cwd).
+    command: list[str] | None = None
+    cwd: Path | None = None
 
     def request(self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None,
                 raw: bytes | None = None, timeout: float = 60) -> tuple[int, dict[str, str], bytes]:
@@ -78,12 +81,13 @@ class LiveServer:
         assert status == 200, doc
         return dict(doc)
 
-    def start(self) -> None:
+    def start(self, ready_within: float = 60) -> None:
         self.log = self.data_dir / "serve.log"
+        command = self.command or [str(Path(sys.executable).with_name("sidecar")), "serve"]
         with open(self.log, "ab") as out:
-            self.proc = subprocess.Popen([str(Path(sys.executable).with_name("sidecar")), "serve"], env=self.env,
-                                         stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + 60
+            self.proc = subprocess.Popen(command, env=self.env, cwd=self.cwd, stdout=out, stderr=subprocess.STDOUT,
+                                         start_new_session=True)
+        deadline = time.monotonic() + ready_within
         while time.monotonic() < deadline:
             assert self.proc.poll() is None, self.log.read_text()
             try:

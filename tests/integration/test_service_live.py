@@ -10,6 +10,7 @@ import statistics
 import threading
 import time
 
+import psutil
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -219,3 +220,15 @@ def test_token_and_saturation(tmp_path):
         assert server.json("POST", "/plugins/echo/run", {}, headers=auth)[0] == 200
     finally:
         server.stop()
+
+
+def test_gunicorn_stopped_by_someone_else_is_a_failed_exit(tmp_path):
+    """A supervisor must not read an unasked end of gunicorn as a clean stop."""
+    server = make_live_server(tmp_path)
+    server.start()
+    assert server.proc is not None
+    master = next(kid for kid in psutil.Process(server.proc.pid).children() if kid.cmdline()[1:3] == ["-m", "gunicorn"])
+    master.send_signal(signal.SIGTERM)
+    code = server.proc.wait(timeout=60)
+    assert code == 1, server.log.read_text()  # gunicorn's master stops cleanly on SIGTERM: exit 0, not asked
+    assert "gunicorn exited 0 although serve was not asked to stop" in server.log.read_text()
