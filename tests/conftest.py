@@ -57,11 +57,16 @@ class LiveServer:
     #: What to start (default: this venv's `sidecar serve`) and where (default: this process's cwd).
     command: list[str] | None = None
     cwd: Path | None = None
+    #: The API token, sent as a bearer token with every request that brings no Authorization of its own.
+    token: str | None = None
 
     def request(self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None,
                 raw: bytes | None = None, timeout: float = 60) -> tuple[int, dict[str, str], bytes]:
         data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
-        req = urllib.request.Request(self.url + path, data=data, method=method, headers=headers or {})
+        headers = dict(headers or {})
+        if self.token is not None and not any(k.lower() == "authorization" for k in headers):
+            headers["Authorization"] = f"Bearer {self.token}"
+        req = urllib.request.Request(self.url + path, data=data, method=method, headers=headers)
         try:
             with urllib.request.urlopen(req, timeout=timeout) as resp:
                 return resp.status, dict(resp.headers), resp.read()

@@ -20,23 +20,11 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import LiveServer, make_live_server
+from tests.stack.dockerfile import dockerfile_copy_sources
 
 pytestmark = pytest.mark.integration
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-
-
-def dockerfile_sources(dockerfile: Path) -> list[str]:
-    """The build-context paths the Dockerfile's `COPY` instructions take (not `--from` stages)."""
-    sources: list[str] = []
-    for line in dockerfile.read_text().splitlines():
-        if not line.upper().startswith("COPY "):
-            continue
-        words = shlex.split(line, comments=True)
-        args = [w for w in words[1:] if not w.startswith("--")]
-        assert not any(w.startswith("--from") for w in words[1:]), line
-        sources += args[:-1]
-    return sources
 
 
 def _clean_env() -> dict[str, str]:
@@ -65,16 +53,11 @@ def _serve_and_run_echo(server: LiveServer) -> None:
         assert server.stop() == 0, server.log.read_text()
 
 
-def test_dockerfile_copies_the_package_and_its_metadata() -> None:
-    sources = dockerfile_sources(REPO_ROOT / "Dockerfile")
-    assert "pyproject.toml" in sources and "sidecar" in sources, sources
-
-
 def test_pip_install_without_extras_serves(tmp_path: Path) -> None:
     """The Dockerfile's install: only the files it copies, `pip install .`, no extras, not editable."""
     src = tmp_path / "src"
     src.mkdir()
-    for name in dockerfile_sources(REPO_ROOT / "Dockerfile"):
+    for name in dockerfile_copy_sources():
         origin = REPO_ROOT / name
         if origin.is_dir():
             shutil.copytree(origin, src / name, ignore=shutil.ignore_patterns("__pycache__"))

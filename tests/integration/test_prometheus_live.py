@@ -39,6 +39,8 @@ pytestmark = pytest.mark.integration
 #: The scheduled check of the sidecar's TOML config: exports `sidecar_plugin_interval_seconds`.
 HEARTBEAT = "heartbeat"
 HEARTBEAT_INTERVAL = 2.0
+#: The sidecar's API token (the shipped probe job must send it).
+TOKEN = "prometheus-live-t0ken"
 #: Sandboxes at once; SATURATING concurrent `sleep` runs exceed it.
 MAX_CONCURRENT_RUNS = 3
 SATURATING = 5
@@ -164,18 +166,29 @@ def sidecar(prometheus_binary: str, tmp_path_factory: pytest.TempPathFactory) ->
     config.write_text(
         f'[checks.{HEARTBEAT}]\nplugin = "echo"\nparams = {{ beat = true }}\ninterval_seconds = {HEARTBEAT_INTERVAL}\n'
     )
+    # With a token, as the compose stack runs: the write routes and /probe need it, /metrics does not.
     server = make_live_server(
-        tmp, default_memory_limit_mb="200", max_concurrent_runs=str(MAX_CONCURRENT_RUNS), config=str(config)
+        tmp, default_memory_limit_mb="200", max_concurrent_runs=str(MAX_CONCURRENT_RUNS), config=str(config),
+        api_token=TOKEN,
     )
+    server.token = TOKEN
     server.start()
     yield server
     server.stop()
 
 
-def _probe_job(sidecar: LiveServer) -> dict[str, Any]:
-    """The shipped probe job (its relabelling unchanged), probing this module's scheduled check on this sidecar."""
+def _shipped_probe_job() -> dict[str, Any]:
     shipped = yaml.safe_load((Path(__file__).parents[2] / "prometheus" / "prometheus.yml").read_text())
-    job = dict(next(j for j in shipped["scrape_configs"] if j["metrics_path"] == "/probe"))
+    return dict(next(j for j in shipped["scrape_configs"] if j["metrics_path"] == "/probe"))
+
+
+def _probe_job(sidecar: LiveServer, tmp: Path) -> dict[str, Any]:
+    """The shipped probe job (its relabelling and authorization unchanged), probing this module's scheduled check
+    on this sidecar; the token file it names (a compose secret) is written here with the sidecar's token."""
+    job = _shipped_probe_job()
+    token = tmp / "sidecar-api-token"
+    token.write_text(TOKEN)
+    job["authorization"] = {**job["authorization"], "credentials_file": str(token)}
     job.pop("params", None)  # a check runs with its configured params
     job["static_configs"] = [{"targets": [HEARTBEAT]}]
     job["scrape_interval"] = job["scrape_timeout"] = "1s"
@@ -213,7 +226,7 @@ def prometheus(
                 "rule_files": [str(recording), str(alerts)],
                 "scrape_configs": [
                     {"job_name": "sidecar", "static_configs": [{"targets": [f"127.0.0.1:{sidecar.port}"]}]},
-                    _probe_job(sidecar),
+                    _probe_job(sidecar, tmp),
                 ],
             }
         )
@@ -332,7 +345,7 @@ def test_scraped_counters_match_the_runs(stack: Stack) -> None:
 
 def test_the_shipped_probe_job_runs_the_check_at_scrape_time(stack: Stack) -> None:
     prom = stack.prometheus
-    job = _probe_job(stack.sidecar)["job_name"]
+    job = _shipped_probe_job()["job_name"]
     selector = f'{{job="{job}",target="{HEARTBEAT}"}}'
 
     def probed() -> tuple[bool, dict[str, float | None]]:

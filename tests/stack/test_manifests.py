@@ -3,7 +3,6 @@ manifests: the pieces must agree with each other and with the repository (docker
 
 import fnmatch
 import re
-import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +10,8 @@ from typing import Any
 
 import pytest
 import yaml
+
+from tests.stack.dockerfile import dockerfile, dockerfile_copy_sources, dockerfile_env
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PORT = 9464
@@ -25,37 +26,6 @@ def load_yaml(relative: str) -> Any:
 COMPOSE: dict[str, Any] = load_yaml("docker-compose.yml")
 SERVICES: dict[str, Any] = COMPOSE["services"]
 PROMETHEUS: dict[str, Any] = load_yaml("prometheus/prometheus.yml")
-
-
-def dockerfile_instructions() -> list[tuple[str, str]]:
-    """(INSTRUCTION, arguments) with continuation lines joined and comments dropped."""
-    instructions: list[tuple[str, str]] = []
-    pending = ""
-    for line in (REPO_ROOT / "Dockerfile").read_text().splitlines():
-        if line.lstrip().startswith("#") and not pending:
-            continue
-        if line.rstrip().endswith("\\"):
-            pending += line.rstrip()[:-1] + " "
-            continue
-        full = (pending + line).strip()
-        pending = ""
-        if full:
-            keyword, _, args = full.partition(" ")
-            instructions.append((keyword.upper(), args.strip()))
-    return instructions
-
-
-def dockerfile(keyword: str) -> list[str]:
-    return [args for kw, args in dockerfile_instructions() if kw == keyword]
-
-
-def dockerfile_env() -> dict[str, str]:
-    env: dict[str, str] = {}
-    for args in dockerfile("ENV"):
-        for item in shlex.split(args):
-            key, _, value = item.partition("=")
-            env[key] = value
-    return env
 
 
 def container_mounts(service: dict[str, Any]) -> list[tuple[str, str]]:
@@ -127,6 +97,34 @@ def test_compose_prometheus() -> None:
     ), f"{config} is not prometheus/prometheus.yml"
     storage = next(c.split("=", 1)[1] for c in command if c.startswith("--storage.tsdb.path="))
     assert any(target == storage and not source.startswith(".") for source, target in mounts)
+
+
+def _secret_paths(service: dict[str, Any]) -> dict[str, str]:
+    """The service's compose secrets: container path -> secret name (short syntax lands in /run/secrets/)."""
+    paths: dict[str, str] = {}
+    for secret in service.get("secrets", ()):
+        if isinstance(secret, str):
+            paths[f"/run/secrets/{secret}"] = secret
+        else:
+            target = secret.get("target", secret["source"])
+            paths[target if target.startswith("/") else f"/run/secrets/{target}"] = secret["source"]
+    return paths
+
+
+def test_compose_prometheus_probes_with_the_sidecars_token() -> None:
+    """/probe needs the token the sidecars are given: the probe job reads the same compose secret."""
+    probe_jobs = [j for j in PROMETHEUS["scrape_configs"] if j.get("metrics_path") == "/probe"]
+    assert probe_jobs
+    sidecar_env = SERVICES[SIDECARS[0]]["environment"]
+    token_secret = _secret_paths(SERVICES[SIDECARS[0]])[sidecar_env["SIDECAR_API_TOKEN_FILE"]]
+    prometheus_secrets = _secret_paths(SERVICES["prometheus"])
+    for job in probe_jobs:
+        path = job["authorization"]["credentials_file"]
+        assert prometheus_secrets.get(path) == token_secret, (job["job_name"], path, prometheus_secrets)
+        assert job["authorization"].get("type", "Bearer") == "Bearer"
+    # Prometheus's image runs as nobody: the copied secret is its own to read.
+    mounted = next(s for s in SERVICES["prometheus"]["secrets"] if not isinstance(s, str))
+    assert str(mounted["uid"]) == "65534"
 
 
 def test_compose_alertmanager_matches_prometheus_config() -> None:
@@ -221,16 +219,12 @@ def test_dockerfile_copies_files_that_exist_and_are_not_ignored() -> None:
         for line in (REPO_ROOT / ".dockerignore").read_text().splitlines()
         if line.strip() and not line.startswith("#")
     ]
-    for args in dockerfile("COPY"):
-        parts = [p for p in args.split() if not p.startswith("--")]
-        for source in parts[:-1]:
-            path = source.rstrip("/")
-            assert (REPO_ROOT / path).exists(), f"COPY {source}: missing from the repository"
-            for pattern in ignored:
-                assert not pattern.startswith("!"), "keep .dockerignore simple: no exceptions"
-                assert not fnmatch.fnmatch(path, pattern.rstrip("/")), (
-                    f"COPY {source} is excluded by {pattern}"
-                )
+    for source in dockerfile_copy_sources():
+        path = source.rstrip("/")
+        assert (REPO_ROOT / path).exists(), f"COPY {source}: missing from the repository"
+        for pattern in ignored:
+            assert not pattern.startswith("!"), "keep .dockerignore simple: no exceptions"
+            assert not fnmatch.fnmatch(path, pattern.rstrip("/")), f"COPY {source} is excluded by {pattern}"
 
 
 def test_dockerfile_uid_matches_kubernetes() -> None:
@@ -333,3 +327,17 @@ def test_prometheusrule_carries_every_rule() -> None:
     assert manifest["apiVersion"] == "monitoring.coreos.com/v1" and manifest["kind"] == "PrometheusRule"
     groups = load_yaml("prometheus/recording.yml")["groups"] + load_yaml("prometheus/alerts.yml")["groups"]
     assert manifest["spec"]["groups"] == groups
+
+
+def test_kubernetes_token_secret_is_required_as_documented() -> None:
+    """A missing Secret must keep the pod waiting (the run routes would otherwise serve unauthenticated on the
+    pod network), and the docs must say it is required."""
+    volumes = {v["name"]: v for v in _deployment()["spec"]["template"]["spec"]["volumes"]}
+    secret = next(v["secret"] for v in volumes.values() if "secret" in v)
+    assert secret.get("optional", False) is False
+    env = {e["name"]: e.get("value") for e in _sidecar_container()["env"]}
+    assert env["SIDECAR_API_TOKEN_FILE"].startswith("/run/secrets/")
+    docs = (K8S / "README.md").read_text()
+    create = next(line for line in docs.splitlines() if "kubectl create secret" in line)
+    assert create.rstrip().endswith("# required"), create
+    assert "The Secret is required" in docs

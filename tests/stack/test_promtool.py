@@ -4,6 +4,7 @@ import os
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -34,8 +35,28 @@ def _assert_ok(proc: subprocess.CompletedProcess[str]) -> None:
     assert "WARNING" not in proc.stdout + proc.stderr, output
 
 
-def test_check_config() -> None:
-    _assert_ok(_run(_tool("promtool"), "check", "config", "prometheus/prometheus.yml"))
+def credentials_files(config: dict[str, Any]) -> list[str]:
+    """Every scrape job's `authorization.credentials_file`."""
+    return [job["authorization"]["credentials_file"] for job in config["scrape_configs"] if "authorization" in job]
+
+
+def test_check_config(tmp_path: Path) -> None:
+    """The shipped config in full, its relative paths made absolute and the token path (a compose secret, absent
+    here) pointed at a file that exists: promtool checks that every file the config names is there."""
+    base = REPO_ROOT / "prometheus"
+    config = yaml.safe_load((base / "prometheus.yml").read_text())
+    assert credentials_files(config), "the probe job must authenticate"
+    token = tmp_path / "sidecar-api-token"
+    token.write_text("t0ken")
+    config["rule_files"] = [str(base / name) for name in config["rule_files"]]
+    for job in config["scrape_configs"]:
+        if "authorization" in job:
+            job["authorization"]["credentials_file"] = str(token)
+        for sd in job.get("file_sd_configs", ()):
+            sd["files"] = [str(base / pattern) for pattern in sd["files"]]
+    checked = tmp_path / "prometheus.yml"
+    checked.write_text(yaml.safe_dump(config, sort_keys=False))
+    _assert_ok(_run(_tool("promtool"), "check", "config", str(checked)))
 
 
 def test_check_rules() -> None:

@@ -1,6 +1,10 @@
 """Shape of the alerting and recording rules: names, labels, annotations, runbooks, unit-test coverage."""
 
+import importlib.util
 import re
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +14,10 @@ import yaml
 from .promql import ALERTS_FILE, RECORDING_FILE, analyze, load_rules
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-RUNBOOK_BASE = "https://github.com/sidecar-dev/sidecar/blob/main/docs/runbooks.md#"
+_spec = importlib.util.spec_from_file_location("runbook_urls", REPO_ROOT / "scripts" / "runbook_urls.py")
+assert _spec is not None and _spec.loader is not None
+runbook_urls = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(runbook_urls)
 SEVERITIES = {"critical", "warning", "info"}
 
 ALERTS: list[dict[str, Any]] = [r for r in load_rules(ALERTS_FILE) if "alert" in r]
@@ -18,18 +25,6 @@ RECORDS: list[dict[str, Any]] = [r for r in load_rules(RECORDING_FILE) if "recor
 UNIT_TESTS: list[dict[str, Any]] = yaml.safe_load((REPO_ROOT / "prometheus/alerts.test.yml").read_text())[
     "tests"
 ]
-
-
-def github_anchors(markdown: str) -> set[str]:
-    """Anchors GitHub generates for headings, plus explicit <a id="..."> anchors."""
-    anchors: set[str] = set()
-    for line in markdown.splitlines():
-        m = re.match(r"#{1,6}\s+(.*?)\s*#*\s*$", line)
-        if m:
-            slug = re.sub(r"[^\w\- ]", "", m.group(1).strip().lower()).replace(" ", "-")
-            anchors.add(slug)
-    anchors.update(re.findall(r'<a\s+(?:id|name)="([^"]+)"', markdown))
-    return anchors
 
 
 def test_expected_alerts_exist() -> None:
@@ -57,20 +52,56 @@ def test_alert_shape(rule: dict[str, Any]) -> None:
     assert "$labels.instance" in description
     if name.startswith("SidecarPlugin"):
         assert "$labels.plugin" in description
-    assert annotations["runbook_url"] == RUNBOOK_BASE + name.lower()
+    assert annotations["runbook_url"].endswith("#" + name.lower())
 
 
-def test_runbook_sections_exist_for_every_alert() -> None:
-    anchors = github_anchors((REPO_ROOT / "docs/runbooks.md").read_text())
-    for rule in ALERTS:
-        anchor = rule["annotations"]["runbook_url"].split("#", 1)[1]
-        assert anchor in anchors, f"docs/runbooks.md has no section #{anchor} for {rule['alert']}"
-        # The dashboard's firing-alerts table links to #<alertname> (Grafana cannot lowercase it).
-        assert rule["alert"] in anchors, f'docs/runbooks.md needs <a id="{rule["alert"]}"></a>'
+def _runbook_urls(root: Path = REPO_ROOT, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, str(root / "scripts" / "runbook_urls.py"), *args], capture_output=True,
+                          text=True, timeout=60, check=False)
 
 
-def test_github_anchor_slugs() -> None:
-    assert github_anchors("## SidecarDown\n### What to do?\n") == {"sidecardown", "what-to-do"}
+def test_runbook_links_resolve() -> None:
+    """Every runbook_url (and the dashboard's links, and the promtool tests' expectations) is BASE#section of
+    docs/runbooks.md, with one BASE: the committed one is the page in this repository."""
+    proc = _runbook_urls(REPO_ROOT, "--check")
+    assert proc.returncode == 0, proc.stderr
+    assert {r["annotations"]["runbook_url"].partition("#")[0] for r in ALERTS} == {"docs/runbooks.md"}
+
+
+def test_runbook_anchor_slugs() -> None:
+    assert runbook_urls.anchors('## SidecarDown\n### What to do?\n<a id="X"></a>') == {"sidecardown", "what-to-do",
+                                                                                      "X"}
+
+
+@pytest.fixture
+def repo_copy(tmp_path: Path) -> Path:
+    """The files the runbook script reads and writes, in a tree of their own."""
+    for name in ("scripts/runbook_urls.py", "docs/runbooks.md", "prometheus/alerts.yml", "prometheus/alerts.test.yml",
+                 "prometheus/recording.yml", "grafana/dashboards/sidecar.json",
+                 "deploy/kubernetes/generate_prometheusrule.py", "deploy/kubernetes/prometheusrule.yaml"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO_ROOT / name, tmp_path / name)
+    return tmp_path
+
+
+def test_runbook_base_is_set_once_for_every_link(repo_copy: Path) -> None:
+    base = "https://git.example.com/ops/sidecar/blob/main/docs/runbooks.md"
+    proc = _runbook_urls(repo_copy, "--base-url", base)
+    assert proc.returncode == 0, proc.stderr
+    for name in ("prometheus/alerts.yml", "prometheus/alerts.test.yml", "grafana/dashboards/sidecar.json",
+                 "deploy/kubernetes/prometheusrule.yaml"):
+        text = (repo_copy / name).read_text()
+        assert base + "#" in text and "docs/runbooks.md#" not in text.replace(base + "#", ""), name
+    assert f'"url": "{base}"' in (repo_copy / "grafana/dashboards/sidecar.json").read_text()
+    assert _runbook_urls(repo_copy, "--check").returncode == 0
+
+
+def test_runbook_check_names_a_missing_section(repo_copy: Path) -> None:
+    runbooks = repo_copy / "docs/runbooks.md"
+    runbooks.write_text(runbooks.read_text().replace("## SidecarSaturated", "## Saturated"))
+    proc = _runbook_urls(repo_copy, "--check")
+    assert proc.returncode == 1
+    assert "SidecarSaturated: docs/runbooks.md has no section #sidecarsaturated" in proc.stderr
 
 
 def test_monitoring_doc_lists_every_alert_with_its_severity() -> None:
