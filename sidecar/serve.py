@@ -83,8 +83,12 @@ def serve(settings: Settings, reload_source: Callable[[], Settings] = load_setti
         "log_level": settings.log_level,
     })
     try:
-        gunicorn = subprocess.Popen([sys.executable, "-m", "gunicorn", "--config", "python:sidecar.gunicorn_conf"],
-                                    env=env, pass_fds=() if token_fd is None else (token_fd,))
+        # -P: never import from serve's working directory (`-m` puts it first on sys.path: a `gunicorn/` there
+        # would run as root).
+        gunicorn = subprocess.Popen(
+            [sys.executable, "-P", "-m", "gunicorn", "--config", "python:sidecar.gunicorn_conf"],
+            env=env, pass_fds=() if token_fd is None else (token_fd,),
+            cwd=sock_dir)  # gunicorn puts its working directory on sys.path: give it one nobody else writes
     finally:
         if token_fd is not None:
             os.close(token_fd)

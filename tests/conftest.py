@@ -112,18 +112,27 @@ class LiveServer:
             os.killpg(self.proc.pid, 9)
             return self.proc.wait()
 
-    def worker_pids(self) -> list[int]:
+    def gunicorn_master(self) -> Any:
+        """The gunicorn master `serve` started (a psutil.Process)."""
         import psutil
 
         assert self.proc is not None
-        pids = []
         for kid in psutil.Process(self.proc.pid).children():
             try:
-                if kid.cmdline()[1:3] == ["-m", "gunicorn"]:
-                    pids += [w.pid for w in kid.children() if w.status() != psutil.STATUS_ZOMBIE]
+                argv = kid.cmdline()
             except psutil.Error:
                 continue
-        return pids
+            if "-m" in argv and argv[argv.index("-m") + 1:][:1] == ["gunicorn"]:
+                return kid
+        raise AssertionError("serve has no gunicorn master")
+
+    def worker_pids(self) -> list[int]:
+        import psutil
+
+        try:
+            return [w.pid for w in self.gunicorn_master().children() if w.status() != psutil.STATUS_ZOMBIE]
+        except psutil.Error:
+            return []
 
 
 def make_live_server(tmp: Path, **settings: str) -> LiveServer:
@@ -143,3 +152,15 @@ def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer
     server.start()
     yield server
     server.stop()
+
+
+def plant_packages(where: Path) -> Path:
+    """Packages an attacker could leave in a working directory: `gunicorn` and `sidecar.sandbox.launcher` that,
+    if ever imported, write `where/planted-ran` (the file's presence is the test)."""
+    marker = where / "planted-ran"
+    code = f"open({str(marker)!r}, 'a').write(__name__ + '\\n')\n"
+    for name in ("gunicorn/__init__.py", "gunicorn/__main__.py", "sidecar/__init__.py", "sidecar/sandbox/__init__.py",
+                 "sidecar/sandbox/launcher.py"):
+        (where / name).parent.mkdir(parents=True, exist_ok=True)
+        (where / name).write_text(code)
+    return marker

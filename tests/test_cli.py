@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import plant_packages
+
 HOSTILE = Path(__file__).parent / "sandbox" / "hostile"
 
 
@@ -154,3 +156,15 @@ def test_check_passes_a_good_config(tmp_path: Path) -> None:
     p = sidecar("check", "--config", str(cfg))
     assert p.returncode == 0, p.stdout + p.stderr
     assert p.stdout.split() == ["ok", "echo", "ok", "sleep"]
+
+
+def test_run_never_imports_from_the_working_directory(tmp_path: Path) -> None:
+    """A `sidecar/sandbox/launcher.py` planted in the cwd must not be what the launcher runs."""
+    marker = plant_packages(tmp_path)
+    exe = Path(sys.executable).with_name("sidecar")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SIDECAR_")}
+    p = subprocess.run([str(exe), "run", "echo", "--param", "a=1", "--json"], capture_output=True, text=True,
+                       timeout=60, cwd=tmp_path, env=env)
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout)["outcome"] == "success"
+    assert not marker.exists(), marker.read_text()

@@ -166,8 +166,10 @@ class _LauncherProcess:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             self.proc = subprocess.Popen(
-                [*prefix, sys.executable, "-S", "-m", "sidecar.sandbox.launcher", str(theirs.fileno()),
-                 json.dumps(sys.path),
+                # -P: `-m` would put the working directory first on sys.path (a planted `sidecar/` would run);
+                # the runner's own path, absolute entries only, is what the launcher imports from.
+                [*prefix, sys.executable, "-S", "-P", "-m", "sidecar.sandbox.launcher", str(theirs.fileno()),
+                 json.dumps([p for p in sys.path if os.path.isabs(p)]),
                  json.dumps({"drop_privileges": drop_privileges, "max_templates": max_templates})],
                 pass_fds=(theirs.fileno(),),
                 env=env,

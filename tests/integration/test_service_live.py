@@ -10,11 +10,10 @@ import statistics
 import threading
 import time
 
-import psutil
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import LiveServer, make_live_server
+from tests.conftest import LiveServer, make_live_server, plant_packages
 
 pytestmark = pytest.mark.integration
 
@@ -227,8 +226,21 @@ def test_gunicorn_stopped_by_someone_else_is_a_failed_exit(tmp_path):
     server = make_live_server(tmp_path)
     server.start()
     assert server.proc is not None
-    master = next(kid for kid in psutil.Process(server.proc.pid).children() if kid.cmdline()[1:3] == ["-m", "gunicorn"])
-    master.send_signal(signal.SIGTERM)
+    server.gunicorn_master().send_signal(signal.SIGTERM)
     code = server.proc.wait(timeout=60)
     assert code == 1, server.log.read_text()  # gunicorn's master stops cleanly on SIGTERM: exit 0, not asked
     assert "gunicorn exited 0 although serve was not asked to stop" in server.log.read_text()
+
+
+def test_serve_never_imports_from_the_working_directory(tmp_path):
+    """`python -m` and gunicorn both put the working directory on sys.path: planted packages there must not run."""
+    cwd = tmp_path / "cwd"
+    marker = plant_packages(cwd)
+    server = make_live_server(tmp_path)
+    server.cwd = cwd
+    server.start()
+    try:
+        assert server.run("echo", a=1)["outcome"] == "success"
+    finally:
+        assert server.stop() == 0
+    assert not marker.exists(), marker.read_text()
