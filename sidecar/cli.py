@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import Any, NoReturn
 
 from . import __version__
-from .config import SETTINGS, ConfigFileMissing, Settings, load_settings, settings_table
+from .config import SETTINGS, ConfigFileMissing, Settings, in_force, load_settings, settings_table
 from .errors import ConfigError, SidecarError
 from .params import parse_value
 
@@ -206,6 +206,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 def _cmd_settings(args: argparse.Namespace) -> int:
     print(settings_table())
+    print("\nIn force here (flags, SIDECAR_* environment, config file, defaults):\n")
+    print(in_force(_settings(args)))
     return 0
 
 
@@ -264,7 +266,8 @@ def build_parser() -> argparse.ArgumentParser:
     plugin_path(serve)
     serve.set_defaults(func=_cmd_serve)
 
-    st = sub.add_parser("settings", help="print the settings table (Markdown)")
+    st = sub.add_parser("settings", help="print the settings table (Markdown), then the values in force")
+    plugin_path(st)
     st.set_defaults(func=_cmd_settings)
     return parser
 

@@ -29,13 +29,25 @@ from . import defaults, schema
 from .errors import ConfigError
 from .schema import Invalid, MemoryMB, PluginName, Seconds
 
-__all__ = ["SETTINGS", "CheckConfig", "ConfigFileMissing", "Setting", "Settings", "load_settings", "settings_table"]
+__all__ = ["SETTINGS", "CheckConfig", "ConfigFileMissing", "Setting", "Settings", "default_data_dir", "load_settings",
+           "in_force", "settings_table"]
 
 
 class ConfigFileMissing(ConfigError):
     """The config file named by `--config`/`SIDECAR_CONFIG` does not exist: a usage error."""
 
     code = "config_file_missing"  # its own code, so that a rebuilt "config" error stays a ConfigError
+
+
+def default_data_dir(environ: Mapping[str, str] | None = None) -> str:
+    """Where the history lives when no setting says: fixed per user, never relative to the working directory."""
+    if os.geteuid() == 0:
+        return defaults.DATA_DIR_ROOT
+    environ = os.environ if environ is None else environ
+    state = environ.get("XDG_STATE_HOME", "")
+    if not os.path.isabs(state):  # the XDG spec: a relative value is invalid and ignored
+        state = os.path.join(os.path.expanduser("~"), ".local", "state")
+    return os.path.join(state, "sidecar")
 
 
 def _cores() -> int:
@@ -100,9 +112,11 @@ class Settings:
     plugin_path: tuple[str, ...] = _setting((), "extra plugin directories, os.pathsep-separated",
                                             tuple[str, ...], sep=os.pathsep)
     config: str | None = _setting(None, "TOML file with settings and [checks.NAME] tables", str | None)
-    data_dir: str = _setting(defaults.DATA_DIR, "directory of the run-history database",
-                             Annotated[str, Meta(min_length=1)],
-                             doc=f"`{defaults.DATA_DIR}` (container: `/var/lib/sidecar`)")
+    data_dir: str = _setting(None, "directory of the run-history database; one sidecar per directory (a second "
+                             "one exits 2). Relative: to the config file's directory (TOML) or the working one",
+                             Annotated[str, Meta(min_length=1)], factory=lambda: default_data_dir(),
+                             doc=f"`{defaults.DATA_DIR_ROOT}` as root, else `$XDG_STATE_HOME/sidecar` "
+                                 "(`~/.local/state/sidecar`); `./run.sh`: `./.sidecar`")
     api_token: str | None = _setting(
         None, "bearer token required by write routes and /probe; never passed to plugins. As `--api-token` it "
         "shows in the process list: prefer `api_token_file`", str | None)
@@ -218,6 +232,8 @@ def _declare() -> tuple[Setting, ...]:
 SETTINGS: tuple[Setting, ...] = _declare()
 
 _BY_NAME = {s.name: s for s in SETTINGS}
+#: Settings that name a file or directory: relative ones in the TOML file are relative to that file.
+_PATHS = ("data_dir", "api_token_file")
 
 
 def _checks(table: Any, path: str) -> tuple[CheckConfig, ...]:
@@ -267,6 +283,9 @@ def load_settings(
                 known = ", ".join(n for n in _BY_NAME if n != "config")
                 raise ConfigError(f"{config_path}: unknown setting {key!r}; known: {known}, and [checks.NAME] tables")
             values[key] = _BY_NAME[key].coerce(value, config_path)
+        for key in _PATHS:  # a path in the file means a path beside the file, wherever serve starts
+            if key in values and values[key] is not None:
+                values[key] = os.path.join(os.path.dirname(os.path.abspath(config_path)), values[key])
         values["config"] = config_path
     for s in SETTINGS:
         if s.env in environ:
@@ -274,6 +293,8 @@ def load_settings(
     for name, value in cli.items():
         if name in _BY_NAME:
             values[name] = _BY_NAME[name].coerce(value, _BY_NAME[name].flag) if isinstance(value, str) else value
+    if values.get("data_dir"):
+        values["data_dir"] = os.path.abspath(values["data_dir"])  # the one in force, whatever the cwd later
     if values.get("api_token_file"):
         values["api_token"] = _read_token(values["api_token_file"], values.get("api_token"))
     return Settings(**values, checks=checks)
@@ -299,3 +320,14 @@ def settings_table() -> str:
         default = s.default_doc or (f"`{s.default}`" if s.default not in (None, (), "") else "none")
         rows.append(f"| `{s.env}` | `{s.flag}` | `{s.name}` | {default} | {s.help} |")
     return "\n".join(rows)
+
+
+def in_force(settings: Settings) -> str:
+    """`key = value` for every setting as this process resolved it (the token only as set or not)."""
+    lines = []
+    for s in SETTINGS:
+        value = getattr(settings, s.name)
+        if s.name == "api_token":
+            value = "(set)" if value else None
+        lines.append(f"{s.name} = {value!r}" if not isinstance(value, tuple) else f"{s.name} = {list(value)!r}")
+    return "\n".join(lines)

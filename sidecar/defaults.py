@@ -7,7 +7,8 @@ light), the settings, the gunicorn configuration and the HTTP schema can all rea
 BIND = "127.0.0.1:9464"
 WORKERS = 2
 THREADS = 8
-DATA_DIR = "./.sidecar"
+#: The history's directory as root; other users get `$XDG_STATE_HOME/sidecar` (never the working directory).
+DATA_DIR_ROOT = "/var/lib/sidecar"
 LOG_LEVEL = "INFO"
 
 #: Per-run timeout when neither a plugin, a check nor the call sets one.

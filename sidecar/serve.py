@@ -25,7 +25,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 from collections.abc import Callable
 from types import FrameType
@@ -33,6 +32,7 @@ from types import FrameType
 from .app import WORKER_ENV
 from .config import Settings, load_settings
 from .errors import SidecarError
+from .instance import claim_data_dir, make_runtime_dir, remove_stale_runtime_dirs
 from .rpc import RunnerServer
 from .runner import Runner
 from .sandbox.isolation import require_available
@@ -65,7 +65,10 @@ def serve(settings: Settings, reload_source: Callable[[], Settings] = load_setti
     """Run until gunicorn exits; `reload_source` re-reads the configuration on reload (the same flags)."""
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     require_available(settings.isolation)
-    sock_dir = tempfile.mkdtemp(prefix="sidecar-")  # 0700
+    data_claim = claim_data_dir(settings.data_dir)  # one sidecar per data directory, or exit 2 naming the holder
+    for path in remove_stale_runtime_dirs():
+        log.info("removed %s, left by a sidecar that was killed", path)
+    sock_dir, runtime_claim = make_runtime_dir()  # 0700
     runner = Runner(settings, hidden=(sock_dir,), reload_source=reload_source)
     _reload_on_sighup(runner)
     for where, why in runner.registry.rejected:
@@ -110,6 +113,8 @@ def serve(settings: Settings, reload_source: Callable[[], Settings] = load_setti
         server.server_close()
         runner.close()
         shutil.rmtree(sock_dir, ignore_errors=True)
+        os.close(runtime_claim)
+        os.close(data_claim)
     status, why = exit_status(code, asked=bool(stop_asked))
     (log.info if status == 0 else log.error)("sidecar: %s", why)
     return status

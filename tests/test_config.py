@@ -182,3 +182,30 @@ def test_a_check_may_ask_for_strict_isolation_and_the_network(tmp_path):
     config.write_text('[checks.x]\nplugin = "echo"\nisolation = "none"\n')
     with pytest.raises(ConfigError, match="isolation = 'none' is invalid"):
         load_settings(environ={"SIDECAR_CONFIG": str(config)})
+
+
+def test_the_default_data_directory_does_not_depend_on_the_working_directory(tmp_path, monkeypatch):
+    from sidecar.config import default_data_dir
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("os.geteuid", lambda: 0)
+    assert default_data_dir() == "/var/lib/sidecar"
+    monkeypatch.setattr("os.geteuid", lambda: 1000)
+    monkeypatch.setenv("HOME", "/home/op")
+    assert default_data_dir({"XDG_STATE_HOME": "/srv/state"}) == "/srv/state/sidecar"
+    assert default_data_dir({}) == "/home/op/.local/state/sidecar"
+    assert default_data_dir({"XDG_STATE_HOME": "relative"}) == "/home/op/.local/state/sidecar"  # invalid: ignored
+
+
+def test_relative_paths_in_the_config_file_are_relative_to_it(tmp_path, monkeypatch):
+    conf = tmp_path / "etc" / "sidecar.toml"
+    conf.parent.mkdir()
+    (conf.parent / "token").write_text("t0ken\n")
+    conf.write_text('data_dir = "history"\napi_token_file = "token"\n')
+    monkeypatch.chdir(tmp_path)
+    s = load_settings({"config": str(conf)}, environ={})
+    assert s.data_dir == str(conf.parent / "history")
+    assert s.api_token == "t0ken"
+    # On the command line or in the environment, relative means the working directory, made absolute at once.
+    assert load_settings({"data_dir": "h"}, environ={}).data_dir == str(tmp_path / "h")
+    assert load_settings({}, environ={"SIDECAR_DATA_DIR": "/abs/h"}).data_dir == "/abs/h"

@@ -83,7 +83,7 @@ def _run_sh(tmp_path: Path, args: list[str], env: dict[str, str]) -> str:
 
 def test_run_sh_uses_the_example_only_without_a_configuration(tmp_path: Path) -> None:
     (tmp_path / "a").mkdir()
-    assert _run_sh(tmp_path / "a", [], {}) == "serve --config examples/sidecar.toml"
+    assert _run_sh(tmp_path / "a", [], {}) == "serve --config examples/sidecar.toml --data-dir .sidecar"
     (tmp_path / "b").mkdir()
     assert _run_sh(tmp_path / "b", ["--config", "mine.toml"], {}) == "serve --config mine.toml"
     (tmp_path / "c").mkdir()
@@ -92,6 +92,16 @@ def test_run_sh_uses_the_example_only_without_a_configuration(tmp_path: Path) ->
     )
     (tmp_path / "d").mkdir()
     assert _run_sh(tmp_path / "d", ["--workers", "1"], {"SIDECAR_CONFIG": "env.toml"}) == "serve --workers 1"
+
+
+def test_run_sh_keeps_the_quick_start_history_in_the_tree_unless_told(tmp_path: Path) -> None:
+    for case, args, env, expected in [
+        ("a", ["--data-dir", "/srv/h"], {}, "serve --config examples/sidecar.toml --data-dir /srv/h"),
+        ("b", ["--data-dir=/srv/h"], {}, "serve --config examples/sidecar.toml --data-dir=/srv/h"),
+        ("c", [], {"SIDECAR_DATA_DIR": "/srv/h"}, "serve --config examples/sidecar.toml"),
+    ]:
+        (tmp_path / case).mkdir()
+        assert _run_sh(tmp_path / case, args, env) == expected, case
 
 
 def test_example_checks_succeed_against_a_live_server(tmp_path: Path) -> None:

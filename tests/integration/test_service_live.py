@@ -7,9 +7,13 @@ import json
 import os
 import signal
 import statistics
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
+import psutil
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -244,3 +248,59 @@ def test_serve_never_imports_from_the_working_directory(tmp_path):
     finally:
         assert server.stop() == 0
     assert not marker.exists(), marker.read_text()
+
+
+def test_a_second_sidecar_on_the_same_data_directory_is_refused(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first = make_live_server(tmp_path / "a")
+    first.start()
+    assert first.proc is not None
+    try:
+        second = make_live_server(tmp_path / "b")
+        second.env["SIDECAR_DATA_DIR"] = first.env["SIDECAR_DATA_DIR"]
+        proc = subprocess.run([str(Path(sys.executable).with_name("sidecar")), "serve"], env=second.env,
+                              capture_output=True, text=True, timeout=60, check=False)
+        assert proc.returncode == 2, proc.stderr
+        assert f"in use by another sidecar (pid {first.proc.pid})" in proc.stderr
+        assert first.run("echo", a=1)["outcome"] == "success"  # the first one keeps serving
+    finally:
+        assert first.stop() == 0
+
+
+def _runtime_dir_of(server: LiveServer, base: Path) -> Path:
+    """The runtime directory `server` holds: the one whose lock file its serve process has open."""
+    assert server.proc is not None
+    held = [Path(f.path).parent for f in psutil.Process(server.proc.pid).open_files()
+            if Path(f.path).name == ".lock" and Path(f.path).parent.parent == base]
+    assert len(held) == 1, held
+    return held[0]
+
+
+def test_a_killed_sidecars_runtime_directory_is_removed_by_the_next_start(tmp_path):
+    runtime = tmp_path / "runtime"
+    runtime.mkdir()
+    servers = {}
+    for name in ("killed", "live", "next"):
+        (tmp_path / name).mkdir()
+        servers[name] = make_live_server(tmp_path / name)
+        servers[name].env["TMPDIR"] = str(runtime)
+    servers["killed"].start()
+    servers["live"].start()
+    try:
+        killed_dir = _runtime_dir_of(servers["killed"], runtime)
+        live_dir = _runtime_dir_of(servers["live"], runtime)
+        killed = servers["killed"].proc
+        assert killed is not None
+        os.kill(killed.pid, signal.SIGKILL)
+        killed.wait(timeout=30)
+        assert killed_dir.is_dir()  # what a SIGKILL leaves behind
+        servers["next"].start()
+        try:
+            assert not killed_dir.exists()
+            assert live_dir.is_dir() and _runtime_dir_of(servers["next"], runtime).is_dir()
+            assert servers["live"].run("echo", a=1)["outcome"] == "success"
+        finally:
+            servers["next"].stop()
+    finally:
+        servers["live"].stop()
