@@ -182,7 +182,7 @@ def openapi_document(settings: Settings | None = None) -> dict[str, Any]:
                 "security": [{"bearer": []}, {}],
                 "parameters": [
                     {"name": "target", "in": "query", "required": True, "example": "echo",
-                     "schema": {"type": "string", "pattern": "^[a-z][a-z0-9_]{0,63}$"}},
+                     "schema": {"type": "string", "pattern": defaults.PLUGIN_NAME_PATTERN}},
                     {"name": "param.KEY", "in": "query", "required": False, "schema": {"type": "string"},
                      "description": "a plugin parameter (not for checks); VALUE parsed as JSON when valid"},
                     {"name": "X-Prometheus-Scrape-Timeout-Seconds", "in": "header", "required": False,

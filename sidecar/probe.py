@@ -18,9 +18,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import defaults, schema
 from .errors import BadRequest
 from .params import parse_value
-from .plugins.registry import NAME_PATTERN
 
 __all__ = ["CONTENT_TYPE", "SCRAPE_TIMEOUT_HEADER", "ProbeRequest", "budget_seconds", "parse_request", "render"]
 
@@ -73,8 +73,8 @@ def parse_request(args: Iterable[tuple[str, list[str]]], timeout_header: str | N
             raise BadRequest(f"unknown query parameter {key!r}; allowed: target, {PARAM_PREFIX}KEY")
     if target is None:
         raise BadRequest("missing query parameter target (a plugin or check name)")
-    if not NAME_PATTERN.match(target):
-        raise BadRequest(f"target must match {NAME_PATTERN.pattern}")
+    if not schema.is_name(target):
+        raise BadRequest(f"target must match {defaults.PLUGIN_NAME_PATTERN}")
     return ProbeRequest(target, params, budget_seconds(timeout_header))
 
 

@@ -200,3 +200,9 @@ def test_probe_requires_the_token_when_one_is_set(client: FlaskClient, tmp_path:
     assert resp.status_code == 401
     resp = client.get("/probe?target=echo", headers={"Authorization": "Bearer wrong"})
     assert resp.status_code == 401
+
+
+def test_a_target_with_a_final_newline_is_refused_whole(client: FlaskClient) -> None:
+    status, doc = _probe(client, "target=echo%0A")
+    assert (status, doc["error"]["code"]) == (400, "bad_request")
+    assert "target must match" in doc["error"]["message"]
