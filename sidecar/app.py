@@ -9,7 +9,7 @@ import os
 from typing import TYPE_CHECKING, cast
 
 from flask import Flask, Request, Response, jsonify, request
-from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+from werkzeug.exceptions import HTTPException, MethodNotAllowed, RequestEntityTooLarge
 
 from . import __version__, defaults, schema, status_page
 from . import probe as probes
@@ -161,7 +161,16 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
 
     @app.get("/probe")
     def probe() -> Response:
-        req = probes.parse_request(request.args.lists(), request.headers.get(probes.SCRAPE_TIMEOUT_HEADER))
+        if request.method == "HEAD":  # a HEAD has no side effects, and a probe's answer is a run
+            raise MethodNotAllowed(valid_methods=["GET"])
+        args = list(request.args.lists())
+        try:
+            req = probes.parse_request(args, request.headers.get(probes.SCRAPE_TIMEOUT_HEADER))
+        except BadRequest:
+            target = probes.target_of(args)
+            if target is not None:  # counted like every 400 for a known plugin; an unknown one raises its 404
+                backend.reject(target, "invalid")
+            raise
         return Response(probes.render(backend.probe(req.target, req.params, req.budget_seconds)),
                         content_type=probes.CONTENT_TYPE)
 

@@ -18,6 +18,7 @@ from . import __version__
 from .config import SETTINGS, ConfigFileMissing, Settings, in_force, load_settings, settings_table
 from .errors import ConfigError, SidecarError
 from .params import parse_value
+from .schema import Invalid
 
 __all__ = ["main"]
 
@@ -30,7 +31,10 @@ def _parse_param(raw: str) -> tuple[str, Any]:
     key, sep, value = raw.partition("=")
     if not sep or not key:
         raise UsageError(f"--param expects KEY=VALUE, got {raw!r}")
-    return key, parse_value(value)
+    try:
+        return key, parse_value(value)
+    except Invalid as exc:
+        raise UsageError(f"--param {key}: {exc}") from None
 
 
 def _params(args: argparse.Namespace) -> dict[str, Any]:

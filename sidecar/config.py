@@ -151,7 +151,7 @@ class Settings:
                                            tuple[str, ...], sep=",")
     plugins: tuple[str, ...] = _setting(
         (), "only these plugins (comma-separated names; checks may use only these); empty = every one found",
-        tuple[PluginName, ...], sep=",", doc="all")
+        tuple[PluginName, ...], sep=",", doc="all", check=schema.names)
     entry_points: bool = _setting(True, "load plugins from the `sidecar.plugins` entry-point group", bool)
     log_level: str = _setting(defaults.LOG_LEVEL, "logging level", LogLevel)
     checks: tuple[CheckConfig, ...] = ()
@@ -241,9 +241,10 @@ def _checks(table: Any, path: str) -> tuple[CheckConfig, ...]:
         raise ConfigError(f"{path}: checks = {table!r} is invalid: expected [checks.NAME] tables")
     out = []
     for name, body in table.items():
+        if not schema.is_name(name):  # repr: the refused name may hold a newline, and errors are one line
+            raise ConfigError(f"{path}: [checks.{name!r}]: the name {name!r} is invalid: "
+                              f"expected {defaults.PLUGIN_NAME_PATTERN}")
         where = f"{path}: [checks.{name}]"
-        if not schema.NAME_RE.match(name):
-            raise ConfigError(f"{where}: the name {name!r} is invalid: expected {defaults.PLUGIN_NAME_PATTERN}")
         if not isinstance(body, dict):
             raise ConfigError(f"{path}: checks.{name} = {body!r} is invalid: expected a table")
         try:

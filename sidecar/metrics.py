@@ -143,6 +143,8 @@ def _num(v: float) -> str:
 
 
 def _escape(v: str) -> str:
+    """A label value as the exposition formats quote it (prometheus-client's rules): names are checked whole
+    where they come in, and this keeps any value that slipped past from breaking the whole scrape."""
     return v.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
 
 
@@ -193,12 +195,17 @@ class _Plugin:
     last_run: float | None = None
     in_flight: int = 0
     cache: dict[str, str] | None = None
+    #: `name` escaped as a label value, once (the uptime line is rendered on every scrape)
+    label: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.label = _escape(self.name)
 
     def render(self) -> dict[str, str]:
         """This plugin's lines of every family (uptime excluded), keyed by family name."""
         if self.cache is not None:
             return self.cache
-        p = self.name
+        p = self.label
         c: dict[str, list[str]] = {
             "sidecar_plugin_success": [f'sidecar_plugin_success_total{{plugin="{p}"}} {_num(self.success)}'],
             "sidecar_plugin_errors": [f'sidecar_plugin_errors_total{{plugin="{p}",error_type="{t}"}} {_num(n)}'
@@ -331,7 +338,7 @@ class Metrics:
                 try:
                     chunk = dict(p.render())
                     chunk["sidecar_plugin_uptime_seconds"] = (
-                        f'sidecar_plugin_uptime_seconds{{plugin="{p.name}"}} {_num(max(0.0, now - p.loaded_at))}\n')
+                        f'sidecar_plugin_uptime_seconds{{plugin="{p.label}"}} {_num(max(0.0, now - p.loaded_at))}\n')
                 except Exception:
                     p.cache = None
                     self._render_errors += 1

@@ -178,13 +178,15 @@ def openapi_document(settings: Settings | None = None) -> dict[str, Any]:
                                                  "routes": {"type": "array", "items": {"type": "string"}}}}}}}}}},
             "/probe": {"get": {
                 "summary": "run a plugin or check now; Prometheus text format (sidecar_probe_success, "
-                           "sidecar_probe_duration_seconds, sidecar_probe_value{field})",
+                           "sidecar_probe_duration_seconds, sidecar_probe_value{field}, "
+                           "sidecar_probe_values_skipped); HEAD answers 405 and runs nothing",
                 "security": [{"bearer": []}, {}],
                 "parameters": [
                     {"name": "target", "in": "query", "required": True, "example": "echo",
-                     "schema": {"type": "string", "pattern": "^[a-z][a-z0-9_]{0,63}$"}},
+                     "schema": {"type": "string", "pattern": defaults.PLUGIN_NAME_PATTERN}},
                     {"name": "param.KEY", "in": "query", "required": False, "schema": {"type": "string"},
-                     "description": "a plugin parameter (not for checks); VALUE parsed as JSON when valid"},
+                     "description": "a plugin parameter (not for checks); VALUE parsed as JSON when valid; "
+                                    "NaN, Infinity and numbers beyond a float's range are refused (400)"},
                     {"name": "X-Prometheus-Scrape-Timeout-Seconds", "in": "header", "required": False,
                      "schema": {"type": "number", "exclusiveMinimum": 0},
                      "description": "budget = value - 0.5 s (floor 0.5 s); 10 s without it"},

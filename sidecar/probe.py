@@ -7,7 +7,10 @@ the sidecar down rather than the thing it probes.
 
 Numeric top-level fields of the result become `sidecar_probe_value{field="..."}` gauges: one family
 (so dashboards and recording rules need no per-plugin names), label values bounded to `MAX_FIELDS`
-fields of at most `MAX_FIELD_CHARS` characters from `[a-zA-Z0-9_]`. Booleans count as 0/1.
+fields of at most `MAX_FIELD_CHARS` characters from `[a-zA-Z0-9_]`. Booleans count as 0/1. A numeric
+field that is not exported — not a finite float (NaN, an infinity, an integer beyond a float's range),
+a name that clashes once sanitised, or past the bound — is counted in `sidecar_probe_values_skipped`:
+whatever a plugin returns, the answer is a valid exposition and a 200.
 """
 
 from __future__ import annotations
@@ -18,11 +21,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import defaults, schema
 from .errors import BadRequest
 from .params import parse_value
-from .plugins.registry import NAME_PATTERN
 
-__all__ = ["CONTENT_TYPE", "SCRAPE_TIMEOUT_HEADER", "ProbeRequest", "budget_seconds", "parse_request", "render"]
+__all__ = ["CONTENT_TYPE", "SCRAPE_TIMEOUT_HEADER", "ProbeRequest", "budget_seconds", "parse_request", "render",
+           "target_of"]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 SCRAPE_TIMEOUT_HEADER = "X-Prometheus-Scrape-Timeout-Seconds"
@@ -59,7 +63,11 @@ def budget_seconds(header: str | None) -> float:
 
 
 def parse_request(args: Iterable[tuple[str, list[str]]], timeout_header: str | None) -> ProbeRequest:
-    """Validate the query (`target=NAME`, `param.KEY=VALUE`…) and the scrape-timeout header."""
+    """Validate the whole query (`target=NAME`, `param.KEY=VALUE`…) and the scrape-timeout header.
+
+    Params go through the rules of a run body (`parse_value`, `schema.check_depth`), so `param.x=NaN` is
+    the caller's 400 before anything runs, never a `value` error recorded against the plugin.
+    """
     target: str | None = None
     params: dict[str, Any] = {}
     for key, values in args:
@@ -68,13 +76,20 @@ def parse_request(args: Iterable[tuple[str, list[str]]], timeout_header: str | N
         if key == "target":
             target = values[0]
         elif key.startswith(PARAM_PREFIX) and len(key) > len(PARAM_PREFIX):
-            params[key[len(PARAM_PREFIX):]] = parse_value(values[0])
+            try:
+                params[key[len(PARAM_PREFIX):]] = parse_value(values[0])
+            except schema.Invalid as exc:
+                raise BadRequest(f"{schema.short(key)}: {exc}") from None
         else:
-            raise BadRequest(f"unknown query parameter {key!r}; allowed: target, {PARAM_PREFIX}KEY")
+            raise BadRequest(f"unknown query parameter {schema.short(key)}; allowed: target, {PARAM_PREFIX}KEY")
     if target is None:
         raise BadRequest("missing query parameter target (a plugin or check name)")
-    if not NAME_PATTERN.match(target):
-        raise BadRequest(f"target must match {NAME_PATTERN.pattern}")
+    if not schema.is_name(target):
+        raise BadRequest(f"target must match {defaults.PLUGIN_NAME_PATTERN}")
+    try:
+        schema.check_depth(params, "query")
+    except schema.Invalid as exc:
+        raise BadRequest(str(exc)) from None
     return ProbeRequest(target, params, budget_seconds(timeout_header))
 
 
@@ -87,21 +102,35 @@ def _number(v: float) -> str:
     return repr(float(v))
 
 
-def numeric_fields(result: Any) -> list[tuple[str, float]]:
-    """(sanitised field name, value) of the numeric top-level fields of a result, sorted and bounded."""
+def target_of(args: Iterable[tuple[str, list[str]]]) -> str | None:
+    """The one name a query gives as `target`, if any: whom a refused probe is counted against."""
+    given = [values for key, values in args if key == "target"]
+    if len(given) == 1 and len(given[0]) == 1 and schema.is_name(given[0][0]):
+        return given[0][0]
+    return None
+
+
+def numeric_fields(result: Any) -> tuple[list[tuple[str, float]], int]:
+    """(sanitised field name, value) of the numeric top-level fields of a result, sorted and bounded, and
+    how many numeric fields were skipped: not a finite float, a name taken once sanitised, past the bound."""
     if not isinstance(result, dict):
-        return []
+        return [], 0
     out: dict[str, float] = {}
+    skipped = 0
     for key in sorted(str(k) for k in result):
         value = result[key]
         if not isinstance(value, int | float):
             continue
         name = _UNSAFE.sub("_", key)[:MAX_FIELD_CHARS] or "_"
-        if name not in out:
-            out[name] = float(value)
-        if len(out) == MAX_FIELDS:
-            break
-    return list(out.items())
+        try:
+            number = float(value)
+        except OverflowError:  # an int beyond a float's range: 10**400
+            number = math.nan
+        if not math.isfinite(number) or name in out or len(out) == MAX_FIELDS:
+            skipped += 1
+        else:
+            out[name] = number
+    return list(out.items()), skipped
 
 
 def render(outcome: dict[str, Any]) -> bytes:
@@ -115,9 +144,13 @@ def render(outcome: dict[str, Any]) -> bytes:
         "# TYPE sidecar_probe_duration_seconds gauge",
         f"sidecar_probe_duration_seconds {_number(float(outcome.get('duration_seconds', 0.0)))}",
     ]
-    fields = numeric_fields(outcome.get("result")) if success else []
+    fields, skipped = numeric_fields(outcome.get("result")) if success else ([], 0)
     if fields:
         lines += ["# HELP sidecar_probe_value Numeric top-level fields of the probed run's result",
                   "# TYPE sidecar_probe_value gauge"]
         lines += [f'sidecar_probe_value{{field="{name}"}} {_number(v)}' for name, v in fields]
+    lines += ["# HELP sidecar_probe_values_skipped Numeric result fields not exported: not a finite float "
+              f"(NaN, infinite, beyond a float's range), a clashing name, or past the first {MAX_FIELDS}",
+              "# TYPE sidecar_probe_values_skipped gauge",
+              f"sidecar_probe_values_skipped {_number(skipped)}"]
     return ("\n".join(lines) + "\n").encode()

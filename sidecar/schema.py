@@ -31,9 +31,12 @@ __all__ = [
     "PluginName",
     "RunBody",
     "Seconds",
+    "check_depth",
     "convert",
     "decode_json",
+    "is_name",
     "json_schema",
+    "names",
 ]
 
 T = TypeVar("T")
@@ -48,11 +51,34 @@ MAX_PARAMS_DEPTH = 32
 
 Seconds = Annotated[float, Meta(gt=0, le=MAX_SECONDS, description="seconds, a finite number > 0")]
 MemoryMB = Annotated[int, Meta(ge=1, le=MAX_MEMORY_MB, description="MiB, an integer >= 1")]
+#: Published as is in `/openapi.json` (a JSON Schema pattern, where `$` ends the string); msgspec only *searches*
+#: it, so every name is also matched whole in code (`is_name`), at every place a name comes in.
 PluginName = Annotated[str, Meta(pattern=defaults.PLUGIN_NAME_PATTERN, description="a plugin or check name")]
 Params = Annotated[dict[str, Any], Meta(description=f"the plugin's keyword arguments (nested at most "
                                                     f"{MAX_PARAMS_DEPTH} deep)")]
 
 NAME_RE = re.compile(defaults.PLUGIN_NAME_PATTERN)
+
+
+def is_name(value: object) -> bool:
+    """Whether `value` is a plugin or check name, matched whole.
+
+    The one test of a name (discovery, reload, check tables, settings, `/probe`): `fullmatch`, because the
+    pattern's `$` also matches before a final newline (`re.match`) and msgspec's `pattern=` searches, and one
+    newline in a `plugin` label would make the whole scrape unparseable.
+    """
+    return isinstance(value, str) and NAME_RE.fullmatch(value) is not None
+
+
+def names(values: Any, key: str | None = None) -> None:
+    """Refuse a value of `values` that is not a whole name (what msgspec's `pattern` search lets through).
+
+    Raises ValueError worded as msgspec's own pattern errors, naming `key` when given.
+    """
+    for value in values:
+        if not is_name(value):
+            prefix = f"{key} = {short(value)} is invalid: " if key else ""
+            raise ValueError(f"{prefix}expected a plugin or check name matching {defaults.PLUGIN_NAME_PATTERN!r}")
 
 
 class Invalid(ValueError):
@@ -92,6 +118,9 @@ class CheckTable(Limits, forbid_unknown_fields=True, kw_only=True, frozen=True):
     #: this check's runs in "default" or "strict" isolation (else the sidecar's)
     isolation: Literal["default", "strict"] | None = None
 
+    def __post_init__(self) -> None:
+        names((self.plugin,), "plugin")
+
 
 class RunBody(Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
     """The body of `POST /plugins/<name>/run`; both keys optional, nothing else allowed."""
@@ -129,11 +158,11 @@ def _explain(exc: msgspec.ValidationError, data: Any, where: str, kind: Any = No
     key = key_match.group(1) if key_match else None
     prefix = f"{where}: " if where else ""
     if key is not None and isinstance(data, dict) and key in data:
-        return Invalid(f"{prefix}{key}{path[len(key) + 1:]} = {_short(data[key])} is invalid: {allowed}", key)
+        return Invalid(f"{prefix}{key}{path[len(key) + 1:]} = {short(data[key])} is invalid: {allowed}", key)
     return Invalid(f"{prefix}{allowed}{' at ' + path if path else ''}", key)
 
 
-def _short(value: Any, limit: int = 80) -> str:
+def short(value: Any, limit: int = 80) -> str:
     """A value's repr for an error line, cut so a hostile megabyte never lands in a message or a log."""
     text = repr(value)
     return text if len(text) <= limit else f"{text[:limit]}… ({len(text)} characters)"
@@ -181,9 +210,15 @@ def decode_json(raw: bytes, kind: type[T], where: str = "body") -> T:
     except RecursionError:
         raise Invalid(f"{where} is nested too deeply") from None
     params = getattr(value, "params", None)
-    if params is not None and depth(params, MAX_PARAMS_DEPTH) > MAX_PARAMS_DEPTH:
-        raise Invalid(f"{where}: params nested more than {MAX_PARAMS_DEPTH} deep", "params")
+    if params is not None:
+        check_depth(params, where)
     return value
+
+
+def check_depth(params: Any, where: str) -> None:
+    """Refuse params nested more than `MAX_PARAMS_DEPTH` deep, whether from a run body or a probe's query."""
+    if depth(params, MAX_PARAMS_DEPTH) > MAX_PARAMS_DEPTH:
+        raise Invalid(f"{where}: params nested more than {MAX_PARAMS_DEPTH} deep", "params")
 
 
 def json_schema(kind: Any) -> dict[str, Any]:

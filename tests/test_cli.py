@@ -46,7 +46,8 @@ def test_run_timeout_and_memory_flags():
 
 def test_usage_errors_exit_2_with_one_line():
     for args in (("run", "no_such_plugin"), ("run", "echo", "--param", "novalue"),
-                 ("run", "echo", "--params-json", "{bad"), ("run", "echo", "--timeout", "99999")):
+                 ("run", "echo", "--params-json", "{bad"), ("run", "echo", "--timeout", "99999"),
+                 ("run", "echo", "--param", "x=NaN")):
         p = sidecar(*args)
         assert p.returncode == 2, (args, p.stderr)
         assert len(p.stderr.strip().splitlines()) == 1, p.stderr

@@ -109,6 +109,10 @@ def test_bad_check_values_name_file_table_key_and_value(tmp_path, line, key, val
      "unknown key 'bogus'; allowed: description, interval_seconds, isolation, memory_limit_mb, network, params, "
      "plugin, timeout_seconds"),
     ('[checks.Bad-Name]\nplugin = "echo"\n', "the name 'Bad-Name' is invalid"),
+    # `$` matches before a final newline and msgspec's pattern searches: names are matched whole
+    ('[checks."nlcheck\\n"]\nplugin = "echo"\n', "the name 'nlcheck\\n' is invalid"),
+    ('[checks.c]\nplugin = "echo\\n"\n', "plugin = 'echo\\n' is invalid"),
+    ('plugins = ["echo\\n"]\n', "plugins = ['echo\\n'] is invalid"),
     ('checks = 5\n', "checks = 5 is invalid"),
     ('[checks]\nc = 5\n', "checks.c = 5 is invalid: expected a table"),
     ("workers = 0\n", "workers = 0 is invalid"),

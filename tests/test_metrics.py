@@ -471,3 +471,20 @@ def _poll(condition: Callable[[], bool], timeout: float = 10.0) -> None:
     while not condition():
         assert time.monotonic() < deadline, "condition not met in time"
         time.sleep(0.01)
+
+
+@pytest.mark.parametrize("openmetrics", [False, True])
+def test_label_values_are_escaped_so_one_bad_name_cannot_break_the_scrape(clock: Clock, openmetrics: bool) -> None:
+    """Names are checked whole at discovery; escaping is the second line (prometheus-client's rules)."""
+    bad = 'nl\nquote"back\\slash'
+    m = Metrics(BUCKETS, clock=clock)
+    m.add_plugin(bad, 900.0, 30.0)
+    m.add_plugin("alpha", 900.0, None)
+    m.started(bad)
+    m.finished(bad, _result(bad))
+    fams = _families(m, openmetrics)
+    for family, sample in (("sidecar_plugin_success", "sidecar_plugin_success_total"),
+                           ("sidecar_plugin_uptime_seconds", "sidecar_plugin_uptime_seconds"),
+                           ("sidecar_plugin_execution_seconds", "sidecar_plugin_execution_seconds_count")):
+        assert _value(fams, family, sample, plugin=bad) == (100.0 if "uptime" in family else 1.0)
+    assert _value(fams, "sidecar_plugin_success", "sidecar_plugin_success_total", plugin="alpha") == 0.0

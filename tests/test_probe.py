@@ -75,11 +75,12 @@ def test_bad_queries_are_refused(args: list[tuple[str, list[str]]], message: str
 def test_numeric_fields_are_bounded_and_sanitised() -> None:
     result = {"latency ms": 1.5, "ok": True, "count": 3, "name": "x", "nested": {"a": 1}, "list": [1],
               **{f"z{i:03d}": i for i in range(2 * MAX_FIELDS)}}  # sorted after the others
-    fields = dict(numeric_fields(result))
-    assert len(fields) == MAX_FIELDS
+    found, skipped = numeric_fields(result)
+    fields = dict(found)
+    assert len(fields) == MAX_FIELDS and skipped == len(result) - 3 - MAX_FIELDS  # not name, nested, list
     assert fields["latency_ms"] == 1.5 and fields["ok"] == 1.0 and fields["count"] == 3.0
     assert not {"name", "nested", "list"} & set(fields)
-    assert numeric_fields([1, 2]) == [] and numeric_fields(None) == []
+    assert numeric_fields([1, 2]) == ([], 0) and numeric_fields(None) == ([], 0)
 
 
 def test_render_parses_as_prometheus_text() -> None:
@@ -87,7 +88,8 @@ def test_render_parses_as_prometheus_text() -> None:
     assert ok["sidecar_probe_success"] == 1.0 and ok["sidecar_probe_duration_seconds"] == 0.25
     assert ok["sidecar_probe_value{field=up}"] == 1.0
     failed = _samples(render({"outcome": "timeout", "duration_seconds": 2.0, "result": None}))
-    assert failed == {"sidecar_probe_success": 0.0, "sidecar_probe_duration_seconds": 2.0}
+    assert failed == {"sidecar_probe_success": 0.0, "sidecar_probe_duration_seconds": 2.0,
+                      "sidecar_probe_values_skipped": 0.0}
 
 
 # --- through the app, with a real runner ---------------------------------------------------------------
@@ -169,11 +171,11 @@ def test_a_saturated_sidecar_answers_200_with_success_0(client: FlaskClient, run
         holder.join(timeout=30)
 
 
-def _rejected(runner: Runner, plugin: str) -> float:
+def _rejected(runner: Runner, plugin: str, reason: str = "saturated") -> float:
     body, _ = runner.render_metrics()
     for fam in parse_text(body.decode()):
         for s in fam.samples:
-            if s.name == "sidecar_plugin_rejected_total" and s.labels == {"plugin": plugin, "reason": "saturated"}:
+            if s.name == "sidecar_plugin_rejected_total" and s.labels == {"plugin": plugin, "reason": reason}:
                 return float(s.value)
     raise AssertionError("no rejected series")
 
@@ -200,3 +202,69 @@ def test_probe_requires_the_token_when_one_is_set(client: FlaskClient, tmp_path:
     assert resp.status_code == 401
     resp = client.get("/probe?target=echo", headers={"Authorization": "Bearer wrong"})
     assert resp.status_code == 401
+
+
+def _ran(runner: Runner, plugin: str) -> tuple[Any, float]:
+    """What would change if `plugin` ran: its history totals and its runs in the metrics."""
+    return runner.store.totals(plugin), runner.metrics.snapshot(plugin)["runs"]
+
+
+def test_a_number_beyond_a_float_is_skipped_and_counted_not_a_500(client: FlaskClient, runner: Runner) -> None:
+    status, samples = _probe(client, "target=echo&param.big=1" + "0" * 400 + "&param.small=2")
+    assert status == 200, samples
+    assert samples["sidecar_probe_success"] == 1.0
+    assert samples["sidecar_probe_value{field=small}"] == 2.0
+    assert "sidecar_probe_value{field=big}" not in samples
+    assert samples["sidecar_probe_values_skipped"] == 1.0
+
+
+def test_values_that_are_not_finite_floats_or_over_the_bound_are_skipped_and_counted() -> None:
+    result = {"big": 10**400, "nan": float("nan"), "inf": float("inf"), "ninf": float("-inf"), "ok": 2,
+              "a b": 3, "a_b": 4, **{f"z{i:03d}": i for i in range(MAX_FIELDS + 5)}}
+    samples = _samples(render({"outcome": "success", "duration_seconds": 0.1, "result": result}))
+    values = {k: v for k, v in samples.items() if k.startswith("sidecar_probe_value{")}
+    assert len(values) == MAX_FIELDS
+    assert values["sidecar_probe_value{field=ok}"] == 2.0 and values["sidecar_probe_value{field=a_b}"] == 3.0
+    # 4 not finite, 1 clashing sanitised name ("a_b" after "a b"), 7 past the bound (57 fields for 50 places)
+    assert samples["sidecar_probe_values_skipped"] == 12.0
+
+
+def test_head_runs_nothing(client: FlaskClient, runner: Runner) -> None:
+    before = _ran(runner, "echo")
+    resp = client.head("/probe?target=echo", headers={"Authorization": f"Bearer {TOKEN}"})
+    assert resp.status_code == 405 and resp.headers["Allow"] == "GET"
+    assert _ran(runner, "echo") == before
+
+
+@pytest.mark.parametrize("value", ["NaN", "Infinity", "-Infinity", "1e400", "[NaN]"])
+def test_a_param_that_is_no_finite_number_is_the_callers_400(client: FlaskClient, runner: Runner, value: str) -> None:
+    before, invalid = _ran(runner, "echo"), _rejected(runner, "echo", "invalid")
+    status, doc = _probe(client, f"target=echo&param.x={value}")
+    assert (status, doc["error"]["code"]) == (400, "bad_request"), doc
+    assert "param.x" in doc["error"]["message"]
+    assert _ran(runner, "echo") == before  # nothing ran: no `value` error recorded against the plugin
+    assert _rejected(runner, "echo", "invalid") == invalid + 1
+
+
+@pytest.mark.parametrize(("query", "timeout"), [
+    ("target=echo&other=1", None),
+    ("target=echo&param.=1", None),
+    ("target=echo", "abc"),
+])
+def test_every_400_for_a_known_target_is_counted_invalid(client: FlaskClient, runner: Runner, query: str,
+                                                         timeout: str | None) -> None:
+    before, invalid = _ran(runner, "echo"), _rejected(runner, "echo", "invalid")
+    assert _probe(client, query, timeout)[0] == 400
+    assert _rejected(runner, "echo", "invalid") == invalid + 1
+    assert _ran(runner, "echo") == before
+
+
+def test_a_400_for_an_unknown_target_is_its_404(client: FlaskClient) -> None:
+    status, doc = _probe(client, "target=no_such_plugin&other=1")
+    assert (status, doc["error"]["code"]) == (404, "unknown_plugin")
+
+
+def test_a_target_with_a_final_newline_is_refused_whole(client: FlaskClient) -> None:
+    status, doc = _probe(client, "target=echo%0A")
+    assert (status, doc["error"]["code"]) == (400, "bad_request")
+    assert "target must match" in doc["error"]["message"]

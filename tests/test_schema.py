@@ -54,3 +54,16 @@ def test_a_huge_bad_value_is_cut_in_the_message() -> None:
     with pytest.raises(schema.Invalid) as caught:
         schema.decode_json(raw, schema.RunBody)
     assert len(str(caught.value)) < 300 and "characters)" in str(caught.value)
+
+
+@pytest.mark.parametrize("name", ["echo\n", "Echo", "", "a" * 65, "echo\nx", "ech o"])
+def test_names_are_matched_whole(name: str) -> None:
+    """`$` matches before a final newline and msgspec's `pattern` searches: the check is `fullmatch`."""
+    assert not schema.is_name(name)
+    with pytest.raises(schema.Invalid, match="plugin = .* is invalid"):
+        schema.convert({"plugin": name}, schema.CheckTable)
+
+
+def test_good_names_pass() -> None:
+    assert schema.is_name("echo") and schema.is_name("a" * 64) and schema.is_name("disk_usage2")
+    assert schema.convert({"plugin": "echo"}, schema.CheckTable).plugin == "echo"

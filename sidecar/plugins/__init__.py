@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from .registry import NAME_PATTERN, Entry, Registry, discover
+from .registry import Entry, Registry, discover
 
-__all__ = ["NAME_PATTERN", "Entry", "Registry", "discover"]
+__all__ = ["Entry", "Registry", "discover"]

@@ -3,8 +3,9 @@
 Sources, in order: built-ins (`sidecar/plugins/builtin/`), `*.py` files in `SIDECAR_PLUGIN_PATH`,
 and distributions' entry points in the group `sidecar.plugins`; then the checks of the TOML
 config, each a named instance of one of those plugins. The first entry of a name wins; later
-ones are rejected with a log line, as are names outside `NAME_PATTERN`. An entry's name is the
-`plugin` label in metrics and the `<name>` in routes, so label values are bounded here.
+ones are rejected with a log line, as are names that do not match the pattern whole (`schema.is_name`:
+a file `evil\n.py` is refused). An entry's name is the `plugin` label in metrics and the `<name>` in
+routes, so label values are bounded here.
 
 `Registry.errors` holds what makes the configuration wrong rather than one plugin broken: a check
 naming an unknown plugin or clashing with a plugin's name, refused plugin metadata, a plugin
@@ -23,17 +24,16 @@ from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
 
-from .. import schema
+from .. import defaults, schema
 from ..config import CheckConfig, Settings
 from ..errors import BadRequest, PluginNotFound
 from ..sandbox.client import PluginRef
 from .metadata import Metadata, read_metadata
 
-__all__ = ["ENTRY_POINT_GROUP", "NAME_PATTERN", "Entry", "Registry", "discover"]
+__all__ = ["ENTRY_POINT_GROUP", "Entry", "Registry", "discover"]
 
 log = logging.getLogger(__name__)
 
-NAME_PATTERN = schema.NAME_RE
 ENTRY_POINT_GROUP = "sidecar.plugins"
 BUILTIN_DIR = Path(__file__).parent / "builtin"
 
@@ -108,8 +108,9 @@ class Registry:
         allowed = self.settings.plugins
         if allowed and entry.source != "check" and entry.name not in allowed:
             return False  # not wanted on this sidecar (SIDECAR_PLUGINS): neither listed nor an error
-        if not NAME_PATTERN.match(entry.name):
-            self._reject(entry.location, f"invalid plugin name {entry.name!r}: must match {NAME_PATTERN.pattern}")
+        if not schema.is_name(entry.name):
+            self._reject(repr(entry.location), f"invalid plugin name {entry.name!r}: must match "
+                                               f"{defaults.PLUGIN_NAME_PATTERN}")
             return False
         if entry.name in self.entries:
             first = self.entries[entry.name]

@@ -3,11 +3,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families as parse_text
 
 from sidecar.config import CheckConfig, Settings
 from sidecar.errors import BadRequest, PluginNotFound
 from sidecar.plugins import discover
 from sidecar.plugins.metadata import read_metadata
+from sidecar.runner import Runner
 
 
 def _write(d: Path, name: str, body: str) -> Path:
@@ -153,3 +155,29 @@ def test_preload_false_in_metadata_reaches_the_plugin_reference(tmp_path):
     assert reg.get("eager").ref.preload is True
     assert reg.get("lazy").ref.preload is False
     assert "preload" in (reg.get("bad").metadata.invalid or "")
+
+
+def test_a_name_with_a_final_newline_is_refused_whole(tmp_path):
+    """`re.match` with `$` accepts `evil\\n` (`$` matches before a final newline): names are matched whole."""
+    name = "evil\n"
+    _write(tmp_path, name, "def run():\n    return 1\n")
+    reg = discover(Settings(plugin_path=(str(tmp_path),), entry_points=False))
+    assert name not in reg.entries
+    assert any(f"invalid plugin name {name!r}" in why for _, why in reg.rejected)
+
+
+def test_a_newline_plugin_file_added_before_a_reload_is_refused_and_the_scrape_parses(tmp_path):
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    settings = Settings(data_dir=str(tmp_path / "data"), plugin_path=(str(plugins),), entry_points=False)
+    runner = Runner(settings, start_scheduler=False, reload_source=lambda: settings)
+    try:
+        _write(plugins, "evil\n", "def run():\n    return 1\n")
+        _write(plugins, "fine", "def run():\n    return 1\n")
+        assert runner.reload()["added"] == ["fine"]
+        assert "evil\n" not in runner.registry.entries
+        body, _ = runner.render_metrics()
+        plugins_seen = {s.labels.get("plugin") for fam in parse_text(body.decode()) for s in fam.samples}
+        assert "fine" in plugins_seen and "evil\n" not in plugins_seen
+    finally:
+        runner.close()

@@ -8,11 +8,10 @@ from pathlib import Path
 import pytest
 
 import sidecar.plugins.builtin as builtin
-from sidecar.plugins import NAME_PATTERN
+from sidecar import schema
 from sidecar.plugins.metadata import FIELDS, read_metadata
 
 BUILTIN_DIR = Path(builtin.__file__).parent
-NAME = NAME_PATTERN
 TYPES = FIELDS
 EXPECTED = {"disk_usage", "echo", "http_probe", "process_check", "sleep", "tcp_probe"}
 FILES = sorted(p for p in BUILTIN_DIR.glob("*.py") if p.name != "__init__.py")
@@ -46,7 +45,7 @@ def test_the_expected_builtins_exist() -> None:
 
 @pytest.mark.parametrize("path", FILES, ids=lambda p: p.stem)
 def test_metadata_are_plain_literals(path: Path) -> None:
-    assert NAME.match(path.stem)
+    assert schema.is_name(path.stem)
     tree = _tree(path)
     values = _metadata(tree)
     description = values.get("description")
