@@ -27,9 +27,11 @@ def test_a_data_directory_has_one_holder_at_a_time(tmp_path: Path) -> None:
 def test_a_claim_is_not_inherited_by_children(tmp_path: Path) -> None:
     """A child that outlives the sidecar (a stuck gunicorn, a plugin) must not keep the directory claimed."""
     fd = claim_data_dir(str(tmp_path))
-    child = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE,
-                             close_fds=False)
+    child = subprocess.Popen([sys.executable, "-c", "import sys; print('up', flush=True); sys.stdin.read()"],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=False)
     try:
+        assert child.stdout is not None
+        assert child.stdout.readline() == b"up\n"  # past exec: only an inherited descriptor could hold the lock now
         os.close(fd)
         os.close(claim_data_dir(str(tmp_path)))
     finally:
