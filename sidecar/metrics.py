@@ -280,28 +280,33 @@ class Metrics:
         with self._lock:
             self._reloads[result] += 1
 
-    # A plugin removed by a reload may still have runs in flight: their updates find no series and are dropped.
-    def started(self, name: str) -> None:
+    # In-flight counts belong to the series a run started on: `started` returns it, and `aborted`/`finished`
+    # settle that one. A run of a plugin removed by a reload (or removed and added back: a new series) settles
+    # a series nobody renders any more, so the current one is never decremented by a run it did not count.
+    def started(self, name: str) -> _Plugin | None:
+        """Count a run in flight; returns the token `aborted`/`finished` take (None: no such plugin)."""
         with self._lock:
             p = self._plugins.get(name)
             if p is not None:
                 p.in_flight += 1
                 p.cache = None
+            return p
 
-    def aborted(self, name: str) -> None:
+    def aborted(self, started: _Plugin | None) -> None:
         """A run that ended without a result (a sidecar fault, not a plugin outcome): only in-flight changes."""
         with self._lock:
-            p = self._plugins.get(name)
-            if p is not None:
-                p.in_flight -= 1
-                p.cache = None
+            if started is not None:
+                started.in_flight -= 1
+                started.cache = None
 
-    def finished(self, name: str, result: PluginSandboxResult) -> None:
+    def finished(self, started: _Plugin | None, result: PluginSandboxResult) -> None:
         with self._lock:
-            p = self._plugins.get(name)
-            if p is None:
+            if started is None:
                 return
+            p = started
             p.in_flight -= 1
+            if self._plugins.get(p.name) is not p:
+                return  # its series is gone (removed by a reload): nothing else to count
             if result.ok:
                 p.success += 1
             else:

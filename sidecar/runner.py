@@ -126,7 +126,7 @@ class Runner:
     def _run_in_slot(self, entry: Entry, params: dict[str, Any], timeout: float, memory: int,
                      trigger: str) -> PluginSandboxResult:
         s = self.settings
-        self.metrics.started(entry.name)
+        in_flight = self.metrics.started(entry.name)
         try:
             result = self.sandbox.run(RunRequest(entry.ref, params, timeout, memory, s.max_result_bytes,
                                                  s.max_output_bytes, isolation=entry.isolation,
@@ -134,10 +134,10 @@ class Runner:
             if result.plugin != entry.name:  # a check runs its plugin's code under its own name
                 result = PluginSandboxResult.from_dict({**result.to_dict(), "plugin": entry.name})
         except BaseException:
-            self.metrics.aborted(entry.name)
+            self.metrics.aborted(in_flight)
             log.exception("run of %s failed inside the sidecar", entry.name)
             raise
-        self.metrics.finished(entry.name, result)
+        self.metrics.finished(in_flight, result)
         # After the metrics: a run that happened is counted even if its history write fails (the
         # store keeps it pending, counts and logs the failure; it never raises for a fault).
         self.store.record(result, trigger)

@@ -152,14 +152,13 @@ def _buckets(fams: dict[str, Metric], hist: str, plugin: str) -> list[tuple[floa
 
 @pytest.mark.parametrize("openmetrics", [False, True])
 def test_started_and_finished(metrics: Metrics, clock: Clock, openmetrics: bool) -> None:
-    metrics.started("alpha")
-    metrics.started("alpha")
+    first, second = metrics.started("alpha"), metrics.started("alpha")
     fams = _families(metrics, openmetrics)
     assert _value(fams, "sidecar_plugin_in_flight", "sidecar_plugin_in_flight", plugin="alpha") == 2
     assert fams["sidecar_plugin_last_run_timestamp_seconds"].samples == []
 
-    metrics.finished("alpha", _result("alpha", ms=50.0, mem=20 * 1024 * 1024, finished_at=990.0))
-    metrics.finished("alpha", _result("alpha", Outcome.TIMEOUT, ms=5000.0, mem=600 * 1024 * 1024, finished_at=995.0))
+    metrics.finished(first, _result("alpha", ms=50.0, mem=20 * 1024 * 1024, finished_at=990.0))
+    metrics.finished(second, _result("alpha", Outcome.TIMEOUT, ms=5000.0, mem=600 * 1024 * 1024, finished_at=995.0))
     fams = _families(metrics, openmetrics)
     assert _value(fams, "sidecar_plugin_in_flight", "sidecar_plugin_in_flight", plugin="alpha") == 0
     assert _value(fams, "sidecar_plugin_success", "sidecar_plugin_success_total", plugin="alpha") == 1
@@ -189,8 +188,7 @@ def test_started_and_finished(metrics: Metrics, clock: Clock, openmetrics: bool)
 
 def test_buckets_cumulative_and_monotone(metrics: Metrics) -> None:
     for ms in (1, 5, 20, 80, 300, 900, 2000, 20_000, 50, 7):
-        metrics.started("beta")
-        metrics.finished("beta", _result("beta", ms=ms, mem=ms * 1024 * 1024))
+        metrics.finished(metrics.started("beta"), _result("beta", ms=ms, mem=ms * 1024 * 1024))
     fams = _families(metrics)
     for hist in ("sidecar_plugin_execution_seconds", "sidecar_plugin_peak_memory_bytes"):
         pairs = _buckets(fams, hist, "beta")
@@ -202,8 +200,7 @@ def test_buckets_cumulative_and_monotone(metrics: Metrics) -> None:
 
 
 def test_finished_without_time_uses_clock_and_no_memory_skips_histogram(metrics: Metrics, clock: Clock) -> None:
-    metrics.started("alpha")
-    metrics.finished("alpha", _result("alpha", Outcome.CRASH, mem=0, finished_at=0.0))
+    metrics.finished(metrics.started("alpha"), _result("alpha", Outcome.CRASH, mem=0, finished_at=0.0))
     fams = _families(metrics)
     assert _value(fams, "sidecar_plugin_last_run_timestamp_seconds", "sidecar_plugin_last_run_timestamp_seconds",
                   plugin="alpha") == clock.now
@@ -235,12 +232,11 @@ def test_cache_is_invalidated_on_every_change(metrics: Metrics) -> None:
 
     first, _ = metrics.render()
     assert ours(metrics.render()[0]) == ours(first)  # cached render is stable
-    metrics.started("alpha")
+    run = metrics.started("alpha")
     assert in_flight() == 1
-    metrics.finished("alpha", _result("alpha"))
+    metrics.finished(run, _result("alpha"))
     assert in_flight() == 0 and success() == 1
-    metrics.started("alpha")
-    metrics.finished("alpha", _result("alpha"))
+    metrics.finished(metrics.started("alpha"), _result("alpha"))
     assert success() == 2
     metrics.reject("alpha", "invalid")
     fams = _families(metrics)
@@ -254,8 +250,7 @@ def test_cache_is_invalidated_on_every_change(metrics: Metrics) -> None:
 
 
 def test_label_values_only_from_added_plugins(metrics: Metrics) -> None:
-    metrics.started("alpha")
-    metrics.finished("alpha", _result("alpha", Outcome.VALUE))
+    metrics.finished(metrics.started("alpha"), _result("alpha", Outcome.VALUE))
     metrics.reject("beta", "saturated")
     allowed: dict[str, set[Any]] = {"plugin": {"alpha", "beta"}, "error_type": set(ERROR_OUTCOMES),
                                     "reason": set(REJECT_REASONS) | set(FAULT_REASONS), "version": {__version__},
@@ -278,8 +273,7 @@ def test_unknown_plugin_creates_no_series(metrics: Metrics) -> None:
         return {k: v for k, v in _families(metrics).items() if k.startswith("sidecar_")}
 
     before = ours()
-    metrics.started("nope")
-    metrics.finished("nope", _result("nope", Outcome.VALUE))
+    metrics.finished(metrics.started("nope"), _result("nope", Outcome.VALUE))
     metrics.reject("nope", "saturated")
     assert ours() == before
     with pytest.raises(KeyError):
@@ -287,8 +281,7 @@ def test_unknown_plugin_creates_no_series(metrics: Metrics) -> None:
 
 
 def test_removed_plugin_leaves_and_kept_plugin_keeps_its_series(metrics: Metrics) -> None:
-    metrics.started("alpha")
-    metrics.finished("alpha", _result("alpha", Outcome.SUCCESS))
+    metrics.finished(metrics.started("alpha"), _result("alpha", Outcome.SUCCESS))
     metrics.update_plugin("alpha", 2000.0, 5.0)
     metrics.remove_plugin("beta")
     metrics.reloaded("success")
@@ -322,8 +315,7 @@ def test_nan_and_infinities_render_and_parse(clock: Clock, openmetrics: bool) ->
     m.add_plugin("inf_interval", 900.0, float("inf"))
     m.add_plugin("neg", float("-inf"), 30.0)
     for plugin, ms in (("nan_interval", float("nan")), ("inf_interval", float("inf")), ("neg", 5.0)):
-        m.started(plugin)
-        m.finished(plugin, _result(plugin, ms=ms, finished_at=float("inf")))
+        m.finished(m.started(plugin), _result(plugin, ms=ms, finished_at=float("inf")))
     fams = _families(m, openmetrics)
     interval = {s.labels["plugin"]: s.value for s in fams["sidecar_plugin_interval_seconds"].samples}
     assert math.isnan(interval["nan_interval"]) and interval["inf_interval"] == math.inf
@@ -480,11 +472,28 @@ def test_label_values_are_escaped_so_one_bad_name_cannot_break_the_scrape(clock:
     m = Metrics(BUCKETS, clock=clock)
     m.add_plugin(bad, 900.0, 30.0)
     m.add_plugin("alpha", 900.0, None)
-    m.started(bad)
-    m.finished(bad, _result(bad))
+    m.finished(m.started(bad), _result(bad))
     fams = _families(m, openmetrics)
     for family, sample in (("sidecar_plugin_success", "sidecar_plugin_success_total"),
                            ("sidecar_plugin_uptime_seconds", "sidecar_plugin_uptime_seconds"),
                            ("sidecar_plugin_execution_seconds", "sidecar_plugin_execution_seconds_count")):
         assert _value(fams, family, sample, plugin=bad) == (100.0 if "uptime" in family else 1.0)
     assert _value(fams, "sidecar_plugin_success", "sidecar_plugin_success_total", plugin="alpha") == 0.0
+
+
+def test_in_flight_belongs_to_the_series_its_run_started_on(metrics: Metrics) -> None:
+    """A check removed by a reload while running, then added back: the new series starts clean, and the old run
+    settles only the old one (it once left the new series at -1 and counted its outcome there)."""
+    def in_flight() -> float:
+        return _value(_families(metrics), "sidecar_plugin_in_flight", "sidecar_plugin_in_flight", plugin="alpha")
+
+    old = metrics.started("alpha")
+    assert in_flight() == 1
+    metrics.remove_plugin("alpha")
+    metrics.add_plugin("alpha", 2000.0, None)
+    assert in_flight() == 0
+    metrics.finished(old, _result("alpha"))
+    assert in_flight() == 0
+    assert metrics.snapshot("alpha")["success"] == 0
+    metrics.finished(metrics.started("alpha"), _result("alpha"))
+    assert in_flight() == 0 and metrics.snapshot("alpha")["success"] == 1

@@ -241,6 +241,27 @@ def test_reload_is_safe_with_runs_in_flight(reloadable):
     assert runner.store.recent("slow", 1)[0]["outcome"] == "success"  # its run is still recorded
 
 
+def test_a_check_removed_while_running_and_added_back_starts_clean(reloadable):
+    runner, source = reloadable
+    with_slow = source.settings.replace(checks=(CheckConfig("slow", "sleep", {"seconds": 0.5}),))
+    source.settings = with_slow
+    runner.reload()
+    results: list[dict[str, object]] = []
+    in_flight = threading.Thread(target=lambda: results.append(runner.run("slow")))
+    in_flight.start()
+    _wait_for(lambda: runner.metrics.snapshot("slow")["in_flight"] == 1)
+    source.settings = with_slow.replace(checks=())
+    runner.reload()
+    source.settings = with_slow
+    runner.reload()  # back, as a new series, while the old run goes on
+    assert runner.metrics.snapshot("slow")["in_flight"] == 0
+    in_flight.join(30)
+    assert [r["outcome"] for r in results] == ["success"]
+    # The old run settled its own (removed) series: the new one is idle at 0 and counted nothing of it.
+    assert runner.metrics.snapshot("slow")["in_flight"] == 0
+    assert runner.metrics.snapshot("slow")["success"] == 0
+
+
 def test_reload_rereads_plugin_directories(tmp_path):
     plugins = tmp_path / "plugins"
     plugins.mkdir()
