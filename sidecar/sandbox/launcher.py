@@ -91,6 +91,10 @@ class _Conn:
         self.children: set[int] = set()
 
 
+#: How long a template may take to answer a fork request before it is killed and replaced (runs meanwhile
+#: import per run): a template stopped by its own run, or hung in an at-fork hook, never holds a run.
+_FORK_ANSWER_SECONDS = 2.0
+
 #: Back-off after a template's import failed or hung: 1 s, doubling up to this (runs meanwhile import per run).
 _MAX_BACKOFF_SECONDS = 60.0
 
@@ -99,7 +103,7 @@ class _Template:
     """A plugin's template as the launcher sees it: its process, its socket and who waits on it."""
 
     __slots__ = ("key", "pid", "pidfd", "sock", "tmp", "signature", "ready", "deadline", "timed_out",
-                 "waiting", "forking", "spares", "answered", "unit")
+                 "waiting", "forking", "spares", "answered", "unit", "fork_deadline")
 
     def __init__(self, key: str, pid: int, pidfd: int, sock: socket.socket, tmp: str,
                  signature: tuple[int, ...] | None, deadline: float) -> None:
@@ -123,6 +127,8 @@ class _Template:
         #: children forked ahead of need, handed to the next runs of this plugin
         self.spares: list[_Child] = []
         self.unit: Unit | None = None
+        #: by when it must answer its oldest fork request (a stopped or hung template is replaced)
+        self.fork_deadline = float("inf")
 
 
 def _signature(path: str | None) -> tuple[int, ...] | None:
@@ -198,6 +204,10 @@ class Launcher:
         if building:
             nearest = max(0.0, min(t.deadline for t in building) - now)
             timeout = nearest if timeout < 0 else min(timeout, nearest)
+        asked = [t.fork_deadline for t in self.templates.values() if t.forking]
+        if asked:
+            nearest = max(0.0, min(asked) - now)
+            timeout = nearest if timeout < 0 else min(timeout, nearest)
         if self.want_ticket:
             timeout = 0.0  # fork tickets as soon as nothing else is waiting
         events = self.epoll.poll(timeout)
@@ -225,6 +235,9 @@ class Launcher:
         if running and now >= self.next_rss_poll:
             self.next_rss_poll = now + _RSS_POLL_SECONDS
             self._poll_rss(running)
+        for tpl in [t for t in self.templates.values() if t.forking and now >= t.fork_deadline]:
+            self._back_off(tpl)  # it did not answer: its runs import per run, the plugin backs off
+            self._drop_template(tpl)
         for tpl in building:
             if now >= tpl.deadline:
                 tpl.timed_out = True  # its exit ends the runs waiting for it as `timeout`
@@ -508,6 +521,8 @@ class Launcher:
         finally:
             for fd in (res_w, out_w, err_w, req_r):
                 os.close(fd)
+        if not tpl.forking:
+            tpl.fork_deadline = time.monotonic() + _FORK_ANSWER_SECONDS
         tpl.forking.append((conn, ours, tmp))
 
     def _on_template(self, tpl: _Template, fd: int) -> None:
@@ -549,6 +564,7 @@ class Launcher:
                 self._send(conn, {"t": "fallback", "reason": "threads", "threads": msg.get("count")})
         elif kind == "forked" and tpl.forking:
             to, ours, tmp = tpl.forking.pop(0)
+            tpl.fork_deadline = time.monotonic() + _FORK_ANSWER_SECONDS if tpl.forking else float("inf")
             self._ticket_from(tpl, to, int(msg.get("pid") or 0), ours, tmp)
 
     def _ticket_from(self, tpl: _Template, conn: _Conn | None, pid: int, ours: tuple[int, ...], tmp: str) -> None:

@@ -153,3 +153,24 @@ def test_describe_says_what_is_in_force():
     line = describe(Cgroups(kill="/k", memory="/m", pids="/p"))
     assert "cgroup.kill" in line and "memory.limit_in_bytes" in line and "pids.max (v1)" in line
     assert "memory.max/memory.peak (v2)" in describe(Cgroups(kill="/k", memory="/k", memory_v2=True))
+
+
+def test_a_plugin_that_stops_its_template_harms_at_most_that_run(served):
+    for _ in range(3):
+        r = _run(served, "stop_template", timeout=3.0)
+        assert r.outcome is Outcome.SUCCESS, r.error
+    assert _run(served, "hello", timeout=3.0).outcome is Outcome.SUCCESS
+
+
+def test_a_template_hung_in_an_at_fork_hook_costs_no_launcher_and_no_reaping(library):
+    done: dict[str, PluginSandboxResult] = {}
+    hung = threading.Thread(target=lambda: done.update(r=_run(library, "at_fork_hang", timeout=5.0)))
+    hung.start()
+    while hung.is_alive():  # meanwhile, other plugins' daemons are still reaped at their runs' end
+        r = _run(library, "double_fork_daemon")
+        assert r.outcome is Outcome.SUCCESS, r.error
+        assert [p for p in r.result["pids"] if _alive(p)] == []
+    hung.join()
+    r = done["r"]
+    assert r.outcome in (Outcome.SUCCESS, Outcome.TIMEOUT, Outcome.IMPORT), r.error
+    assert r.error is None or r.error.type != "LauncherDied"
