@@ -432,13 +432,25 @@ class Launcher:
                 self._send(conn, {"t": "fallback", "reason": "fork"})
                 return
         self.templates.move_to_end(key)
-        if tpl.ready and tpl.spares:
-            self._hand_out(tpl.spares.pop(0), conn)
+        spare = tpl.spares.pop(0) if tpl.ready and tpl.spares else None
+        if spare is not None and self._stopped(spare.pid):
+            self._kill(spare.pid)  # another run of the plugin (same uid) stopped it: never hand it out
+            spare = None
+        if spare is not None:
+            self._hand_out(spare, conn)
             self._fork_from(tpl, None)  # the next run's, while nobody waits
         elif tpl.ready:
             self._fork_from(tpl, conn)
         else:
             tpl.waiting.append(conn)
+
+    def _stopped(self, pid: int) -> bool:
+        proc_pid = self._proc_pid(pid)
+        try:
+            with open(f"/proc/{proc_pid}/stat", "rb") as f:
+                return f.read().rsplit(b")", 1)[1].split()[0] in (b"T", b"t")
+        except (OSError, IndexError):
+            return False
 
     def _hand_out(self, child: _Child, conn: _Conn) -> None:
         fds, child.ticket_fds = child.ticket_fds, ()
