@@ -209,9 +209,14 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _cmd_settings(args: argparse.Namespace) -> int:
+    from .sandbox.containment import describe, detect, release
+
     print(settings_table())
     print("\nIn force here (flags, SIDECAR_* environment, config file, defaults):\n")
     print(in_force(_settings(args)))
+    found = detect()  # what a sandbox started here would get
+    release(found)
+    print(f"\nContainment on this host: {describe(found)}")
     return 0
 
 

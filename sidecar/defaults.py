@@ -24,6 +24,8 @@ MAX_BODY_BYTES = 1024 * 1024
 TEMPLATES = "on"
 MAX_TEMPLATES = 32
 HISTORY_RETENTION = 1000
+#: Processes one run may hold at once (its cgroup's pids.max; RLIMIT_NPROC of its uid as root).
+MAX_PROCESSES = 512
 
 #: The form of every plugin and check name: a metric label value and a URL path segment.
 PLUGIN_NAME_PATTERN = r"^[a-z][a-z0-9_]{0,63}$"

@@ -69,7 +69,9 @@ class Runner:
         self._start_scheduler = start_scheduler
         self.registry: Registry = discover(settings)
         self.store = Store(settings.data_dir, settings.history_retention)
-        secrets = (settings.data_dir, *hidden, *((settings.api_token_file,) if settings.api_token_file else ()))
+        # The config file may hold api_token: hidden from plugins like the token file itself.
+        secrets = (settings.data_dir, *hidden, *((settings.api_token_file,) if settings.api_token_file else ()),
+                   *((settings.config,) if settings.config else ()))
         self.sandbox = Sandbox(extra_env=settings.plugin_env, isolation=Isolation(
             settings.isolation, hidden=secrets, readable=settings.plugin_path), templates=settings.templates == "on",
             max_templates=settings.max_templates)
@@ -222,7 +224,8 @@ class Runner:
     def ready(self) -> dict[str, Any]:
         writable, why = self.store.probe()
         checks = {"plugins_discovered": len(self.registry) > 0, "store_writable": writable}
-        state: dict[str, Any] = {"ready": all(checks.values()), "checks": checks}
+        state: dict[str, Any] = {"ready": all(checks.values()), "checks": checks,
+                                 "containment": self.sandbox.containment}
         if not writable:
             state["reason"] = f"history store: {why}"
         return state

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -276,5 +277,32 @@ def test_reload_rereads_plugin_directories(tmp_path):
         assert runner.run("second")["result"] == 2
         assert 'sidecar_plugin_interval_seconds{plugin="second"} 60.0' in _metric_lines(runner, "second")
         assert not _metric_lines(runner, "first")
+    finally:
+        runner.close()
+
+
+def test_a_plugin_cannot_read_the_config_file_that_holds_the_token(tmp_path: Path):
+    if os.geteuid() != 0:
+        pytest.skip("isolation hides files through namespaces entered as root here")
+    plugins = tmp_path / "plugins"
+    plugins.mkdir(mode=0o755)
+    config = plugins / "sidecar.toml"  # beside the plugins, which plugins must be able to read
+    config.write_text('api_token = "s3cret-in-config"\n')
+    config.chmod(0o644)  # world-readable, as configs under /opt often are
+    (plugins / "peek.py").write_text(
+        "def run(path):\n"
+        "    try:\n"
+        "        with open(path) as f:\n"
+        "            return {'read': f.read()}\n"
+        "    except OSError as exc:\n"
+        "        return {'error': type(exc).__name__}\n")
+    (plugins / "peek.py").chmod(0o644)
+    runner = Runner(Settings(data_dir=str(tmp_path / "data"), plugin_path=(str(plugins),), entry_points=False,
+                             config=str(config)), start_scheduler=False)
+    try:
+        out = runner.run("peek", {"path": str(config)})
+        assert out["outcome"] == "success", out
+        assert "s3cret-in-config" not in str(out["result"])
+        assert "containment" in runner.ready()
     finally:
         runner.close()

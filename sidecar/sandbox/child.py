@@ -23,6 +23,7 @@ import signal
 import sys
 from typing import Any, NoReturn
 
+from ..defaults import MAX_PROCESSES
 from ..framing import HEADER, write_all
 from . import _warmup
 from .outcomes import classify_exception
@@ -40,6 +41,7 @@ _TEXT_LIMIT = 8_000
 PLUGIN_ID_BASE = 2_000_000_000
 _PR_SET_PDEATHSIG = 1
 _PR_SET_NO_NEW_PRIVS = 38
+_PR_SET_CHILD_SUBREAPER = 36
 
 
 class ResultTooLarge(Exception):
@@ -62,8 +64,11 @@ def _confine(memory_limit_mb: int, max_processes: int | None) -> None:
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     limit = memory_limit_mb * 1024 * 1024
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    if max_processes is None and os.getuid() >= PLUGIN_ID_BASE:
+        # A uid of its own (as root): the bound is this run's, or its template's runs' together. Without
+        # one, the uid is the sidecar's and the count would include it: the cgroup's pids.max binds instead.
+        max_processes = MAX_PROCESSES
     if max_processes is not None:
-        # Binds non-root users only (root ignores RLIMIT_NPROC); the process group kill is the real net.
         resource.setrlimit(resource.RLIMIT_NPROC, (max_processes, max_processes))
 
 
@@ -213,10 +218,26 @@ def read_request() -> dict[str, Any] | None:
     return dict(json.loads(bytes(data[HEADER.size :])))
 
 
+def become_unit(prctl: Any) -> None:
+    """A session of our own (no other run can join its process groups, nor it theirs), and a child
+    subreaper: whatever we start stays in our process tree, `setsid` daemons included, until the end."""
+    os.setsid()
+    if prctl is not None:
+        prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+
+
+def await_end() -> NoReturn:
+    """The result is out: stay (holding our tree together) until the launcher ends the unit."""
+    while True:
+        try:
+            signal.pause()
+        except BaseException:  # noqa: B036,S110 - a plugin's handler may raise: keep waiting
+            pass
+
+
 def confine_fds(fds: tuple[int, int, int, int], keep_others: bool = False) -> None:
-    """Own process group, default signals, and fds 0-4 as the run expects them; every other fd closed
+    """Default signals, and fds 0-4 as the run expects them; every other fd closed
     (`keep_others`: only the ones given, so a template's run keeps the fds its plugin opened at import)."""
-    os.setpgid(0, 0)
     signal.set_wakeup_fd(-1)
     for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, signal.SIG_DFL)
@@ -254,6 +275,7 @@ def spare_main(fds: tuple[int, int, int, int], prctl: Any, tmp: str, drop: bool 
     try:
         if prctl is not None:
             prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)  # die with the launcher
+        become_unit(prctl)
         confine_fds(fds)
         os.environ["TMPDIR"] = os.environ["HOME"] = tmp
         if drop:  # before the warm-up: no code runs here as root that a plugin could have touched
@@ -264,6 +286,7 @@ def spare_main(fds: tuple[int, int, int, int], prctl: Any, tmp: str, drop: bool 
         if request is None:  # retired spare
             os._exit(0)
         serve_request(request)
+        await_end()
     except BaseException:  # noqa: B036 - the launcher reports a missing result as a crash
         code = 70
     os._exit(code)

@@ -29,11 +29,13 @@ from ..defaults import (
     DEFAULT_MAX_RESULT_BYTES,
     DEFAULT_MEMORY_LIMIT_MB,
     DEFAULT_TIMEOUT_SECONDS,
+    MAX_PROCESSES,
     MAX_TEMPLATES,
     TEMPLATES,
 )
 from ..framing import FrameError, FrameReader, encode, send_frame, write_all
 from .capture import Capture
+from .containment import Cgroups, describe, detect, release, set_memory_limit
 from .environment import plugin_environment
 from .isolation import Confinement, Isolation, bwrap_command, namespaces_unavailable, needed_paths
 from .result import ErrorInfo, ExitFacts, Outcome, PluginSandboxResult, decide_outcome
@@ -140,9 +142,10 @@ def build_result(request: RunRequest, header: dict[str, Any], message: bytes) ->
         protocol_error=protocol_error,
     )
     outcome, result, error = decide_outcome(facts, request.timeout_seconds, request.memory_limit_mb)
-    peak = decoded.get("peak_memory_bytes") if decoded else None
+    # What the sidecar measured (the unit's cgroup peak, or the launcher's rusage of the run) comes first.
+    peak = header["peak_memory_bytes"]
     if not isinstance(peak, int) or peak <= 0:
-        peak = header["peak_memory_bytes"]
+        peak = (decoded.get("peak_memory_bytes") if decoded else 0) or 0
     return PluginSandboxResult.from_dict({
         "plugin": name,
         "outcome": outcome.value,
@@ -162,7 +165,7 @@ class _LauncherProcess:
     """One launcher process and its control socket, over which channel connections are handed."""
 
     def __init__(self, env: dict[str, str], prefix: list[str], drop_privileges: bool,
-                 max_templates: int = MAX_TEMPLATES) -> None:
+                 max_templates: int = MAX_TEMPLATES, cgroups: Cgroups | None = None) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             self.proc = subprocess.Popen(
@@ -170,7 +173,8 @@ class _LauncherProcess:
                 # the runner's own path, absolute entries only, is what the launcher imports from.
                 [*prefix, sys.executable, "-S", "-P", "-m", "sidecar.sandbox.launcher", str(theirs.fileno()),
                  json.dumps([p for p in sys.path if os.path.isabs(p)]),
-                 json.dumps({"drop_privileges": drop_privileges, "max_templates": max_templates})],
+                 json.dumps({"drop_privileges": drop_privileges, "max_templates": max_templates,
+                             "cgroups": (cgroups or Cgroups()).to_wire(), "max_processes": MAX_PROCESSES})],
                 pass_fds=(theirs.fileno(),),
                 env=env,
                 stdin=subprocess.DEVNULL,
@@ -222,6 +226,8 @@ class _Channel:
         self.tickets: deque[tuple[int, list[int]]] = deque()
         #: tickets forked from a plugin's template: each answers this channel's one `want`
         self.template_tickets: deque[tuple[int, list[int]]] = deque()
+        #: pid -> its unit's memory cgroup, where the caller sets the run's limit before the request
+        self.units: dict[int, dict[str, Any]] = {}
 
     def close(self) -> None:
         for tickets in (self.tickets, self.template_tickets):
@@ -254,6 +260,8 @@ class _Channel:
         if msg.get("t") == "ticket":  # its five fds arrived with (or before) its bytes, in order
             queue = self.template_tickets if msg.get("template") else self.tickets
             queue.append((int(msg["pid"]), [self.fds.popleft() for _ in range(5)]))
+            if msg.get("unit"):
+                self.units[int(msg["pid"])] = msg["unit"]
         return msg
 
     def ask(self, msg: dict[str, Any]) -> None:
@@ -295,6 +303,14 @@ class _Channel:
             if msg.get("t") == "exit" and msg.get("pid") == pid:
                 return msg
 
+    def end(self, pid: int) -> None:
+        """The result is in: the launcher ends the run's unit and reports its exit."""
+        self.sock.settimeout(10)
+        try:
+            send_frame(self.sock, json.dumps({"t": "end", "pid": pid}).encode())
+        except OSError as exc:
+            raise LauncherLost(f"launcher connection failed: {exc}") from None
+
     def start(self, pid: int, request: RunRequest, t0: float) -> None:
         self.sock.settimeout(10)
         try:
@@ -303,6 +319,10 @@ class _Channel:
                                               "memory_limit_mb": request.memory_limit_mb}).encode())
         except OSError as exc:
             raise LauncherLost(f"launcher connection failed: {exc}") from None
+
+
+#: How long a caller waits, past a run's own deadline, for the launcher to report the end of its unit.
+REPORT_SECONDS = 3.0
 
 
 def _kill(pidfd: int) -> None:
@@ -320,6 +340,9 @@ def _drive(channel: _Channel, request: RunRequest, pid: int, fds: list[int],
     req_w, res_r, out_r, err_r, pidfd = fds
     started_at = time.time()
     t0 = time.monotonic()
+    unit = channel.units.pop(pid, None)
+    if unit:  # the whole tree's bound, in force before the run reads its request
+        set_memory_limit(unit.get("memory"), bool(unit.get("memory_v2")), request.memory_limit_mb * 1024 * 1024)
     try:
         write_all(req_w, encode(request.to_wire(pid)))
     except OSError:
@@ -376,7 +399,13 @@ def _drive(channel: _Channel, request: RunRequest, pid: int, fds: list[int],
             elif not drain(fd):
                 poller.unregister(fd)
     finished = time.monotonic()
-    _kill(pidfd)  # the run is over: it goes, and the launcher takes its process group with it
+    # The run is over: the launcher ends its unit (everything it started) and then reports its exit, so
+    # nothing of the run is alive once its result is returned.
+    try:
+        channel.end(pid)
+    except LauncherLost:
+        _kill(pidfd)
+        raise
     for fd in (res_r, out_r, err_r):  # whatever was written before the end is in the pipes
         if not frames or fd != res_r:
             drain(fd, budget=4 << 20)
@@ -385,11 +414,15 @@ def _drive(channel: _Channel, request: RunRequest, pid: int, fds: list[int],
         "execution_time_ms": (finished - t0) * 1000.0, "peak_memory_bytes": 0, "started_at": started_at,
         "finished_at": started_at + (finished - t0), "stdout": out.to_dict(), "stderr": err.to_dict(),
     }
-    if frames and protocol_error is None:
-        return build_result(request, header, frames[0])
-    report = channel.exit_of(pid, timeout=10.0)
+    try:
+        report = channel.exit_of(pid, timeout=max(0.0, deadline - time.monotonic()) + REPORT_SECONDS)
+    except LauncherLost:
+        _kill(pidfd)
+        raise
     header.update(wait_status=report["status"], timed_out=report["timed_out"],
                   memory_killed=report["memory_killed"], peak_memory_bytes=report["maxrss"])
+    if frames and protocol_error is None:
+        return build_result(request, header, frames[0])
     if protocol_error is None and len(result):
         header["protocol_error"] = "incomplete result frame"
     return build_result(request, header, b"")
@@ -409,8 +442,9 @@ class Sandbox:
 
     def __init__(self, *, environ: Mapping[str, str] | None = None, extra_env: Iterable[str] = (),
                  isolation: Isolation | None = None, templates: bool = TEMPLATES == "on",
-                 max_templates: int = MAX_TEMPLATES) -> None:
-        """`templates`: fork each plugin's runs from a process that imported it once (see `template`)."""
+                 max_templates: int = MAX_TEMPLATES, cgroups: bool = True) -> None:
+        """`templates`: fork each plugin's runs from a process that imported it once (see `template`);
+        `cgroups`: a cgroup per run where the host lets us make one (False: the session-only fallback)."""
         env = plugin_environment(os.environ if environ is None else environ, extra_env)
         root = _package_root()
         env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
@@ -425,6 +459,10 @@ class Sandbox:
         self._idle: list[_Channel] = []
         self._channels: set[_Channel] = set()
         self._closed = False
+        #: what bounds a run here, detected once (see `containment`)
+        self.cgroups: Cgroups = detect(disabled=not cgroups)
+        self.containment = describe(self.cgroups)
+        _log.info("sandbox containment: %s", self.containment)
 
     @property
     def launcher_pid(self) -> int | None:
@@ -445,7 +483,8 @@ class Sandbox:
         if iso.bwrap is None or (not confinement.strict and namespaces_unavailable(iso.bwrap)):
             return [], as_root  # default mode degrades to the identity layer (SECURITY.md says what holds)
         needed = needed_paths((*iso.readable, _package_root()))
-        return bwrap_command(iso.bwrap, confinement, needed, iso.hidden, as_root), as_root
+        return bwrap_command(iso.bwrap, confinement, needed, iso.hidden, as_root,
+                             writable=self.cgroups.dirs()), as_root
 
     def _current(self, confinement: Confinement | None) -> _LauncherProcess:
         with self._lock:
@@ -456,7 +495,7 @@ class Sandbox:
                 if launcher is not None:
                     launcher.stop()
                 launcher = self._launchers[confinement] = _LauncherProcess(self._env, *self._command(confinement),
-                                                                           self.max_templates)
+                                                                           self.max_templates, self.cgroups)
             return launcher
 
     def _checkout(self, confinement: Confinement | None) -> _Channel:
@@ -579,6 +618,7 @@ class Sandbox:
             channel.close()
         for launcher in launchers:
             launcher.stop()
+        release(self.cgroups)
 
     def __enter__(self) -> Sandbox:
         return self

@@ -131,7 +131,7 @@ def needed_paths(readable: Iterable[str] = ()) -> list[str]:
 
 
 def bwrap_command(bwrap: str, confinement: Confinement, needed: Iterable[str], hidden: Iterable[str],
-                  as_root: bool) -> list[str]:
+                  as_root: bool, writable: Iterable[str] = ()) -> list[str]:
     """bubblewrap's arguments for a launcher (pure: decided from the paths' modes, nothing started)."""
     args = [bwrap, "--unshare-pid", "--unshare-ipc", "--unshare-uts"]
     if not as_root:
@@ -167,6 +167,8 @@ def bwrap_command(bwrap: str, confinement: Confinement, needed: Iterable[str], h
                 made.add(parent)
         args += ["--ro-bind", path, path]
         bound.append(path)
+    for path in writable:  # the sandbox's cgroup subtree: the launcher makes a unit per run there
+        args += ["--bind", path, path]
     for path in hidden:
         real = os.path.realpath(path)
         if os.path.isdir(real):

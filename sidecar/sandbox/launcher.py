@@ -43,6 +43,7 @@ from typing import Any
 
 from ..framing import FrameError, FrameReader, encode
 from .child import PLUGIN_ID_BASE, spare_main
+from .containment import Cgroups, Unit, Units, session_of
 from .template import template_main
 
 __all__ = ["main"]
@@ -61,7 +62,7 @@ except (OSError, AttributeError):  # pragma: no cover - non-glibc platforms
 
 class _Child:
     __slots__ = ("pid", "pidfd", "conn", "deadline", "rss_limit", "started", "timed_out", "memory_killed", "tmp",
-                 "owner", "ticket_fds")
+                 "owner", "ticket_fds", "unit")
 
     def __init__(self, pid: int, pidfd: int, conn: _Conn | None, tmp: str, owner: int = 0) -> None:
         self.pid = pid
@@ -77,6 +78,8 @@ class _Child:
         self.started = False
         self.timed_out = False
         self.memory_killed = False
+        #: its unit of containment (session, cgroup): set once the launcher placed it
+        self.unit: Unit | None = None
 
 
 class _Conn:
@@ -88,6 +91,10 @@ class _Conn:
         self.children: set[int] = set()
 
 
+#: How long a template may take to answer a fork request before it is killed and replaced (runs meanwhile
+#: import per run): a template stopped by its own run, or hung in an at-fork hook, never holds a run.
+_FORK_ANSWER_SECONDS = 2.0
+
 #: Back-off after a template's import failed or hung: 1 s, doubling up to this (runs meanwhile import per run).
 _MAX_BACKOFF_SECONDS = 60.0
 
@@ -96,7 +103,7 @@ class _Template:
     """A plugin's template as the launcher sees it: its process, its socket and who waits on it."""
 
     __slots__ = ("key", "pid", "pidfd", "sock", "tmp", "signature", "ready", "deadline", "timed_out",
-                 "waiting", "forking", "spares", "answered")
+                 "waiting", "forking", "spares", "answered", "unit", "fork_deadline")
 
     def __init__(self, key: str, pid: int, pidfd: int, sock: socket.socket, tmp: str,
                  signature: tuple[int, ...] | None, deadline: float) -> None:
@@ -119,6 +126,9 @@ class _Template:
         self.forking: list[tuple[_Conn | None, tuple[int, ...], str]] = []
         #: children forked ahead of need, handed to the next runs of this plugin
         self.spares: list[_Child] = []
+        self.unit: Unit | None = None
+        #: by when it must answer its oldest fork request (a stopped or hung template is replaced)
+        self.fork_deadline = float("inf")
 
 
 def _signature(path: str | None) -> tuple[int, ...] | None:
@@ -131,25 +141,18 @@ def _signature(path: str | None) -> tuple[int, ...] | None:
     return (st.st_ino, st.st_size, st.st_mtime_ns)
 
 
-def _killpg(pgid: int) -> None:
+def _signal(pid: int, sig: int) -> None:
     try:
-        os.killpg(pgid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-def _kill_child(pid: int) -> None:
-    """SIGKILL the child's whole process group, and the child itself should it have left the group."""
-    _killpg(pid)
-    try:
-        os.kill(pid, signal.SIGKILL)
+        os.kill(pid, sig)
     except (ProcessLookupError, PermissionError):
         pass
 
 
 class Launcher:
-    def __init__(self, ctrl: socket.socket, drop_privileges: bool = False, max_templates: int = 32) -> None:
+    def __init__(self, ctrl: socket.socket, drop_privileges: bool = False, max_templates: int = 32,
+                 cgroups: Cgroups | None = None, max_processes: int = 512) -> None:
         self.ctrl = ctrl
+        self.units = Units(cgroups or Cgroups(), max_processes)
         self.drop_privileges = drop_privileges
         self.max_templates = max_templates
         self.templates: OrderedDict[str, _Template] = OrderedDict()  # least recently used first
@@ -169,8 +172,9 @@ class Launcher:
         self.conns: dict[int, _Conn] = {}
         self.want_ticket: list[_Conn] = []
         self.orphans: set[int] = set()
+        #: units whose cgroups still held a dying process when their run ended
+        self.dying: list[Unit] = []
         self.pid = os.getpid()
-        self.pgrp = os.getpgrp()
         # /proc may be the host's (a plugin allowed to see the host's processes shares our mounts):
         # then it names us, and our children, by host pids, which are translated to ours.
         self.proc_pid = int(os.readlink("/proc/self"))
@@ -194,11 +198,15 @@ class Launcher:
         if running:
             nearest = min((c.deadline for c in running if not c.timed_out), default=now + 1.0)
             timeout = max(0.0, min(nearest, self.next_rss_poll) - now)
-        if self.orphans or self.reap_due:
+        if self.orphans or self.reap_due or self.dying:
             timeout = 0.05 if timeout < 0 else min(timeout, 0.05)
         building = [t for t in self.templates.values() if not t.ready and not t.timed_out]
         if building:
             nearest = max(0.0, min(t.deadline for t in building) - now)
+            timeout = nearest if timeout < 0 else min(timeout, nearest)
+        asked = [t.fork_deadline for t in self.templates.values() if t.forking]
+        if asked:
+            nearest = max(0.0, min(asked) - now)
             timeout = nearest if timeout < 0 else min(timeout, nearest)
         if self.want_ticket:
             timeout = 0.0  # fork tickets as soon as nothing else is waiting
@@ -223,15 +231,18 @@ class Launcher:
         for child in running:
             if not child.timed_out and now >= child.deadline:
                 child.timed_out = True
-                _kill_child(child.pid)
+                self._kill(child.pid)
         if running and now >= self.next_rss_poll:
             self.next_rss_poll = now + _RSS_POLL_SECONDS
             self._poll_rss(running)
+        for tpl in [t for t in self.templates.values() if t.forking and now >= t.fork_deadline]:
+            self._back_off(tpl)  # it did not answer: its runs import per run, the plugin backs off
+            self._drop_template(tpl)
         for tpl in building:
             if now >= tpl.deadline:
                 tpl.timed_out = True  # its exit ends the runs waiting for it as `timeout`
-                _kill_child(tpl.pid)
-        if self.orphans or self.reap_due:
+                self._kill(tpl.pid)
+        if self.orphans or self.reap_due or self.dying:
             self._reap_orphans()
         if self.want_ticket and not events:
             conn = self.want_ticket.pop(0)
@@ -281,6 +292,8 @@ class Launcher:
                 self._want(conn, msg)
             elif kind == "stats":
                 self._send(conn, self._stats())
+            elif kind == "end" and child is not None and child.conn is conn:
+                self._kill(child.pid)  # the caller has its result: the unit goes, its exit report follows
             elif kind == "start" and child is not None and child.conn is conn and not child.started:
                 child.started = True
                 child.deadline = float(msg.get("t0") or time.monotonic()) + float(msg["timeout_seconds"])
@@ -297,7 +310,7 @@ class Launcher:
         for pid in conn.children:
             if pid in self.children:
                 self.children[pid].conn = None
-                _kill_child(pid)
+                self._kill(pid)
         conn.children.clear()
         conn.sock.close()
 
@@ -344,10 +357,6 @@ class Launcher:
             return
         if pid == 0:  # pragma: no cover - runs in the child
             spare_main((res_w, out_w, err_w, req_r), _prctl, tmp, self.drop_privileges)
-        try:
-            os.setpgid(pid, pid)  # also done by the child: whichever runs first wins the race
-        except OSError:
-            pass
         for fd in (res_w, out_w, err_w, req_r):
             os.close(fd)
         pidfd = os.pidfd_open(pid)
@@ -356,8 +365,9 @@ class Launcher:
         self.by_pidfd[pidfd] = child
         self.epoll.register(pidfd, select.EPOLLIN)
         conn.children.add(pid)
+        unit = self._contain(child)
         try:
-            self._send(conn, {"t": "ticket", "pid": pid}, [req_w, res_r, out_r, err_r, pidfd])
+            self._send(conn, {"t": "ticket", "pid": pid, "unit": unit}, [req_w, res_r, out_r, err_r, pidfd])
         finally:
             for fd in (req_w, res_r, out_r, err_r):
                 os.close(fd)
@@ -366,12 +376,19 @@ class Launcher:
         pid, status, rusage = os.wait4(child.pid, os.WNOHANG)
         if pid == 0:
             return
-        _killpg(child.pid)  # descendants still in the plugin's process group
+        unit = child.unit
+        peak = rusage.ru_maxrss * 1024
+        if unit is not None:
+            unit.kill([])  # whatever of it is left: nothing a run started outlives its report
+            self._settle_unit(unit)
+            peak = unit.peak() or peak
+            if child.started and unit.oom_killed():
+                child.memory_killed = True
         del self.children[child.pid]
         self.epoll.unregister(child.pidfd)
         os.close(child.pidfd)
         del self.by_pidfd[child.pidfd]
-        self._reap_orphans()  # descendants that left the group and were re-parented to us
+        self._reap_orphans()  # what it left that was re-parented to us (its leader died before its end)
         for fd in child.ticket_fds:  # a template's spare that never ran
             os.close(fd)
         for tpl in self.templates.values():
@@ -380,11 +397,13 @@ class Launcher:
         conn = child.conn
         if conn is not None and conn.sock.fileno() in self.conns:
             conn.children.discard(child.pid)
-            if self._send(conn, {"t": "exit", "pid": child.pid, "status": status, "maxrss": rusage.ru_maxrss * 1024,
+            if self._send(conn, {"t": "exit", "pid": child.pid, "status": status, "maxrss": peak,
                                  "timed_out": child.timed_out, "memory_killed": child.memory_killed,
                                  "started": child.started}) and child.owner == child.pid:
                 self.want_ticket.append(conn)  # a spare was used: fork the next (a template's run was not one)
         shutil.rmtree(child.tmp, ignore_errors=True)  # after the report: nobody waits for this
+        if unit is not None:
+            self._dispose(unit)
 
     # -- templates ------------------------------------------------------------------------------
     def _want(self, conn: _Conn, msg: dict[str, Any]) -> None:
@@ -413,20 +432,33 @@ class Launcher:
                 self._send(conn, {"t": "fallback", "reason": "fork"})
                 return
         self.templates.move_to_end(key)
-        if tpl.ready and tpl.spares:
-            self._hand_out(tpl.spares.pop(0), conn)
+        spare = tpl.spares.pop(0) if tpl.ready and tpl.spares else None
+        if spare is not None and self._stopped(spare.pid):
+            self._kill(spare.pid)  # another run of the plugin (same uid) stopped it: never hand it out
+            spare = None
+        if spare is not None:
+            self._hand_out(spare, conn)
             self._fork_from(tpl, None)  # the next run's, while nobody waits
         elif tpl.ready:
             self._fork_from(tpl, conn)
         else:
             tpl.waiting.append(conn)
 
+    def _stopped(self, pid: int) -> bool:
+        proc_pid = self._proc_pid(pid)
+        try:
+            with open(f"/proc/{proc_pid}/stat", "rb") as f:
+                return f.read().rsplit(b")", 1)[1].split()[0] in (b"T", b"t")
+        except (OSError, IndexError):
+            return False
+
     def _hand_out(self, child: _Child, conn: _Conn) -> None:
         fds, child.ticket_fds = child.ticket_fds, ()
         child.conn = conn
         conn.children.add(child.pid)
         try:
-            self._send(conn, {"t": "ticket", "pid": child.pid, "template": True}, [*fds, child.pidfd])
+            unit = child.unit.wire() if child.unit is not None else None
+            self._send(conn, {"t": "ticket", "pid": child.pid, "template": True, "unit": unit}, [*fds, child.pidfd])
         finally:
             for fd in fds:
                 os.close(fd)
@@ -452,13 +484,14 @@ class Launcher:
             mine.close()
             template_main(theirs.fileno(), _prctl, tmp, self.drop_privileges, msg)
         theirs.close()
-        try:
-            os.setpgid(pid, pid)
-        except OSError:
-            pass
         pidfd = os.pidfd_open(pid)
         deadline = float(msg.get("t0") or time.monotonic()) + float(msg["timeout_seconds"])
         tpl = _Template(key, pid, pidfd, mine, tmp, signature, deadline)
+        tpl.unit = self._unit(pid, f"t{pid}", int(msg["memory_limit_mb"]) * 1024 * 1024)
+        try:
+            mine.send(b'{"t": "placed"}')  # its import (plugin code) starts inside its unit
+        except OSError:
+            pass
         self.templates[key] = tpl
         for fd in (mine.fileno(), pidfd):
             self.template_fds[fd] = tpl
@@ -500,6 +533,8 @@ class Launcher:
         finally:
             for fd in (res_w, out_w, err_w, req_r):
                 os.close(fd)
+        if not tpl.forking:
+            tpl.fork_deadline = time.monotonic() + _FORK_ANSWER_SECONDS
         tpl.forking.append((conn, ours, tmp))
 
     def _on_template(self, tpl: _Template, fd: int) -> None:
@@ -541,6 +576,7 @@ class Launcher:
                 self._send(conn, {"t": "fallback", "reason": "threads", "threads": msg.get("count")})
         elif kind == "forked" and tpl.forking:
             to, ours, tmp = tpl.forking.pop(0)
+            tpl.fork_deadline = time.monotonic() + _FORK_ANSWER_SECONDS if tpl.forking else float("inf")
             self._ticket_from(tpl, to, int(msg.get("pid") or 0), ours, tmp)
 
     def _ticket_from(self, tpl: _Template, conn: _Conn | None, pid: int, ours: tuple[int, ...], tmp: str) -> None:
@@ -564,6 +600,7 @@ class Launcher:
         self.children[pid] = child
         self.by_pidfd[pidfd] = child
         self.epoll.register(pidfd, select.EPOLLIN)
+        unit = self._contain(child)
         if spare:
             child.ticket_fds = ours
             tpl.spares.append(child)
@@ -571,13 +608,13 @@ class Launcher:
         try:
             if alive and conn is not None:
                 conn.children.add(pid)
-                self._send(conn, {"t": "ticket", "pid": pid, "template": True}, [*ours, pidfd])
+                self._send(conn, {"t": "ticket", "pid": pid, "template": True, "unit": unit}, [*ours, pidfd])
             else:
-                _kill_child(pid)
+                self._kill(pid)
         finally:
             for fd in ours:
                 os.close(fd)
-        if self.reap_due and not any(t.forking for t in self.templates.values()):
+        if self.reap_due:
             self._reap_orphans()
 
     def _template_exited(self, tpl: _Template) -> None:
@@ -604,7 +641,7 @@ class Launcher:
 
     def _drop_template(self, tpl: _Template, wait: bool = False) -> None:
         """Retire a template (evicted, stale or shutting down); its runs are ours and go on."""
-        _kill_child(tpl.pid)
+        self._kill(tpl.pid)
         if wait:
             try:
                 os.waitpid(tpl.pid, 0)
@@ -620,7 +657,7 @@ class Launcher:
         for conn, ours, tmp in forking:  # fork requests it will never answer
             self._ticket_from(tpl, conn, 0, ours, tmp)
         for child in tpl.spares:  # reaped (and their fds closed) when their exit is seen
-            _kill_child(child.pid)
+            self._kill(child.pid)
         tpl.spares = []
         if self.templates.get(tpl.key) is tpl:
             del self.templates[tpl.key]
@@ -632,6 +669,9 @@ class Launcher:
         shutil.rmtree(tpl.tmp, ignore_errors=True)
         if not reaped:
             self.orphans.add(tpl.pid)  # killed: reaped with the other orphans
+        if tpl.unit is not None:
+            tpl.unit.kill([])
+            self._dispose(tpl.unit)
 
     def _stats(self) -> dict[str, Any]:
         resident = 0
@@ -656,7 +696,7 @@ class Launcher:
                 continue
             if resident > child.rss_limit:
                 child.memory_killed = True
-                _kill_child(child.pid)
+                self._kill(child.pid)
 
     def _our_children(self) -> dict[int, int]:
         """Our children: our pid for each -> its pid in /proc (the same unless /proc is the host's)."""
@@ -689,46 +729,142 @@ class Launcher:
                         found.add(int(entry))
             return found
 
-    def _of_a_live_run(self, proc_pid: int, live: set[int]) -> bool:
-        """Whether an escaped descendant may belong to a run still in flight (then it is left alone).
+    # -- units ----------------------------------------------------------------------------------
+    def _unit(self, pid: int, name: str, memory_limit_bytes: int | None = None) -> Unit:
+        try:
+            return self.units.create(pid, name, memory_limit_bytes)
+        except OSError:
+            return Unit(pid, name)  # the process is gone already: its exit says the rest
 
-        Under per-run identities its uid names its run; otherwise nobody can tell, so escaped
-        descendants wait until no run is in flight."""
-        if not live:
-            return False
-        if not self.drop_privileges:
-            return True
+    def _contain(self, child: _Child) -> dict[str, Any] | None:
+        """Give a run its unit before any code of its plugin runs; what the caller needs of it."""
+        child.unit = self._unit(child.pid, f"r{child.pid}")
+        return child.unit.wire() if child.unit.dirs else None
+
+    def _proc_pid(self, pid: int) -> int | None:
+        """Our child's pid in /proc (the same unless /proc is the host's)."""
+        if not self.host_proc:
+            return pid
+        return next((proc for ours, proc in self._our_children().items() if ours == pid), None)
+
+    def _ours(self, proc_pid: int) -> int | None:
+        if not self.host_proc:
+            return proc_pid
         try:
             with open(f"/proc/{proc_pid}/status", "rb") as f:
-                uid = int(next(line for line in f if line.startswith(b"Uid:")).split()[1])
+                return int(next(line for line in f if line.startswith(b"NSpid:")).split()[-1])
         except (OSError, StopIteration, ValueError, IndexError):
+            return None
+
+    def _tree(self, pid: int) -> list[int]:
+        """Stop every descendant of `pid` (so none forks meanwhile) and return them, ours pids.
+
+        A run's leader is a child subreaper that lives until its end, so whatever the run started, `setsid`
+        daemons included, is in this tree."""
+        root = self._proc_pid(pid)
+        if root is None:
+            return []
+        seen: set[int] = set()
+        found: list[int] = []
+        frontier = [root]
+        for _ in range(4096):
+            if not frontier:
+                break
+            proc_pid = frontier.pop()
+            try:
+                tasks = os.listdir(f"/proc/{proc_pid}/task")
+            except OSError:
+                continue
+            for tid in tasks:
+                try:
+                    with open(f"/proc/{proc_pid}/task/{tid}/children", "rb") as f:
+                        kids = [int(k) for k in f.read().split()]
+                except (OSError, ValueError):
+                    continue
+                for kid in kids:
+                    if kid in seen:
+                        continue
+                    seen.add(kid)
+                    ours = self._ours(kid)
+                    if ours is None or ours == self.pid:
+                        continue
+                    _signal(ours, signal.SIGSTOP)
+                    found.append(ours)
+                    frontier.append(kid)
+        return found
+
+    def _kill(self, pid: int) -> None:
+        """End a unit (a run's, a template's, or an orphan's tree): its cgroup, its process tree, its leader."""
+        child = self.children.get(pid)
+        tpl = next((t for t in self.templates.values() if t.pid == pid), None)
+        unit = child.unit if child is not None else tpl.unit if tpl is not None else None
+        _signal(pid, signal.SIGSTOP)
+        tree = self._tree(pid)
+        if unit is not None:
+            unit.kill(tree)
+        else:
+            for p in tree:
+                _signal(p, signal.SIGKILL)
+        _signal(pid, signal.SIGKILL)
+
+    def _settle_unit(self, unit: Unit) -> None:
+        """Wait (briefly: SIGKILLed processes only) until the unit's cgroup is empty."""
+        if not unit.dirs:
+            return
+        for i in range(200):
+            if unit.empty():
+                return
+            unit.kill([])
+            time.sleep(0.0005 if i < 20 else 0.005)
+
+    def _dispose(self, unit: Unit) -> None:
+        if not self.units.forget(unit):
+            self.dying.append(unit)  # a process still leaving: removed by a later tick
+
+    def _live_unit(self, proc_pid: int) -> bool | None:
+        """Whether a process re-parented to us belongs to a live unit (None: cannot tell yet)."""
+        owner = self.units.owner(proc_pid)
+        if owner is not None:  # cgroups say whose it is, whatever it did
+            return owner in self.units.by_name and owner[1:].isdigit() and self._unit_live(int(owner[1:]))
+        sid = session_of(proc_pid)
+        if sid is None:
+            return False
+        leaders = {self._proc_pid(p) for p in self._live_leaders()}
+        if sid in leaders:
             return True
-        return uid - PLUGIN_ID_BASE in live
+        if sid == proc_pid and any(t.forking for t in self.templates.values()):
+            return None  # maybe a run a template is forking, not yet announced
+        return False
+
+    def _live_leaders(self) -> list[int]:
+        return [*(c.pid for c in self.children.values()), *(t.pid for t in self.templates.values())]
+
+    def _unit_live(self, pid: int) -> bool:
+        return pid in self.children or any(t.pid == pid for t in self.templates.values())
 
     def _reap_orphans(self) -> None:
-        """Kill and reap every child of ours that is not a ticket nor a run's: escaped descendants of
-        runs that ended. One run's end must not kill another run's daemon while that run goes on."""
-        if any(t.forking for t in self.templates.values()):
-            # A run forked by a template is re-parented to us before we know its pid: wait.
-            self.reap_due = True
-            self._reap_killed()
-            return
+        """Kill and reap every child of ours that belongs to no live unit: what a run or a template left
+        when its leader died. Judged by unit (cgroup, else session), never by who else is in flight."""
         self.reap_due = False
-        live = {c.owner for c in self.children.values() if c.started}
-        templates = {t.pid for t in self.templates.values()}
+        known = set(self._live_leaders())
         for pid, proc_pid in self._our_children().items():
-            if pid in self.children or pid in templates:
+            if pid in known or pid in self.orphans:
                 continue
-            if pid not in self.orphans and not self._of_a_live_run(proc_pid, live):
-                try:
-                    pgid = os.getpgid(pid)
-                    if pgid not in (self.pgrp, self.pid):
-                        _killpg(pgid)
-                    os.kill(pid, signal.SIGKILL)
-                except (ProcessLookupError, PermissionError):
-                    pass
-                self.orphans.add(pid)
+            live = self._live_unit(proc_pid)
+            if live is None:
+                self.reap_due = True
+                continue
+            if live:
+                continue
+            _signal(pid, signal.SIGSTOP)
+            for p in self._tree(pid):
+                _signal(p, signal.SIGKILL)
+            _signal(pid, signal.SIGKILL)
+            self.orphans.add(pid)
         self._reap_killed()
+        for unit in list(self.dying):
+            if self.units.forget(unit):
+                self.dying.remove(unit)
 
     def _reap_killed(self) -> None:
         for pid in list(self.orphans):
@@ -743,7 +879,7 @@ class Launcher:
         for tpl in list(self.templates.values()):
             self._drop_template(tpl, wait=True)
         for child in list(self.children.values()):
-            _kill_child(child.pid)
+            self._kill(child.pid)
         for child in list(self.children.values()):
             try:
                 os.waitpid(child.pid, 0)
@@ -752,6 +888,7 @@ class Launcher:
             shutil.rmtree(child.tmp, ignore_errors=True)
         self.children.clear()
         self._reap_orphans()
+        self.units.close()
 
 
 def _on_term(signum: int, frame: object) -> None:
@@ -771,7 +908,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.path.extend(p for p in json.loads(args[1]) if p and p not in sys.path)
     options = json.loads(args[2]) if len(args) > 2 else {}
     Launcher(ctrl, drop_privileges=bool(options.get("drop_privileges")),
-             max_templates=int(options.get("max_templates", 32))).serve()
+             max_templates=int(options.get("max_templates", 32)), cgroups=Cgroups.from_wire(options.get("cgroups")),
+             max_processes=int(options.get("max_processes", 512))).serve()
 
 
 if __name__ == "__main__":

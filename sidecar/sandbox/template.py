@@ -35,6 +35,8 @@ from .child import (
     REQUEST_FD,
     _confine,
     _flush_std,
+    await_end,
+    become_unit,
     confine_fds,
     drop_privileges,
     error_from,
@@ -65,7 +67,7 @@ def _threads() -> int:
 
 
 def _settle(sock: int, tmp: str, prctl: Any, drop: bool) -> None:
-    os.setpgid(0, 0)
+    os.setsid()  # a unit of its own: no run (its own included) can join its process group
     if prctl is not None:
         prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)  # die with the launcher
     signal.set_wakeup_fd(-1)
@@ -91,6 +93,7 @@ def _run_main(fds: tuple[int, int, int, int], tmp: str, func: Any, prctl: Any, l
     """The run: like a launcher's spare, but the plugin is already imported."""
     code = 0
     try:
+        become_unit(prctl)
         confine_fds(fds, keep_others=True)  # fd 3 (the template's socket) is overwritten by the result's
         os.environ["TMPDIR"] = os.environ["HOME"] = tmp
         request = read_request()
@@ -104,6 +107,7 @@ def _run_main(fds: tuple[int, int, int, int], tmp: str, func: Any, prctl: Any, l
             os._exit(70)  # the launcher is gone (or never adopted us): nobody would guard this run
         gc.unfreeze()
         serve_request(request, func)
+        await_end()
     except BaseException:  # noqa: B036 - the launcher reports a missing result as a crash
         code = 70
     os._exit(code)
@@ -119,10 +123,6 @@ def _fork_run(fds: list[int], tmp: str, func: Any, prctl: Any, launcher: int) ->
             if pid == 0:
                 os.close(w)
                 _run_main((fds[0], fds[1], fds[2], fds[3]), tmp, func, prctl, launcher)
-            try:
-                os.setpgid(pid, pid)  # also done by the run: whichever is first wins the race
-            except OSError:
-                pass
             os.write(w, str(pid).encode())
         finally:
             os._exit(0)
@@ -140,6 +140,7 @@ def template_main(sock: int, prctl: Any, tmp: str, drop: bool, spec: dict[str, A
     launcher = os.getppid()
     try:
         _settle(sock, tmp, prctl, drop)
+        os.read(TEMPLATE_FD, 64)  # "placed": the launcher put us in our unit; plugin code may start
         _confine(int(spec["memory_limit_mb"]), spec.get("max_processes"))
         use_caller_path(spec.get("sys_path"))
         try:

@@ -1,0 +1,505 @@
+"""The unit of containment of a run: what the launcher created for it, and alone may kill.
+
+A run's promises (its limits hold, nothing it starts outlives it, nothing of it reaches another run)
+are per run, while processes are many; so each run, and each template, is one *unit*:
+
+- **always its own session** (`setsid`): no process can join a process group of another session,
+  so no run can move its children into another run's group; the unit's leader is a child subreaper
+  that stays alive until the launcher ends the unit, so everything the run started, `setsid` daemons
+  included, stays in the leader's process tree, which the launcher stops and kills whole;
+- **a cgroup of its own where the host lets the sidecar create one** (detected once, at start, by
+  `detect`): every process the run starts is in it whatever it does, so `cgroup.kill` (v2) or a
+  kill of `cgroup.procs` until empty (v1) ends all of it; `memory.max`/`memory.limit_in_bytes` bounds
+  the whole tree (its `/tmp` writes included); `pids.max` bounds its processes; the peak
+  (`memory.peak`/`memory.max_usage_in_bytes`) is what the sidecar reports.
+
+`detect` runs in the sidecar's own process (before any namespace is entered) and makes the runner's
+subtree under its own cgroup; the launcher makes one directory of its own in it and a unit per run
+there (`Units`). A process re-parented to the launcher is judged by its unit: its cgroup where units
+have one, else its session; one that belongs to no live unit escaped one that ended and is killed.
+
+The launcher imports this module, so it stays import-light (no dataclasses, no logging).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import signal
+import time
+from typing import Any
+
+__all__ = ["Cgroups", "Unit", "Units", "describe", "detect", "release"]
+
+_CGROUP_ROOT_PREFIX = "sidecar-"
+
+
+class Cgroups:
+    """What the host gives this sidecar: for each hierarchy it may write, the directory made for it."""
+
+    __slots__ = ("kill", "memory", "memory_v2", "pids", "pids_v2", "why")
+
+    def __init__(self, kill: str | None = None, memory: str | None = None, memory_v2: bool = False,
+                 pids: str | None = None, pids_v2: bool = False, why: str = "") -> None:
+        #: a v2 directory: `cgroup.kill` ends a unit at once, whatever it did
+        self.kill = kill
+        #: the directory holding the memory controller (v2 when `memory_v2`, else v1)
+        self.memory = memory
+        self.memory_v2 = memory_v2
+        self.pids = pids
+        self.pids_v2 = pids_v2
+        #: why a part is missing, for the log and the operator
+        self.why = why
+
+    @property
+    def any(self) -> bool:
+        return bool(self.kill or self.memory or self.pids)
+
+    def dirs(self) -> list[str]:
+        return list(dict.fromkeys(d for d in (self.kill, self.memory, self.pids) if d))
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"kill": self.kill, "memory": self.memory, "memory_v2": self.memory_v2, "pids": self.pids,
+                "pids_v2": self.pids_v2, "why": self.why}
+
+    @classmethod
+    def from_wire(cls, d: dict[str, Any] | None) -> Cgroups:
+        d = d or {}
+        return cls(d.get("kill"), d.get("memory"), bool(d.get("memory_v2")), d.get("pids"), bool(d.get("pids_v2")),
+                   str(d.get("why") or ""))
+
+
+def describe(cg: Cgroups | None) -> str:
+    """One line saying what bounds a run here (the log, `sidecar settings`, `/readyz`)."""
+    if cg is None or not cg.any:
+        why = f" ({cg.why})" if cg is not None and cg.why else ""
+        return f"session per run (no writable cgroup{why}): process tree kill, RLIMIT_AS, RLIMIT_NPROC per uid as root"
+    parts = []
+    parts.append("cgroup.kill" if cg.kill else "cgroup v1 kill loop")
+    if cg.memory:
+        parts.append("memory.max/memory.peak (v2)" if cg.memory_v2 else "memory.limit_in_bytes/max_usage (v1)")
+    else:
+        parts.append("no memory controller: RLIMIT_AS and the RSS watch")
+    parts.append(("pids.max (v2)" if cg.pids_v2 else "pids.max (v1)") if cg.pids else "no pids controller")
+    return "cgroup per run: " + ", ".join(parts)
+
+
+# -- detection (in the sidecar's process) -----------------------------------------------------------
+
+def _mounts() -> list[tuple[str, str, str, set[str]]]:
+    """(fstype, root, mountpoint, super options) of each cgroup mount."""
+    out: list[tuple[str, str, str, set[str]]] = []
+    try:
+        with open("/proc/self/mountinfo") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return out
+    for line in lines:
+        left, _, right = line.partition(" - ")
+        fields, tail = left.split(), right.split()
+        if len(fields) < 5 or len(tail) < 3 or tail[0] not in ("cgroup", "cgroup2"):
+            continue
+        out.append((tail[0], fields[3], fields[4].replace("\\040", " "), set(tail[2].split(","))))
+    return out
+
+
+def _own_cgroups() -> dict[str, str]:
+    """Our cgroup per hierarchy: "" for v2, else each v1 controller name."""
+    out: dict[str, str] = {}
+    try:
+        with open("/proc/self/cgroup") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return out
+    for line in lines:
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        if parts[1] == "":
+            out[""] = parts[2]
+        for ctrl in parts[1].split(","):
+            if ctrl:
+                out[ctrl] = parts[2]
+    return out
+
+
+def _dir_of(mountpoint: str, root: str, path: str) -> str | None:
+    if root != "/" and not (path == root or path.startswith(root.rstrip("/") + "/")):
+        return None
+    rel = path[len(root):] if root != "/" else path
+    return os.path.join(mountpoint, rel.lstrip("/"))
+
+
+def _write(path: str, value: str) -> None:
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        os.write(fd, value.encode())
+    finally:
+        os.close(fd)
+
+
+def _read(path: str) -> str:
+    with open(path) as f:
+        return f.read()
+
+
+def _make(parent: str | None, name: str) -> str | None:
+    if parent is None or not os.path.isdir(parent):
+        return None
+    path = os.path.join(parent, name)
+    try:
+        os.mkdir(path)
+    except FileExistsError:
+        pass
+    except OSError:
+        return None
+    return path
+
+
+def _sweep(parent: str) -> None:
+    """Remove subtrees left by sidecars that died (empty directories whose pid is gone)."""
+    try:
+        names = os.listdir(parent)
+    except OSError:
+        return
+    for name in names:
+        if not name.startswith(_CGROUP_ROOT_PREFIX):
+            continue
+        try:
+            pid = int(name[len(_CGROUP_ROOT_PREFIX):].split("-")[0])
+        except ValueError:
+            continue
+        if os.path.exists(f"/proc/{pid}"):
+            continue
+        _remove_tree(os.path.join(parent, name))
+
+
+def _remove_tree(path: str) -> None:
+    try:
+        entries = [e for e in os.scandir(path) if e.is_dir(follow_symlinks=False)]
+    except OSError:
+        return
+    for entry in entries:
+        _remove_tree(entry.path)
+    with contextlib.suppress(OSError):
+        os.rmdir(path)
+
+
+_seq = 0
+
+
+def detect(disabled: bool = False) -> Cgroups:
+    """What the host gives: make this sidecar's subtree in each writable hierarchy (called once per sandbox)."""
+    global _seq
+    if disabled:
+        return Cgroups(why="disabled by configuration")
+    if not os.path.isdir("/sys/fs/cgroup"):
+        return Cgroups(why="no /sys/fs/cgroup")
+    mounts = _mounts()
+    own = _own_cgroups()
+    _seq += 1
+    name = f"{_CGROUP_ROOT_PREFIX}{os.getpid()}-{_seq}"
+    found = Cgroups()
+    whys: list[str] = []
+    for fstype, root, mountpoint, _opts in mounts:
+        if fstype != "cgroup2" or "" not in own or found.kill:
+            continue
+        base = _dir_of(mountpoint, root, own[""])
+        if base is None:
+            continue
+        _sweep(base)
+        sub = _make(base, name)
+        if sub is None:
+            whys.append(f"cgroup v2 at {mountpoint} is not writable")
+            continue
+        if not os.path.exists(os.path.join(sub, "cgroup.kill")):
+            whys.append("cgroup v2 without cgroup.kill (kernel < 5.14)")
+            _remove_tree(sub)
+            continue
+        found.kill = sub
+        try:
+            available = set(_read(os.path.join(base, "cgroup.controllers")).split())
+        except OSError:
+            available = set()
+        wanted = [c for c in ("memory", "pids") if c in available]
+        enabled = set(_read(os.path.join(base, "cgroup.subtree_control")).split()) if wanted else set()
+        for ctrl in wanted:
+            if ctrl not in enabled:
+                with contextlib.suppress(OSError):  # EBUSY when our own cgroup holds processes
+                    _write(os.path.join(base, "cgroup.subtree_control"), f"+{ctrl}")
+            with contextlib.suppress(OSError):
+                _write(os.path.join(sub, "cgroup.subtree_control"), f"+{ctrl}")
+        try:
+            on = set(_read(os.path.join(sub, "cgroup.subtree_control")).split())
+        except OSError:
+            on = set()
+        if "memory" in on:
+            found.memory, found.memory_v2 = sub, True
+        if "pids" in on:
+            found.pids, found.pids_v2 = sub, True
+    for ctrl in ("memory", "pids"):
+        if getattr(found, ctrl) or ctrl not in own:
+            continue
+        for fstype, root, mountpoint, opts in mounts:
+            if fstype != "cgroup" or ctrl not in opts:
+                continue
+            base = _dir_of(mountpoint, root, own[ctrl])
+            if base is None:
+                continue
+            _sweep(base)
+            sub = _make(base, name)
+            if sub is None:
+                whys.append(f"cgroup v1 {ctrl} is not writable")
+                break
+            setattr(found, ctrl, sub)
+            break
+    if not found.memory and "memory" not in whys:
+        whys.append("no memory controller")
+    found.why = "; ".join(whys)
+    return found
+
+
+def release(cg: Cgroups | None) -> None:
+    """Remove this sandbox's subtree (after its launchers stopped)."""
+    if cg is None:
+        return
+    for d in cg.dirs():
+        _remove_tree(d)
+
+
+# -- units (in the launcher) ------------------------------------------------------------------------
+
+def _proc_stat(proc_pid: int) -> list[bytes] | None:
+    """Fields after the command name: state, ppid, pgrp, session, ..."""
+    try:
+        with open(f"/proc/{proc_pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    return data[data.rindex(b")") + 2:].split()
+
+
+def session_of(proc_pid: int) -> int | None:
+    st = _proc_stat(proc_pid)
+    return int(st[3]) if st else None
+
+
+def _signal(pid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.kill(pid, sig)
+
+
+class Unit:
+    """One run's (or template's) unit: its leader, its session, its cgroup directories if any."""
+
+    __slots__ = ("leader", "name", "dirs", "kill_dir", "memory_dir", "memory_v2", "pids_dir", "pids_v2")
+
+    def __init__(self, leader: int, name: str) -> None:
+        self.leader = leader
+        self.name = name
+        self.dirs: list[str] = []
+        self.kill_dir: str | None = None
+        self.memory_dir: str | None = None
+        self.memory_v2 = False
+        self.pids_dir: str | None = None
+        self.pids_v2 = False
+
+    def wire(self) -> dict[str, Any]:
+        """What the caller needs to set the run's memory limit before the run reads its request."""
+        return {"memory": self.memory_dir, "memory_v2": self.memory_v2}
+
+    def limit_memory(self, limit_bytes: int) -> None:
+        set_memory_limit(self.memory_dir, self.memory_v2, limit_bytes)
+
+    def peak(self) -> int:
+        """The whole tree's peak (bytes), 0 when no memory controller."""
+        if self.memory_dir is None:
+            return 0
+        name = "memory.peak" if self.memory_v2 else "memory.max_usage_in_bytes"
+        try:
+            return int(_read(os.path.join(self.memory_dir, name)))
+        except (OSError, ValueError):
+            return 0
+
+    def oom_killed(self) -> bool:
+        """Whether the memory limit of the whole tree ended one of its processes."""
+        if self.memory_dir is None:
+            return False
+        name = "memory.events" if self.memory_v2 else "memory.oom_control"
+        try:
+            for line in _read(os.path.join(self.memory_dir, name)).splitlines():
+                key, _, value = line.partition(" ")
+                if key == "oom_kill" and int(value) > 0:
+                    return True
+        except (OSError, ValueError):
+            pass
+        if not self.memory_v2:
+            try:
+                return int(_read(os.path.join(self.memory_dir, "memory.failcnt"))) > 0 and not self.procs()
+            except (OSError, ValueError):
+                return False
+        return False
+
+    def procs(self) -> list[int]:
+        for d in (self.kill_dir, self.pids_dir, self.memory_dir):
+            if d:
+                try:
+                    return [int(p) for p in _read(os.path.join(d, "cgroup.procs")).split()]
+                except (OSError, ValueError):
+                    return []
+        return []
+
+    def kill(self, tree: list[int]) -> None:
+        """SIGKILL everything of the unit: its cgroup, its leader's process tree (found by the launcher)."""
+        if self.kill_dir:
+            with contextlib.suppress(OSError):
+                _write(os.path.join(self.kill_dir, "cgroup.kill"), "1")
+        for pid in tree:
+            _signal(pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.leader, signal.SIGKILL)  # its session's first group: nobody else can be in it
+        if not self.kill_dir and self.dirs:
+            for _ in range(64):  # v1: a forking tree refills cgroup.procs; pids.max bounds how long
+                pids = self.procs()
+                if not pids:
+                    break
+                for pid in pids:
+                    _signal(pid, signal.SIGKILL)
+
+    def empty(self) -> bool:
+        return not self.dirs or not self.procs()
+
+    def remove(self) -> bool:
+        """rmdir the unit's cgroups; False while a process (a dying one) is still in them."""
+        left = []
+        for d in self.dirs:
+            try:
+                os.rmdir(d)
+            except FileNotFoundError:
+                pass
+            except OSError:
+                left.append(d)
+        self.dirs = left
+        return not left
+
+
+def set_memory_limit(memory_dir: str | None, v2: bool, limit_bytes: int) -> None:
+    if memory_dir is None:
+        return
+    name = "memory.max" if v2 else "memory.limit_in_bytes"
+    with contextlib.suppress(OSError):
+        _write(os.path.join(memory_dir, name), str(limit_bytes))
+    if not v2:  # no swap to hide in, where the kernel offers the knob
+        with contextlib.suppress(OSError):
+            _write(os.path.join(memory_dir, "memory.memsw.limit_in_bytes"), str(limit_bytes))
+    else:
+        with contextlib.suppress(OSError):
+            _write(os.path.join(memory_dir, "memory.swap.max"), "0")
+
+
+class Units:
+    """The launcher's side: its own directory in each hierarchy, a unit per run and per template."""
+
+    def __init__(self, cg: Cgroups, max_processes: int) -> None:
+        self.cg = cg
+        self.max_processes = max_processes
+        tag = f"l{os.getpid()}-{os.urandom(4).hex()}"
+        self.kill_dir = _make(cg.kill, tag)
+        self.memory_dir = self.kill_dir if cg.memory == cg.kill and cg.memory else _make(cg.memory, tag)
+        self.pids_dir = (self.kill_dir if cg.pids == cg.kill and cg.pids
+                         else self.memory_dir if cg.pids == cg.memory and cg.pids else _make(cg.pids, tag))
+        self.dirs = list(dict.fromkeys(d for d in (self.kill_dir, self.memory_dir, self.pids_dir) if d))
+        for d in self.dirs:  # v2: children get the controllers their parent enables
+            for ctrl in ("memory", "pids"):
+                if (ctrl == "memory" and cg.memory_v2 and d == self.memory_dir) or (
+                        ctrl == "pids" and cg.pids_v2 and d == self.pids_dir):
+                    with contextlib.suppress(OSError):
+                        _write(os.path.join(d, "cgroup.subtree_control"), f"+{ctrl}")
+        #: the hierarchy whose membership names a process's unit: (its line in /proc/PID/cgroup, our path there)
+        self.by_name: dict[str, Unit] = {}
+        self.member_key, self.member_prefix = self._membership()
+
+    def _membership(self) -> tuple[str | None, str | None]:
+        """Which line of /proc/PID/cgroup names a process's unit, and our directory's tail in it."""
+        if self.kill_dir:
+            base, key = self.kill_dir, ""
+        elif self.pids_dir:
+            base, key = self.pids_dir, "" if self.cg.pids_v2 else "pids"
+        elif self.memory_dir:
+            base, key = self.memory_dir, "" if self.cg.memory_v2 else "memory"
+        else:
+            return None, None
+        return key, "/" + os.path.basename(os.path.dirname(base)) + "/" + os.path.basename(base) + "/"
+
+    @property
+    def active(self) -> bool:
+        return bool(self.dirs)
+
+    def create(self, leader: int, name: str, memory_limit_bytes: int | None = None) -> Unit:
+        """A unit for `leader` (a run or a template just forked, before any plugin code of its own runs)."""
+        unit = Unit(leader, name)
+        for attr in ("kill_dir", "memory_dir", "pids_dir"):
+            parent = getattr(self, attr)
+            if parent is None:
+                continue
+            existing = next((d for d in unit.dirs if os.path.dirname(d) == parent), None)
+            path = existing or _make(parent, name)
+            if path is None:
+                continue
+            if existing is None:
+                unit.dirs.append(path)
+            setattr(unit, attr, path)
+        unit.memory_v2 = self.cg.memory_v2
+        unit.pids_v2 = self.cg.pids_v2
+        if unit.pids_dir:
+            with contextlib.suppress(OSError):
+                _write(os.path.join(unit.pids_dir, "pids.max"), str(self.max_processes))
+        if memory_limit_bytes:
+            unit.limit_memory(memory_limit_bytes)
+        for d in unit.dirs:
+            try:
+                _write(os.path.join(d, "cgroup.procs"), str(leader))
+            except OSError as exc:
+                if exc.errno != errno.ESRCH:
+                    raise
+        self.by_name[name] = unit
+        return unit
+
+    def forget(self, unit: Unit) -> bool:
+        if unit.remove():
+            self.by_name.pop(unit.name, None)
+            return True
+        return False
+
+    def owner(self, proc_pid: int) -> str | None:
+        """The name of the unit a process is in by cgroup ("" for none of ours), None where units have no cgroup."""
+        if self.member_key is None or self.member_prefix is None:
+            return None
+        try:
+            with open(f"/proc/{proc_pid}/cgroup") as f:
+                lines = f.read().splitlines()
+        except OSError:
+            return ""
+        for line in lines:
+            parts = line.split(":", 2)
+            if len(parts) == 3 and (parts[1] == self.member_key if self.member_key == "" else
+                                    self.member_key in parts[1].split(",")):
+                path = parts[2]
+                i = path.find(self.member_prefix)
+                if i < 0:
+                    return ""
+                return path[i + len(self.member_prefix):].split("/")[0]
+        return ""
+
+    def close(self) -> None:
+        deadline = time.monotonic() + 2.0
+        while self.by_name and time.monotonic() < deadline:
+            for unit in list(self.by_name.values()):
+                unit.kill([])
+                self.forget(unit)
+            if self.by_name:
+                time.sleep(0.01)
+        for d in self.dirs:
+            with contextlib.suppress(OSError):
+                os.rmdir(d)
