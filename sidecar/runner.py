@@ -58,6 +58,14 @@ def health_status(recent_outcomes: list[str]) -> str:
     return "healthy"
 
 
+def _own_params_only(entry: Entry, params: Any, given_as: str) -> None:
+    """A check runs with its configured params for every caller: the operator chose what it reads and where
+    it connects, and no HTTP caller may change that (plugins, not checks, take a caller's params)."""
+    if params and entry.source == "check":
+        raise BadRequest(f"{entry.name!r} is a check: it runs with its configured params only; {given_as} are for "
+                         f"plugins (run plugin {entry.plugin!r} to choose your own)")
+
+
 class Runner:
     def __init__(self, settings: Settings, *, start_scheduler: bool = True, hidden: tuple[str, ...] = (),
                  reload_source: Callable[[], Settings] = load_settings) -> None:
@@ -105,6 +113,7 @@ class Runner:
                 params = {}
             if not isinstance(params, dict) or not all(isinstance(k, str) for k in params):
                 raise BadRequest("params must be a JSON object")
+            _own_params_only(entry, params, "params")
             timeout, memory = self.registry.limits(entry, timeout_seconds)
         except BadRequest:
             self.metrics.reject(name, "invalid")
@@ -245,8 +254,7 @@ class Runner:
         started = time.monotonic()
         entry = self.registry.get(name)
         try:
-            if params and entry.source == "check":
-                raise BadRequest(f"{name!r} is a check: it runs with its configured params (param.* is for plugins)")
+            _own_params_only(entry, params, "param.*")
             if not isinstance(params or {}, dict):
                 raise BadRequest("params must be a JSON object")
         except BadRequest:

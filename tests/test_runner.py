@@ -12,7 +12,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from sidecar.config import CheckConfig, Settings
-from sidecar.errors import ConfigError, Saturated
+from sidecar.errors import BadRequest, ConfigError, Saturated
 from sidecar.plugins import Entry
 from sidecar.runner import Runner, health_status
 
@@ -306,3 +306,16 @@ def test_a_plugin_cannot_read_the_config_file_that_holds_the_token(tmp_path: Pat
         assert "containment" in runner.ready()
     finally:
         runner.close()
+
+
+def test_a_checks_params_cannot_be_changed_by_a_caller(reloadable):
+    """A check runs with what the operator configured, whoever calls it: a caller's params are a 400, counted
+    `invalid`, and nothing runs; with no params it runs as configured."""
+    runner, _ = reloadable
+    for params in ({"v": 99}, {"extra": 1}, {"v": 1}):
+        with pytest.raises(BadRequest, match="'keep' is a check: it runs with its configured params only"):
+            runner.run("keep", params)
+    assert runner.metrics.snapshot("keep")["rejected_invalid"] == 3
+    assert runner.store.recent("keep", 10) == []
+    assert runner.run("keep")["result"] == {"v": 1}
+    assert runner.run("echo", {"v": 99})["result"] == {"v": 99}  # plugins take a caller's params
