@@ -23,6 +23,9 @@ MAX_BODY_BYTES = 1024 * 1024
 TEMPLATES = "on"
 MAX_TEMPLATES = 32
 HISTORY_RETENTION = 1000
+#: Longest a run or a route waits on the history store (a frozen or hung disk): beyond it the run is
+#: answered with its write kept pending, and a route that reads the history answers 503.
+STORE_DEADLINE_SECONDS = 2.0
 
 #: The form of every plugin and check name: a metric label value and a URL path segment.
 PLUGIN_NAME_PATTERN = r"^[a-z][a-z0-9_]{0,63}$"
