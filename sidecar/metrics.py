@@ -421,8 +421,8 @@ class Metrics:
                 elif name == "sidecar_store_pending_runs":
                     out.append(f"sidecar_store_pending_runs {_num(store.pending)}\n")
                 elif name == "sidecar_store_unwritable_runs":
-                    out.extend(f'sidecar_store_unwritable_runs_total{{reason="{r}"}} {_num(store.unwritable.get(r, 0))}\n'
-                               for r in ROW_REASONS)
+                    out.extend(f'sidecar_store_unwritable_runs_total{{reason="{r}"}} '
+                               f"{_num(store.unwritable.get(r, 0))}\n" for r in ROW_REASONS)
                 elif name == "sidecar_store_reopens":
                     out.append(f"sidecar_store_reopens_total {_num(store.reopens)}\n")
             else:

@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import os
+import re
 import select
 import signal
 import socket
@@ -36,7 +37,7 @@ from ..framing import FrameError, FrameReader, encode, send_frame, write_all
 from .capture import Capture
 from .environment import plugin_environment
 from .isolation import Confinement, Isolation, bwrap_command, namespaces_unavailable, needed_paths
-from .result import ErrorInfo, ExitFacts, Outcome, PluginSandboxResult, decide_outcome
+from .result import ErrorInfo, ExitFacts, Outcome, PluginSandboxResult, decide_outcome, encodable, reported_peak
 
 # The DEFAULT_* limits are declared once in `sidecar.defaults` and re-exported from here.
 _log = logging.getLogger("sidecar.sandbox")
@@ -119,8 +120,26 @@ class RunRequest:
         return None if self.sys_path is None else list(self.sys_path)
 
 
+def _host_memory() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):
+        return 2**63 - 1
+
+
+#: The ceiling of a peak memory figure: no process's resident set exceeds the host's memory.
+HOST_MEMORY_BYTES = _host_memory()
+#: In a result message's raw bytes, what may decode to a lone surrogate: the UTF-8 form of U+D800-U+DFFF
+#: (the child encodes with `surrogatepass`) or a JSON `\uD800`-`\uDFFF` escape. Only then is it walked.
+_MAY_HOLD_SURROGATES = re.compile(rb"\xed[\xa0-\xbf]|\\u[dD][89a-fA-F]")
+
+
 def build_result(request: RunRequest, header: dict[str, Any], message: bytes) -> PluginSandboxResult:
-    """Combine what the caller and the launcher observed with the child's message (pure)."""
+    """Combine what the caller and the launcher observed with the child's message (pure).
+
+    The message is the plugin's to forge: its strings are made encodable and its peak memory
+    clamped (see `result`), and one that cannot be decoded makes the run a `crash`, never an error here.
+    """
     name = request.plugin.name
     decoded: dict[str, Any] | None = None
     protocol_error = header.get("protocol_error")
@@ -129,8 +148,10 @@ def build_result(request: RunRequest, header: dict[str, Any], message: bytes) ->
             decoded = json.loads(message)
             if not isinstance(decoded, dict) or decoded.get("outcome") not in Outcome.__members__.values():
                 raise ValueError("unexpected message shape")
-        except ValueError as exc:
-            decoded, protocol_error = None, f"malformed result message ({exc})"
+            if _MAY_HOLD_SURROGATES.search(message):
+                decoded = encodable(decoded)
+        except (ValueError, RecursionError) as exc:
+            decoded, protocol_error = None, f"malformed result message ({type(exc).__name__}: {exc})"
     status = header.get("wait_status")
     facts = ExitFacts(
         wait_status=0 if status is None else int(status),
@@ -140,9 +161,8 @@ def build_result(request: RunRequest, header: dict[str, Any], message: bytes) ->
         protocol_error=protocol_error,
     )
     outcome, result, error = decide_outcome(facts, request.timeout_seconds, request.memory_limit_mb)
-    peak = decoded.get("peak_memory_bytes") if decoded else None
-    if not isinstance(peak, int) or peak <= 0:
-        peak = header["peak_memory_bytes"]
+    peak = reported_peak(decoded.get("peak_memory_bytes") if decoded else None, int(header["peak_memory_bytes"]),
+                         HOST_MEMORY_BYTES)
     return PluginSandboxResult.from_dict({
         "plugin": name,
         "outcome": outcome.value,

@@ -54,3 +54,34 @@ def test_no_message_is_a_crash_that_says_why():
 def test_result_round_trips_through_a_dict():
     r = PluginSandboxResult("p", Outcome.VALUE, None, None, 1.5, 10, 1.0, 2.0)
     assert PluginSandboxResult.from_dict(r.to_dict()) == r
+
+
+def test_strings_are_made_encodable_keys_included():
+    from sidecar.sandbox.result import encodable
+
+    value = {"a\udcff": ["x\ud800y", {"k": "ok"}], "n": 1, "f": 1.5, "none": None}
+    assert encodable(value) == {"a\\udcff": ["x\\ud800y", {"k": "ok"}], "n": 1, "f": 1.5, "none": None}
+    assert encodable("plain é") == "plain é"
+
+
+@pytest.mark.parametrize(("reported", "measured", "peak"), [
+    (10**30, 0, 1000),  # clamped to the host's memory
+    (500, 0, 500),
+    (-5, 300, 300),  # not a size: the launcher's figure
+    (True, 300, 300),
+    (1.5e9, 300, 300),
+    ("7", 0, 0),
+    (None, 2000, 1000),
+])
+def test_reported_peak_is_checked_and_clamped(reported, measured, peak):
+    from sidecar.sandbox.result import reported_peak
+
+    assert reported_peak(reported, measured, ceiling=1000) == peak
+
+
+def test_an_error_record_that_is_not_an_object_is_kept_as_text():
+    from sidecar.sandbox.result import ErrorInfo
+
+    info = ErrorInfo.from_dict(["not", "a", "dict"])
+    assert info.type == "InvalidErrorRecord" and "['not', 'a', 'dict']" in info.message
+    assert ErrorInfo.from_dict({"type": "E", "message": "m", "traceback": 5}).traceback is None
