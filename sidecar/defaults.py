@@ -27,5 +27,9 @@ HISTORY_RETENTION = 1000
 #: Processes one run may hold at once (its cgroup's pids.max; RLIMIT_NPROC of its uid as root).
 MAX_PROCESSES = 512
 
+#: Longest a run or a route waits on the history store (a frozen or hung disk): beyond it the run is
+#: answered with its write kept pending, and a route that reads the history answers 503.
+STORE_DEADLINE_SECONDS = 2.0
+
 #: The form of every plugin and check name: a metric label value and a URL path segment.
 PLUGIN_NAME_PATTERN = r"^[a-z][a-z0-9_]{0,63}$"

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 from . import __version__
 from .sandbox.outcomes import ERROR_OUTCOMES
 from .sandbox.result import PluginSandboxResult
-from .store import FAULT_REASONS, StoreStats
+from .store import FAULT_REASONS, ROW_REASONS, StoreStats
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -75,6 +75,9 @@ FAMILIES: tuple[Family, ...] = (
     Family("sidecar_store_errors", "counter", "Runs whose history write failed (kept pending)", ("reason",)),
     Family("sidecar_store_dropped_runs", "counter", "Pending runs dropped because the write buffer was full", ()),
     Family("sidecar_store_pending_runs", "gauge", "Runs waiting in memory for the history store to recover", ()),
+    Family("sidecar_store_unwritable_runs", "counter", "Runs dropped from the history because their row cannot be"
+           " stored", ("reason",)),
+    Family("sidecar_store_reopens", "counter", "History files reopened after being deleted or replaced", ()),
     Family("sidecar_config_reloads", "counter", "Configuration reloads (SIGHUP, POST /-/reload) by result",
            ("result",)),
     Family("sidecar_templates", "gauge", "Plugin templates alive (processes that imported a plugin once)", ()),
@@ -255,7 +258,7 @@ class Metrics:
         self._render_errors = 0
         self._failing: set[str] = set()  # plugins whose last render failed (logged once until they recover)
         self._process = _process_registry() if process_metrics else None
-        #: Read at scrape time: the history store's fault counters (set by the runner).
+        #: Read at scrape time: the history store's fault counters (set by the runner; read without a lock).
         self.store_stats: Callable[[], StoreStats] = lambda: StoreStats(dict.fromkeys(FAULT_REASONS, 0), 0, 0)
         self.template_stats: Callable[[], Mapping[str, int]] = lambda: dict.fromkeys(_TEMPLATE_STATS.values(), 0)
 
@@ -429,6 +432,11 @@ class Metrics:
                     out.append(f"sidecar_store_dropped_runs_total {_num(store.dropped)}\n")
                 elif name == "sidecar_store_pending_runs":
                     out.append(f"sidecar_store_pending_runs {_num(store.pending)}\n")
+                elif name == "sidecar_store_unwritable_runs":
+                    out.extend(f'sidecar_store_unwritable_runs_total{{reason="{r}"}} '
+                               f"{_num(store.unwritable.get(r, 0))}\n" for r in ROW_REASONS)
+                elif name == "sidecar_store_reopens":
+                    out.append(f"sidecar_store_reopens_total {_num(store.reopens)}\n")
             else:
                 out.extend(c[name] for c in chunks)
         out.append(process)

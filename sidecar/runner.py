@@ -149,8 +149,9 @@ class Runner:
             log.exception("run of %s failed inside the sidecar", entry.name)
             raise
         self.metrics.finished(in_flight, result)
-        # After the metrics: a run that happened is counted even if its history write fails (the
-        # store keeps it pending, counts and logs the failure; it never raises for a fault).
+        # After the metrics: a run that happened is counted even if its history write fails or stalls
+        # (the store keeps it pending or drops an unwritable row, counts and logs it; it never raises
+        # and waits at most STORE_DEADLINE_SECONDS).
         self.store.record(result, trigger)
         return result
 
@@ -164,21 +165,25 @@ class Runner:
         self._run_in_slot(entry, dict(entry.params), timeout, memory, "schedule")
 
     # -- reads -----------------------------------------------------------------------------------
+    # Every route that reads the history does it in one `store.within_deadline` call: a stalled or
+    # failing store answers 503 `store_unavailable` with the reason, never a hang or a 500.
     @operation()
     def plugins(self) -> list[dict[str, Any]]:
         registry = self.registry  # a reload may swap it meanwhile
-        return [self._describe(registry, e) for e in registry]
+        entries = list(registry)
+        summaries = self.store.within_deadline(lambda: [self._summary(e.name) for e in entries])
+        return [self._describe(registry, e, summary) for e, summary in zip(entries, summaries, strict=True)]
 
     @operation()
     def plugin(self, name: str) -> dict[str, Any]:
         registry = self.registry
-        return self._describe(registry, registry.get(name))
+        entry = registry.get(name)
+        return self._describe(registry, entry, self.store.within_deadline(lambda: self._summary(name)))
 
-    def _describe(self, registry: Registry, entry: Entry) -> dict[str, Any]:
-        name = entry.name
+    def _describe(self, registry: Registry, entry: Entry, summary: dict[str, Any]) -> dict[str, Any]:
         timeout, memory = registry.limits(entry)
         return {**entry.to_dict(), "timeout_seconds": timeout, "memory_limit_mb": memory,
-                "loaded_at": _iso(entry.loaded_at), "health": self._summary(name)}
+                "loaded_at": _iso(entry.loaded_at), "health": summary}
 
     def _summary(self, name: str) -> dict[str, Any]:
         totals = self.store.totals(name)
@@ -194,9 +199,8 @@ class Runner:
     def health(self, name: str) -> dict[str, Any]:
         entry = self.registry.get(name)
         timeout, memory = self.registry.limits(entry)
-        totals = self.store.totals(name)
-        recent = self.store.recent(name, AVERAGE_OVER)
-        last_error = self.store.last_error(name)
+        totals, recent, last_error = self.store.within_deadline(
+            lambda: (self.store.totals(name), self.store.recent(name, AVERAGE_OVER), self.store.last_error(name)))
         times = [r["execution_time_ms"] for r in recent]
         return {
             "plugin": name,
@@ -219,7 +223,7 @@ class Runner:
     @operation()
     def runs(self, name: str, limit: int = 20) -> list[dict[str, Any]]:
         self.registry.get(name)
-        rows = self.store.recent(name, limit)
+        rows = self.store.within_deadline(lambda: self.store.recent(name, limit))
         for r in rows:
             r["started_at"] = _iso(r["started_at"])
             r["finished_at"] = _iso(r["finished_at"])
@@ -231,7 +235,12 @@ class Runner:
 
     @operation()
     def ready(self) -> dict[str, Any]:
-        writable, why = self.store.probe()
+        """Never raises: whatever goes wrong with the history is a reason to be not ready (503)."""
+        try:
+            writable, why = self.store.probe()
+        except Exception as exc:
+            log.exception("the readiness probe of the history store failed")
+            writable, why = False, f"probe failed: {type(exc).__name__}: {exc}"
         checks = {"plugins_discovered": len(self.registry) > 0, "store_writable": writable}
         state: dict[str, Any] = {"ready": all(checks.values()), "checks": checks,
                                  "containment": self.sandbox.containment}
@@ -328,10 +337,11 @@ class Runner:
     def status(self) -> dict[str, Any]:
         """Everything the status page shows, in one call: each entry's health and recent execution times."""
         registry = self.registry
+        listed = list(registry)
+        history = self.store.within_deadline(
+            lambda: [(self.store.recent(e.name, SPARKLINE_RUNS), self.store.totals(e.name)) for e in listed])
         entries = []
-        for entry in registry:
-            recent = self.store.recent(entry.name, SPARKLINE_RUNS)
-            totals = self.store.totals(entry.name)
+        for entry, (recent, totals) in zip(listed, history, strict=True):
             last10 = [r["execution_time_ms"] for r in recent[:AVERAGE_OVER]]
             entries.append({
                 "name": entry.name, "plugin": entry.plugin, "source": entry.source,

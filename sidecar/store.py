@@ -4,11 +4,23 @@ Written by the runner process alone (one writer, WAL journal), so it needs no cr
 locking; it survives restarts. Per-plugin totals live in their own table so that retention
 (`SIDECAR_HISTORY_RETENTION` runs per plugin) never changes the counts the health route reports.
 
-Faults are loud and lose what they must only: a run whose write fails (disk full, read-only
-file system, corrupt file) is counted by reason, logged, and kept in a bounded memory buffer
-(`PENDING_LIMIT` runs; beyond it the *oldest* pending runs are dropped and counted). A retry
-thread writes the buffer as soon as the store accepts writes again, so health counts and the
-metric counters agree once the disk recovers. `probe()` is a real write for `/readyz`.
+Nothing a run carries and no storage fault can stop the store or the routes around it:
+
+- One writer thread writes runs in the order they finished. `record` hands it a run and waits at
+  most `STORE_DEADLINE_SECONDS`: a frozen or hung disk delays a run by that much once, never holds
+  its slot (the run is kept pending and counted as `stalled`).
+- A write that fails (disk full, read-only file system, corrupt file) is counted by reason, logged,
+  and kept in a bounded memory buffer (`PENDING_LIMIT` runs; beyond it the *oldest* pending runs
+  are dropped and counted). The writer retries every `RETRY_SECONDS` and writes the buffer once
+  the store accepts writes again, so health counts and the metric counters agree after recovery.
+- A row that cannot be written at all (text that is not encodable, a number out of SQLite's range)
+  is dropped, counted by reason and logged: it never blocks the runs queued behind it.
+- The history file deleted or replaced under the sidecar is noticed (its device and inode are
+  compared with the open one's before each batch of writes and each readiness probe), logged,
+  counted, and a fresh history is opened at the path; runs pending in memory are written there.
+- Routes read within the deadline (`within_deadline`) and answer 503 `store_unavailable` past it;
+  `probe()` (a real write, for `/readyz`) reports a stalled store as not ready instead of waiting;
+  `stats()` (for `/metrics`) takes no lock at all.
 
 At start, a history file SQLite cannot read (corrupt header or pages) is moved aside and a fresh
 one begun; a data directory that cannot be used stops start-up with `StoreUnavailable`.
@@ -18,30 +30,41 @@ from __future__ import annotations
 
 import errno
 import logging
+import math
 import os
 import sqlite3
 import tempfile
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
+from .defaults import STORE_DEADLINE_SECONDS
 from .errors import StoreUnavailable
 from .sandbox.result import PluginSandboxResult
 
-__all__ = ["FAULT_REASONS", "PENDING_LIMIT", "Store", "StoreStats", "fault_reason"]
+__all__ = ["FAULT_REASONS", "PENDING_LIMIT", "ROW_REASONS", "Store", "StoreStats", "fault_reason", "row_values"]
 
 log = logging.getLogger(__name__)
 
-#: Why a write failed; the `reason` label of `sidecar_store_errors_total`.
-FAULT_REASONS = ("disk_full", "read_only", "corrupt", "io")
+T = TypeVar("T")
+
+#: Why a write failed; the `reason` label of `sidecar_store_errors_total` (`stalled`: not done
+#: within STORE_DEADLINE_SECONDS, e.g. a frozen file system).
+FAULT_REASONS = ("disk_full", "read_only", "corrupt", "io", "stalled")
+#: Why a run's row was dropped instead of written; the `reason` label of
+#: `sidecar_store_unwritable_runs_total`.
+ROW_REASONS = ("encoding", "range", "invalid")
 #: Runs kept in memory while the store refuses writes (about 1 KB each).
 PENDING_LIMIT = 10_000
 #: Seconds between attempts to write the pending runs while the store is failing.
 RETRY_SECONDS = 1.0
+#: Characters of an error message kept in the history.
+MESSAGE_LIMIT = 2000
+_INT64 = (-(2**63), 2**63 - 1)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -66,7 +89,8 @@ CREATE TABLE IF NOT EXISTS totals (
 CREATE TABLE IF NOT EXISTS probe (id INTEGER PRIMARY KEY CHECK (id = 1), at REAL NOT NULL);
 """
 
-_DESCRIBE = {"disk_full": "disk full", "read_only": "read-only", "corrupt": "corrupt", "io": "I/O error"}
+_DESCRIBE = {"disk_full": "disk full", "read_only": "read-only", "corrupt": "corrupt", "io": "I/O error",
+             "stalled": "stalled"}
 
 
 def fault_reason(exc: BaseException) -> str:
@@ -103,13 +127,74 @@ def _private(path: str, mode: int) -> None:
         log.warning("%s is not ours to make private (mode %o): plugins may reach it", path, mode)
 
 
+def _identity(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+class BadRow(ValueError):
+    """A run whose row cannot be stored as it is; `reason` is one of ROW_REASONS."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+
+
+def row_values(result: PluginSandboxResult, trigger: str) -> tuple[Any, ...]:
+    """The `runs` row of a result, checked against what SQLite can store (pure); raises BadRow.
+
+    Checked here rather than left to SQLite so that a bad row is told from a bad disk: SQLite raises
+    the same exception types for both (and Python's own UnicodeEncodeError or OverflowError for some).
+    """
+    err = result.error
+    values = (result.plugin, result.outcome.value, result.started_at, result.finished_at,
+              result.execution_time_ms, result.peak_memory_bytes, err.type if err else None,
+              err.message[:MESSAGE_LIMIT] if err else None, trigger)
+    for v in values:
+        if v is None:
+            continue
+        if isinstance(v, str):
+            try:
+                v.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise BadRow("encoding", f"text not encodable as UTF-8 ({exc.reason} at {exc.start})") from None
+        elif isinstance(v, bool) or not isinstance(v, int | float):
+            raise BadRow("invalid", f"a value of type {type(v).__name__}")
+        elif isinstance(v, int) and not _INT64[0] <= v <= _INT64[1]:
+            raise BadRow("range", f"integer {v:.3g} outside SQLite's 64-bit range")
+        elif isinstance(v, float) and not math.isfinite(v):
+            raise BadRow("range", f"number {v!r} is not finite")
+    return values
+
+
+def _row_reason(exc: BaseException) -> str | None:
+    """ROW_REASONS for what a bad row raises at write time; None for a storage fault."""
+    if isinstance(exc, BadRow):
+        return exc.reason
+    if isinstance(exc, UnicodeError):
+        return "encoding"
+    if isinstance(exc, OverflowError):
+        return "range"
+    if isinstance(exc, sqlite3.DataError | sqlite3.IntegrityError | sqlite3.InterfaceError):
+        return "invalid"
+    if isinstance(exc, sqlite3.Error | OSError):
+        return None
+    return "invalid"  # anything else comes from the row: it must not stop the writer
+
+
 @dataclass(frozen=True)
 class StoreStats:
-    """What `/metrics` shows of the store: write failures by reason, runs dropped, runs pending."""
+    """What `/metrics` shows of the store: write failures by reason, runs dropped (buffer full),
+    runs pending, rows dropped as unwritable by reason, history files reopened."""
 
     errors: dict[str, int]
     dropped: int
     pending: int
+    unwritable: dict[str, int] = field(default_factory=lambda: dict.fromkeys(ROW_REASONS, 0))
+    reopens: int = 0
 
 
 @dataclass
@@ -119,22 +204,42 @@ class _Fault:
     since: float = field(default_factory=time.time)
 
 
+@dataclass(eq=False)
+class _Pending:
+    """A run waiting for the writer; `done` is set once it is written, dropped or failed to write."""
+
+    result: PluginSandboxResult
+    trigger: str
+    done: threading.Event = field(default_factory=threading.Event)
+    run_id: int | None = None
+    unwritable: bool = False
+
+
 class Store:
     def __init__(self, data_dir: str, retention: int = 1000, *, pending_limit: int = PENDING_LIMIT,
-                 retry_seconds: float = RETRY_SECONDS) -> None:
+                 retry_seconds: float = RETRY_SECONDS, deadline: float = STORE_DEADLINE_SECONDS) -> None:
         self.data_dir = data_dir
         self.path = os.path.join(data_dir, "history.sqlite3")
         self.retention = retention
         self.retry_seconds = retry_seconds
-        self._lock = threading.Lock()
-        self._pending: deque[tuple[PluginSandboxResult, str]] = deque()
+        self.deadline = deadline
+        #: The connection's lock, held across every SQLite call.
+        self._io = threading.Lock()
+        #: When the current holder of `_io` took it (monotonic); None when free. Read without a lock.
+        self._busy_since: float | None = None
+        #: Guards the queue, the counters and the fault; never held across I/O.
+        self._state = threading.Condition(threading.Lock())
+        self._pending: deque[_Pending] = deque()
         self._pending_limit = pending_limit
         self._errors = dict.fromkeys(FAULT_REASONS, 0)
+        self._unwritable = dict.fromkeys(ROW_REASONS, 0)
         self._dropped = 0
+        self._reopens = 0
         self._fault: _Fault | None = None
-        self._stop = threading.Event()
-        self._retrier: threading.Thread | None = None
-        self._retrying = False  # under _lock: whether a retry thread is (still) looping
+        self._stopping = False
+        #: (st_dev, st_ino) of the file the connection has open; None once it is known gone.
+        self._identity: tuple[int, int] | None = None
+        self._companions: dict[str, tuple[int, int] | None] = {}
         #: Where a corrupt history file found at start was moved, if one was.
         self.moved_aside: str | None = None
         try:
@@ -146,6 +251,8 @@ class Store:
         except (OSError, sqlite3.Error) as exc:
             cause = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
             raise StoreUnavailable(f"cannot use data directory {data_dir}: {cause}") from None
+        self._writer = threading.Thread(target=self._writer_loop, name="store-writer", daemon=True)
+        self._writer.start()
 
     # -- opening ---------------------------------------------------------------------------------
     def _connect(self) -> sqlite3.Connection:
@@ -162,9 +269,12 @@ class Store:
             if db.execute("PRAGMA quick_check").fetchone()[0] != "ok":
                 raise sqlite3.DatabaseError("database disk image is malformed (quick_check)")
             db.executescript(_SCHEMA)
+            st = os.stat(self.path)
         except BaseException:
             db.close()
             raise
+        self._identity = (st.st_dev, st.st_ino)
+        self._companions = {suffix: _identity(self.path + suffix) for suffix in ("-wal", "-shm")}
         return db
 
     def _open(self) -> sqlite3.Connection:
@@ -184,22 +294,115 @@ class Store:
                       self.path, exc, aside)
             return self._connect()
 
-    def close(self) -> None:
-        self._stop.set()
-        if self._retrier is not None:
-            self._retrier.join(timeout=5)
-        with self._lock:
-            if self._pending:
-                self._flush_locked()  # a last try
-            if self._pending:
-                log.error("history %s: %d run(s) could not be written before stopping and are lost",
-                          self.path, len(self._pending))
+    def _check_identity(self) -> None:
+        """Reopen the history if the file at the path is no longer the one open (deleted, replaced);
+        the caller holds `_io`. Raises (OSError, sqlite3.Error) when it cannot be reopened."""
+        try:
+            st = os.stat(self.path)
+            current: tuple[int, int] | None = (st.st_dev, st.st_ino)
+        except FileNotFoundError:
+            current = None
+        if current is not None and current == self._identity:
+            return
+        if self._identity is not None:  # first notice: later attempts after a failed reopen stay quiet
+            with self._state:
+                self._reopens += 1
+            log.error("history %s was %s under the sidecar: opening a fresh history there (%d run(s) pending"
+                      " are written to it; runs written to the old file since then are not)", self.path,
+                      "deleted" if current is None else "replaced", len(self._pending))
+            self._identity = None
+            self._set_aside_companions()
             self._db.close()
+        os.makedirs(self.data_dir, mode=0o700, exist_ok=True)
+        self._db = self._open()
+        log.warning("history %s reopened", self.path)
+
+    def _set_aside_companions(self) -> None:
+        """Move our own -wal aside (and drop our -shm) before the file now at the path is opened: SQLite does
+        not check that a WAL belongs to its database, and would replay the old history's WAL into the new one."""
+        stamp = time.strftime("%Y%m%dT%H%M%S")
+        for suffix, ours in self._companions.items():
+            if ours is not None and _identity(self.path + suffix) == ours:
+                try:
+                    if suffix == "-shm":
+                        os.unlink(self.path + suffix)  # an index SQLite rebuilds from the WAL
+                    else:
+                        os.replace(self.path + suffix, f"{self.path}{suffix}.orphaned-{stamp}")
+                except OSError as exc:
+                    log.warning("history %s: could not move the old %s file aside: %s", self.path, suffix, exc)
+
+    @contextmanager
+    def _held(self, timeout: float) -> Iterator[bool]:
+        """Hold `_io` (waiting at most `timeout`, -1: for ever) and mark the store busy meanwhile."""
+        if not self._io.acquire(timeout=timeout):
+            yield False
+            return
+        self._busy_since = time.monotonic()
+        try:
+            yield True
+        finally:
+            self._busy_since = None
+            self._io.release()
+
+    def _stalled_for(self) -> float | None:
+        """Seconds the current SQLite call has run when that is past the deadline (lock-free)."""
+        since = self._busy_since
+        if since is None:
+            return None
+        busy = time.monotonic() - since
+        return busy if busy > self.deadline else None
+
+    def _stalled_message(self, seconds: float) -> str:
+        return (f"stalled: a history call has not returned for {seconds:.1f} s (file system frozen or"
+                f" hung?) ({self.path}; {len(self._pending)} run(s) pending)")
+
+    def within_deadline(self, call: Callable[[], T]) -> T:
+        """`call()` (store reads for one route) if it returns within the deadline; else StoreUnavailable.
+
+        The call runs on a thread of its own: a read blocked by a frozen file system cannot be
+        interrupted, so the route stops waiting for it instead. Once a call is known stalled, later
+        ones fail at once rather than start threads that would queue behind it.
+        """
+        stalled = self._stalled_for()
+        if stalled is not None:
+            raise StoreUnavailable(f"history store {self._stalled_message(stalled)}")
+        box: dict[str, Any] = {}
+        finished = threading.Event()
+
+        def target() -> None:
+            try:
+                box["value"] = call()
+            except BaseException as exc:  # noqa: B036 - re-raised in the caller's thread
+                box["error"] = exc
+            finally:
+                finished.set()
+
+        threading.Thread(target=target, name="store-call", daemon=True).start()
+        if not finished.wait(self.deadline):
+            raise StoreUnavailable(f"history store did not answer within {self.deadline:g} s (file system frozen"
+                                   f" or hung?) ({self.path})")
+        if "error" in box:
+            raise box["error"]
+        return box["value"]  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        with self._state:
+            self._stopping = True
+            self._state.notify_all()
+        self._writer.join(timeout=self.deadline)
+        with self._held(self.deadline) as held:
+            if held:
+                if self._pending:
+                    self._flush_locked()  # a last try
+                self._db.close()
+        if self._pending:
+            log.error("history %s: %d run(s) could not be written before stopping and are lost",
+                      self.path, len(self._pending))
 
     # -- writes ----------------------------------------------------------------------------------
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
-        """One IMMEDIATE transaction; the caller holds `_lock`.
+        """One IMMEDIATE transaction; the caller holds `_io`.
 
         A failed COMMIT (disk full) may leave the transaction open: roll it back, or every later
         BEGIN would fail with a misleading "transaction within a transaction".
@@ -217,15 +420,11 @@ class Store:
             raise
 
     def _write(self, result: PluginSandboxResult, trigger: str) -> int:
-        err = result.error
+        row = row_values(result, trigger)
         with self._tx() as db:
             cur = db.execute(
                 "INSERT INTO runs (plugin, outcome, started_at, finished_at, execution_time_ms,"
-                " peak_memory_bytes, error_type, error_message, trigger) VALUES (?,?,?,?,?,?,?,?,?)",
-                (result.plugin, result.outcome.value, result.started_at, result.finished_at,
-                 result.execution_time_ms, result.peak_memory_bytes, err.type if err else None,
-                 err.message[:2000] if err else None, trigger),
-            )
+                " peak_memory_bytes, error_type, error_message, trigger) VALUES (?,?,?,?,?,?,?,?,?)", row)
             db.execute(
                 "INSERT INTO totals (plugin, outcome, count) VALUES (?, ?, 1)"
                 " ON CONFLICT (plugin, outcome) DO UPDATE SET count = count + 1",
@@ -241,96 +440,163 @@ class Store:
     def record(self, result: PluginSandboxResult, trigger: str = "api") -> int | None:
         """Append one run, bump its totals and trim the plugin's history, atomically.
 
-        Never raises for a storage fault: the run is kept pending (and the fault counted and
-        logged) and None is returned; the run id otherwise. Pending runs are written first, so
-        history keeps the order runs finished in.
+        Never raises and never waits longer than the deadline: the run id once written; None when
+        the store is failing or stalled (the run is kept pending, the fault counted and logged) or
+        when its row cannot be written (dropped, counted and logged). Pending runs are written first,
+        so history keeps the order runs finished in.
         """
-        with self._lock:
-            self._pending.append((result, trigger))
+        item = _Pending(result, trigger)
+        dropped = False
+        with self._state:
+            self._pending.append(item)
             if len(self._pending) > self._pending_limit:
-                self._pending.popleft()
+                self._pending.popleft().done.set()
                 self._dropped += 1
-                log.error("history write buffer full (%d runs): dropped the oldest pending run",
-                          self._pending_limit)
-            if self._fault is None or len(self._pending) == 1:
-                written = self._flush_locked()
-                if written is not None:
-                    return written
-            # Written later, in order, by the retry thread (or `probe`) once the store recovers.
-            assert self._fault is not None
+                dropped = True
+            waiting = self._fault is None
+            if waiting:
+                self._state.notify_all()
+        if dropped:
+            log.error("history write buffer full (%d runs): dropped the oldest pending run", self._pending_limit)
+        if waiting and self._stalled_for() is None:
+            item.done.wait(self.deadline)
+        stalled = False
+        with self._state:
+            if item.run_id is not None or item.unwritable:
+                return item.run_id
+            if self._fault is None:
+                self._fault = _Fault("stalled", f"a write did not finish within {self.deadline:g} s")
+                stalled = True
             self._errors[self._fault.reason] += 1
-            return None
+        if stalled:
+            log.error("history %s: writes stalled (not done within %g s: file system frozen or hung?); runs are"
+                      " answered and kept in memory until the store answers again", self.path, self.deadline)
+        return None
+
+    def _writer_loop(self) -> None:
+        """Write pending runs as they come; while the store is failing, retry every `retry_seconds`."""
+        while True:
+            with self._state:
+                while not self._stopping and (not self._pending or self._fault is not None):
+                    if self._fault is not None:
+                        self._state.wait(self.retry_seconds)
+                        break
+                    self._state.wait()
+                if self._stopping:
+                    return
+            with self._held(-1):
+                if self._fault is None or self._probe_locked():
+                    self._flush_locked()
 
     def _flush_locked(self) -> int | None:
-        """Write pending runs oldest first; stop at the first failure. The caller holds `_lock`."""
+        """Write pending runs oldest first; stop at the first storage fault. The caller holds `_io`."""
         last: int | None = None
-        while self._pending:
-            result, trigger = self._pending[0]
+        try:
+            self._check_identity()
+        except (OSError, sqlite3.Error) as exc:
+            self._failed(exc, "reopening the history")
+            return None
+        while True:
+            with self._state:
+                if not self._pending:
+                    break
+                item = self._pending[0]
             try:
-                last = self._write(result, trigger)
-            except sqlite3.Error as exc:
-                self._failed(exc, f"recording a run of {result.plugin}")
-                return None
-            self._pending.popleft()
+                last = self._write(item.result, item.trigger)
+            except Exception as exc:
+                reason = _row_reason(exc)
+                if reason is None:
+                    self._failed(exc, f"recording a run of {item.result.plugin}")
+                    return None
+                self._drop(item, reason, exc)
+                continue
+            with self._state:
+                item.run_id = last
+                if self._pending and self._pending[0] is item:
+                    self._pending.popleft()
+            item.done.set()
         self._cleared()
         return last
 
-    def _failed(self, exc: sqlite3.Error, doing: str) -> None:
-        """Enter (or change) the fault state, log it once, and make sure a retry thread runs."""
+    def _drop(self, item: _Pending, reason: str, exc: Exception) -> None:
+        with self._state:
+            self._unwritable[reason] += 1
+            item.unwritable = True
+            if self._pending and self._pending[0] is item:
+                self._pending.popleft()
+        item.done.set()
+        log.error("history %s: a run of %s (outcome %s) cannot be stored and is dropped from the history"
+                  " (%s: %s); it is counted in the metrics", self.path, item.result.plugin,
+                  item.result.outcome.value, reason, exc, exc_info=not isinstance(exc, BadRow | UnicodeError))
+
+    def _failed(self, exc: BaseException, doing: str) -> None:
+        """Enter (or change) the fault state, log it once, and release every run waiting on the writer."""
         reason = fault_reason(exc)
-        first = self._fault is None or self._fault.reason != reason
+        with self._state:
+            first = self._fault is None or self._fault.reason != reason
+            if first:
+                self._fault = _Fault(reason, str(exc))
+            waiting = list(self._pending)
         if first:
-            self._fault = _Fault(reason, str(exc))
-            log.error("history %s: %s failed: %s (%s); %d run(s) kept in memory, retrying every %.0f s",
-                      self.path, doing, _DESCRIBE[reason], exc, len(self._pending), self.retry_seconds)
-        if not self._retrying:
-            self._retrying = True
-            self._retrier = threading.Thread(target=self._retry_loop, name="store-retry", daemon=True)
-            self._retrier.start()
+            log.error("history %s: %s failed: %s (%s); %d run(s) kept in memory, retrying every %g s",
+                      self.path, doing, _DESCRIBE[reason], exc, len(waiting), self.retry_seconds)
+        for item in waiting:
+            item.done.set()
 
     def _cleared(self) -> None:
-        if self._fault is not None:
-            log.warning("history %s writable again after %.1f s (%s)", self.path,
-                        time.time() - self._fault.since, _DESCRIBE[self._fault.reason])
-            self._fault = None
-
-    def _retry_loop(self) -> None:
-        while not self._stop.wait(self.retry_seconds):
-            with self._lock:
-                if self._fault is None and not self._pending:
-                    self._retrying = False
-                    return
-                if self._probe_locked():
-                    self._flush_locked()
+        with self._state:
+            fault, self._fault = self._fault, None
+        if fault is not None:
+            log.warning("history %s writable again after %.1f s (%s)", self.path, time.time() - fault.since,
+                        _DESCRIBE[fault.reason])
 
     def _probe_locked(self) -> bool:
+        """A real write, after checking the file is still the one open; the caller holds `_io`."""
         try:
+            self._check_identity()
             with self._tx() as db:
                 db.execute("INSERT INTO probe (id, at) VALUES (1, ?) ON CONFLICT (id) DO UPDATE SET at = excluded.at",
                            (time.time(),))
             return True
-        except sqlite3.Error as exc:
+        except (OSError, sqlite3.Error) as exc:
             self._failed(exc, "the readiness write")
             return False
 
     def probe(self) -> tuple[bool, str]:
-        """A real write (for `/readyz`), then the pending runs: (ready, reason when not)."""
-        with self._lock:
-            if self._probe_locked():
-                self._flush_locked()
-            if self._fault is None:
+        """A real write (for `/readyz`), then the pending runs: (ready, reason when not).
+
+        Never waits past the deadline: a store whose calls do not return is reported stalled.
+        """
+        def attempt() -> tuple[bool, str]:
+            with self._held(self.deadline) as held:
+                if not held:
+                    return False, self._stalled_message(self.deadline)
+                if self._probe_locked():
+                    self._flush_locked()
+            fault = self._fault
+            if fault is None:
                 return True, "ok"
-            f = self._fault
-            return False, (f"{_DESCRIBE[f.reason]}: {f.detail} ({self.path}; {len(self._pending)} run(s) pending,"
-                           f" since {time.strftime('%H:%M:%S', time.gmtime(f.since))} UTC)")
+            return False, (f"{_DESCRIBE[fault.reason]}: {fault.detail} ({self.path}; {len(self._pending)} run(s)"
+                           f" pending, since {time.strftime('%H:%M:%S', time.gmtime(fault.since))} UTC)")
+
+        try:
+            return self.within_deadline(attempt)
+        except StoreUnavailable as exc:
+            return False, exc.message.removeprefix("history store ")
 
     def stats(self) -> StoreStats:
-        with self._lock:
-            return StoreStats(dict(self._errors), self._dropped, len(self._pending))
+        """The counters, read without any lock: a scrape must never wait on the store (a stalled disk).
+
+        Only the store's threads change them, each change a single step; a scrape may see one run behind.
+        """
+        return StoreStats(dict(self._errors), self._dropped, len(self._pending), dict(self._unwritable),
+                          self._reopens)
 
     # -- reads -----------------------------------------------------------------------------------
     def _query(self, sql: str, args: tuple[Any, ...]) -> list[sqlite3.Row]:
-        with self._lock:
+        with self._held(self.deadline) as held:
+            if not held:
+                raise StoreUnavailable(f"history store busy: {self._stalled_message(self.deadline)}")
             self._db.row_factory = sqlite3.Row
             try:
                 return list(self._db.execute(sql, args))
@@ -339,7 +605,6 @@ class Store:
                                        f" ({exc})") from None
             finally:
                 self._db.row_factory = None
-
     def recent(self, plugin: str, limit: int = 10) -> list[dict[str, Any]]:
         rows = self._query(
             "SELECT id, plugin, outcome, started_at, finished_at, execution_time_ms, peak_memory_bytes,"

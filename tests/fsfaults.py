@@ -1,4 +1,4 @@
-"""File-system faults for tests: a small tmpfs to fill, a read-only mount (root only).
+"""File-system faults for tests: a small tmpfs to fill, a read-only mount, a frozen ext4 (root only).
 
 As root, `chmod` does not stop writes, so real faults need mounts; tests that use these skip
 cleanly when not root or when mounting is not allowed (an unprivileged container).
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-__all__ = ["fill", "read_only_mount", "tmpfs"]
+__all__ = ["ext4", "fill", "frozen", "read_only_mount", "tmpfs"]
 
 
 def _mount(*args: str) -> None:
@@ -68,3 +68,35 @@ def fill(directory: Path) -> Path:
                     break
                 chunk = chunk[: len(chunk) // 2]
     return filler
+
+
+@contextmanager
+def ext4(path: Path, size_mb: int = 16) -> Iterator[Path]:
+    """A fresh ext4 file system of `size_mb` on a loop device, mounted at `path` (created)."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a file system needs root")
+    path.mkdir(parents=True, exist_ok=True)
+    image = path.with_name(path.name + ".img")
+    with open(image, "wb") as f:
+        f.truncate(size_mb << 20)
+    made = subprocess.run(["mkfs.ext4", "-q", "-F", str(image)], capture_output=True, text=True)
+    if made.returncode != 0:
+        pytest.skip(f"mkfs.ext4 not usable here: {made.stderr.strip()}")
+    _mount("-o", "loop", str(image), str(path))  # skips when there is no loop device to take
+    try:
+        yield path
+    finally:
+        _umount(path)
+        image.unlink()
+
+
+@contextmanager
+def frozen(mount: Path) -> Iterator[None]:
+    """The file system mounted at `mount` frozen (`fsfreeze -f`: every write blocks), thawed on exit."""
+    done = subprocess.run(["fsfreeze", "-f", str(mount)], capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"fsfreeze not allowed here: {done.stderr.strip()}")
+    try:
+        yield
+    finally:
+        subprocess.run(["fsfreeze", "-u", str(mount)], check=True)

@@ -25,7 +25,7 @@ from sidecar.metrics import (
 )
 from sidecar.sandbox.outcomes import ERROR_OUTCOMES
 from sidecar.sandbox.result import ErrorInfo, Outcome, PluginSandboxResult
-from sidecar.store import FAULT_REASONS
+from sidecar.store import FAULT_REASONS, ROW_REASONS
 
 BUCKETS = (0.01, 0.1, 1.0, 10.0)
 
@@ -253,7 +253,7 @@ def test_label_values_only_from_added_plugins(metrics: Metrics) -> None:
     metrics.finished(metrics.started("alpha"), _result("alpha", Outcome.VALUE))
     metrics.reject("beta", "saturated")
     allowed: dict[str, set[Any]] = {"plugin": {"alpha", "beta"}, "error_type": set(ERROR_OUTCOMES),
-                                    "reason": set(REJECT_REASONS) | set(FAULT_REASONS), "version": {__version__},
+                                    "reason": {*REJECT_REASONS, *FAULT_REASONS, *ROW_REASONS}, "version": {__version__},
                                     "result": set(RELOAD_RESULTS)}
     for openmetrics in (False, True):
         for fam in _families(metrics, openmetrics).values():

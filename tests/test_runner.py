@@ -1,4 +1,4 @@
-"""The runner's scheduler: checks run on their interval, never overlap themselves, and are recorded."""
+"""The runner: checks run on their interval, never overlap themselves, are recorded; the history never silences it."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -319,3 +320,84 @@ def test_a_checks_params_cannot_be_changed_by_a_caller(reloadable):
     assert runner.store.recent("keep", 10) == []
     assert runner.run("keep")["result"] == {"v": 1}
     assert runner.run("echo", {"v": 99})["result"] == {"v": 99}  # plugins take a caller's params
+
+
+# -- the history cannot silence the sidecar -----------------------------------------------------------------
+
+@pytest.fixture
+def fresh_app(tmp_path: Path) -> Iterator[Any]:
+    """A fresh sidecar (in-process runner) with the hostile plugins on its path."""
+    from sidecar.app import create_app
+
+    from .conftest import HOSTILE
+
+    flask_app = create_app(Settings(data_dir=str(tmp_path), plugin_path=(str(HOSTILE),), entry_points=False))
+    yield flask_app
+    flask_app.extensions["sidecar_backend"].close()
+
+
+@pytest.mark.parametrize(("plugin", "outcome"), [("surrogate_error", "runtime"), ("forged_result", "success")])
+def test_what_a_plugin_raises_or_forges_never_wedges_the_history(fresh_app: Any, plugin: str, outcome: str) -> None:
+    client = fresh_app.test_client()
+    first = client.post(f"/plugins/{plugin}/run", json={})
+    assert first.status_code == 200 and first.get_json()["outcome"] == outcome
+    for i in range(5):
+        resp = client.post("/plugins/echo/run", json={"params": {"i": i}})
+        assert resp.status_code == 200, resp.get_data(as_text=True)
+    assert client.get("/readyz").status_code == 200
+    assert client.get("/plugins/echo/health").get_json()["success_count"] == 5
+    assert len(client.get("/plugins/echo/runs").get_json()["runs"]) == 5
+    health = client.get(f"/plugins/{plugin}/health").get_json()
+    assert health["success_count"] + health["error_count"] == 1  # the hostile run is recorded too
+    if outcome == "runtime":
+        assert health["last_error"]["message"] == "cannot read report-\\udcff.txt"
+
+
+def test_readyz_is_503_with_a_reason_whatever_the_probe_raises(fresh_app: Any,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    runner = fresh_app.extensions["sidecar_backend"]
+
+    def broken() -> tuple[bool, str]:
+        raise OverflowError("Python int too large to convert to SQLite INTEGER")
+
+    monkeypatch.setattr(runner.store, "probe", broken)
+    resp = fresh_app.test_client().get("/readyz")
+    assert resp.status_code == 503
+    doc = resp.get_json()
+    assert not doc["ready"] and "OverflowError" in doc["reason"]
+
+
+def test_a_stalled_history_makes_history_routes_503_while_runs_and_metrics_answer(
+        fresh_app: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    runner = fresh_app.extensions["sidecar_backend"]
+    store = runner.store
+    store.deadline = 0.2
+    real, release = store._write, threading.Event()
+
+    def stuck(result: Any, trigger: str) -> int:  # a write on a frozen file system
+        release.wait()
+        return int(real(result, trigger))
+
+    monkeypatch.setattr(store, "_write", stuck)
+    client = fresh_app.test_client()
+    try:
+        for i in range(3):
+            resp = client.post("/plugins/echo/run", json={"params": {"i": i}})
+            assert resp.status_code == 200 and resp.get_json()["result"] == {"i": i}
+        ready = client.get("/readyz")
+        assert ready.status_code == 503 and "stalled" in ready.get_json()["reason"]
+        for path, headers in [("/plugins/echo/health", {}), ("/plugins/echo/runs", {}), ("/plugins", {}),
+                              ("/plugins/echo", {}), ("/", {"Accept": "text/html"})]:
+            resp = client.get(path, headers=headers)
+            assert resp.status_code == 503, path
+            assert resp.get_json()["error"]["code"] == "store_unavailable", path
+            assert "stalled" in resp.get_json()["error"]["message"], path
+        scrape = client.get("/metrics")
+        assert scrape.status_code == 200
+        families = {f.name: f for f in text_string_to_metric_families(scrape.get_data(as_text=True))}
+        stalled = [s.value for s in families["sidecar_store_errors"].samples if s.labels.get("reason") == "stalled"]
+        assert stalled == [3.0]
+    finally:
+        release.set()
+    _wait_for(lambda: client.get("/readyz").status_code == 200)
+    assert client.get("/plugins/echo/health").get_json()["success_count"] == 3

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -13,8 +14,10 @@ import pytest
 
 from sidecar.errors import StoreUnavailable
 from sidecar.sandbox.result import ErrorInfo, Outcome, PluginSandboxResult
-from sidecar.store import Store, StoreStats, fault_reason
+from sidecar.store import FAULT_REASONS, ROW_REASONS, Store, StoreStats, fault_reason
 from tests import fsfaults
+
+_NO_ERRORS = dict.fromkeys(FAULT_REASONS, 0)
 
 
 def _result(plugin: str = "p", outcome: Outcome = Outcome.SUCCESS, at: float = 1000.0,
@@ -195,7 +198,7 @@ def test_failed_write_is_kept_counted_and_written_on_recovery(tmp_path: Path, ca
         failing.error = _sqlite_error("database or disk is full", sqlite3.SQLITE_FULL)
         assert s.record(_result(outcome=Outcome.VALUE, at=1001.0)) is None
         assert s.record(_result(at=1002.0)) is None
-        assert s.stats() == StoreStats({"disk_full": 2, "read_only": 0, "corrupt": 0, "io": 0}, 0, 2)
+        assert s.stats() == StoreStats({**_NO_ERRORS, "disk_full": 2}, 0, 2)
         ready, why = s.probe()
         assert not ready and why.startswith("disk full") and s.path in why and "2 run(s) pending" in why
         assert any("disk full" in r.getMessage() and s.path in r.getMessage() for r in caplog.records)
@@ -234,7 +237,7 @@ def test_full_buffer_drops_oldest_with_a_count(tmp_path: Path, monkeypatch: pyte
         failing.error = _sqlite_error("database or disk is full", sqlite3.SQLITE_FULL)
         for i in range(5):
             s.record(_result(at=1000.0 + i))
-        assert s.stats() == StoreStats({"disk_full": 5, "read_only": 0, "corrupt": 0, "io": 0}, 2, 3)
+        assert s.stats() == StoreStats({**_NO_ERRORS, "disk_full": 5}, 2, 3)
         failing.error = None
         assert s.probe()[0]
         assert [r["finished_at"] for r in s.recent("p")] == [1004.0, 1003.0, 1002.0]
@@ -341,3 +344,128 @@ def test_the_history_is_private_whatever_an_older_install_left(tmp_path: Path) -
     assert any(f.name.endswith("-wal") for f in files)
     assert all(f.stat().st_mode & 0o777 == 0o600 for f in files), [(f.name, oct(f.stat().st_mode)) for f in files]
     store.close()
+
+
+# -- totality: rows that cannot be written, a stalled disk, a history file that vanishes ------------------
+
+
+@pytest.mark.parametrize(("bad", "reason"), [
+    (PluginSandboxResult("p", Outcome.RUNTIME, error=ErrorInfo("RuntimeError", "name \udcff.txt")), "encoding"),
+    (PluginSandboxResult("p", Outcome.SUCCESS, peak_memory_bytes=10**30), "range"),
+    (PluginSandboxResult("p", Outcome.SUCCESS, execution_time_ms=float("nan")), "range"),
+])
+def test_a_row_that_cannot_be_written_is_dropped_counted_and_never_blocks_the_queue(
+        store: Store, bad: PluginSandboxResult, reason: str, caplog: pytest.LogCaptureFixture) -> None:
+    store.record(_result(at=1000.0))
+    assert store.record(bad) is None
+    assert [store.record(_result(at=1001.0 + i)) is not None for i in range(5)] == [True] * 5
+    assert store.totals("p") == {"success": 6}
+    stats = store.stats()
+    assert stats.unwritable == {**dict.fromkeys(ROW_REASONS, 0), reason: 1}
+    assert stats.pending == 0 and stats.errors == _NO_ERRORS
+    assert store.probe() == (True, "ok")
+    assert any("dropped from the history" in r.getMessage() and reason in r.getMessage() for r in caplog.records)
+
+
+def test_a_deleted_history_file_is_noticed_and_a_fresh_one_written(tmp_path: Path,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    s = Store(str(tmp_path))
+    try:
+        s.record(_result(at=1000.0))
+        for suffix in ("", "-wal", "-shm"):
+            Path(s.path + suffix).unlink(missing_ok=True)
+        ids = [s.record(_result(at=1001.0 + i)) for i in range(3)]
+        assert None not in ids
+        assert s.stats().reopens == 1
+        assert any("was deleted under the sidecar" in r.getMessage() for r in caplog.records)
+        assert s.probe() == (True, "ok")
+    finally:
+        s.close()
+    again = Store(str(tmp_path))  # a restart finds the runs recorded after the deletion
+    try:
+        assert [r["finished_at"] for r in again.recent("p")] == [1003.0, 1002.0, 1001.0]
+    finally:
+        again.close()
+
+
+def test_a_replaced_history_file_is_noticed_by_the_readiness_probe(tmp_path: Path) -> None:
+    s = Store(str(tmp_path / "data"))
+    try:
+        s.record(_result(at=1000.0))
+        other = Store(str(tmp_path / "other"))
+        other.close()
+        os.replace(other.path, s.path)
+        assert s.probe() == (True, "ok")
+        assert s.stats().reopens == 1
+        s.record(_result(at=1001.0))
+        assert [r["finished_at"] for r in s.recent("p")] == [1001.0]
+    finally:
+        s.close()
+
+
+class _Stuck:
+    """Stands in for `Store._write`: blocks (as on a frozen file system) until released."""
+
+    def __init__(self, store: Store) -> None:
+        self.real = store._write
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def __call__(self, result: PluginSandboxResult, trigger: str) -> int:
+        self.entered.set()
+        self.release.wait()
+        return self.real(result, trigger)
+
+
+def test_a_stalled_write_never_holds_a_run_reads_or_the_counters(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    s = Store(str(tmp_path), deadline=0.2, retry_seconds=0.05)
+    stuck = _Stuck(s)
+    monkeypatch.setattr(s, "_write", stuck)
+    try:
+        assert s.record(_result(at=1000.0)) is None  # answered after the deadline, kept pending
+        assert stuck.entered.is_set()
+        assert [s.record(_result(at=1001.0 + i)) for i in range(3)] == [None] * 3
+        stats = s.stats()
+        assert stats.errors["stalled"] == 4 and stats.pending == 4
+        ready, why = s.probe()
+        assert not ready and why.startswith("stalled") and "4 run(s) pending" in why
+        with pytest.raises(StoreUnavailable, match="stalled"):
+            s.within_deadline(lambda: s.totals("p"))
+        with pytest.raises(StoreUnavailable):
+            s.totals("p")
+        stuck.release.set()
+        _wait_for(lambda: s.stats().pending == 0)
+        assert s.probe() == (True, "ok")
+        assert s.totals("p") == {"success": 4}
+    finally:
+        stuck.release.set()
+        s.close()
+
+
+def test_counters_are_read_without_the_store_locks(store: Store) -> None:
+    got: list[StoreStats] = []
+    with store._io, store._state:  # a writer stuck in SQLite holds these
+        reader = threading.Thread(target=lambda: got.append(store.stats()), daemon=True)
+        reader.start()
+        reader.join(timeout=10)
+    assert got and got[0].pending == 0
+
+
+def test_a_frozen_file_system_stalls_no_caller(tmp_path: Path) -> None:
+    with fsfaults.ext4(tmp_path / "mnt") as mnt:
+        s = Store(str(mnt / "data"), deadline=0.5, retry_seconds=0.1)
+        try:
+            s.record(_result(at=1000.0))
+            with fsfaults.frozen(mnt):
+                assert [s.record(_result(at=1001.0 + i)) for i in range(3)] == [None] * 3
+                ready, why = s.probe()
+                assert not ready and ("stalled" in why or "did not answer" in why), why
+                with pytest.raises(StoreUnavailable):
+                    s.within_deadline(lambda: s.recent("p"))
+                assert s.stats().pending == 3
+            _wait_for(lambda: s.stats().pending == 0)
+            assert s.probe() == (True, "ok")
+            assert s.totals("p") == {"success": 4}
+        finally:
+            s.close()

@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import os
+import re
 import select
 import signal
 import socket
@@ -38,7 +39,7 @@ from .capture import Capture
 from .containment import Cgroups, describe, detect, release, set_memory_limit
 from .environment import plugin_environment
 from .isolation import Confinement, Isolation, bwrap_command, namespaces_unavailable, needed_paths
-from .result import ErrorInfo, ExitFacts, Outcome, PluginSandboxResult, decide_outcome
+from .result import ErrorInfo, ExitFacts, Outcome, PluginSandboxResult, decide_outcome, encodable, recorded_peak
 
 # The DEFAULT_* limits are declared once in `sidecar.defaults` and re-exported from here.
 _log = logging.getLogger("sidecar.sandbox")
@@ -121,8 +122,26 @@ class RunRequest:
         return None if self.sys_path is None else list(self.sys_path)
 
 
+def _host_memory() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):
+        return 2**63 - 1
+
+
+#: The ceiling of a peak memory figure: no process's resident set exceeds the host's memory.
+HOST_MEMORY_BYTES = _host_memory()
+#: In a result message's raw bytes, what may decode to a lone surrogate: the UTF-8 form of U+D800-U+DFFF
+#: (the child encodes with `surrogatepass`) or a JSON `\uD800`-`\uDFFF` escape. Only then is it walked.
+_MAY_HOLD_SURROGATES = re.compile(rb"\xed[\xa0-\xbf]|\\u[dD][89a-fA-F]")
+
+
 def build_result(request: RunRequest, header: dict[str, Any], message: bytes) -> PluginSandboxResult:
-    """Combine what the caller and the launcher observed with the child's message (pure)."""
+    """Combine what the caller and the launcher observed with the child's message (pure).
+
+    The message is the plugin's to forge: its strings are made encodable and its peak memory
+    clamped (see `result`), and one that cannot be decoded makes the run a `crash`, never an error here.
+    """
     name = request.plugin.name
     decoded: dict[str, Any] | None = None
     protocol_error = header.get("protocol_error")
@@ -131,8 +150,10 @@ def build_result(request: RunRequest, header: dict[str, Any], message: bytes) ->
             decoded = json.loads(message)
             if not isinstance(decoded, dict) or decoded.get("outcome") not in Outcome.__members__.values():
                 raise ValueError("unexpected message shape")
-        except ValueError as exc:
-            decoded, protocol_error = None, f"malformed result message ({exc})"
+            if _MAY_HOLD_SURROGATES.search(message):
+                decoded = encodable(decoded)
+        except (ValueError, RecursionError) as exc:
+            decoded, protocol_error = None, f"malformed result message ({type(exc).__name__}: {exc})"
     status = header.get("wait_status")
     facts = ExitFacts(
         wait_status=0 if status is None else int(status),
@@ -143,9 +164,8 @@ def build_result(request: RunRequest, header: dict[str, Any], message: bytes) ->
     )
     outcome, result, error = decide_outcome(facts, request.timeout_seconds, request.memory_limit_mb)
     # What the sidecar measured (the unit's cgroup peak, or the launcher's rusage of the run) comes first.
-    peak = header["peak_memory_bytes"]
-    if not isinstance(peak, int) or peak <= 0:
-        peak = (decoded.get("peak_memory_bytes") if decoded else 0) or 0
+    peak = recorded_peak(header["peak_memory_bytes"], decoded.get("peak_memory_bytes") if decoded else None,
+                         HOST_MEMORY_BYTES)
     return PluginSandboxResult.from_dict({
         "plugin": name,
         "outcome": outcome.value,

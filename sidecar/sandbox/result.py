@@ -3,6 +3,11 @@
 Nothing here does I/O: the caller and the launcher report facts (the child's message, its exit
 status, whether the deadline or the memory watch killed it) and `decide_outcome` turns them into
 one `Outcome`. Keeping the rules pure keeps them testable without forking anything.
+
+The child's message is plugin-controlled (a plugin can write its own frame on the result fd), so
+what it says about itself is made safe here before anything stores or sends it: every string is
+made encodable (`encodable`), the error record coerced to strings, and the peak memory recorded is
+what the sidecar measured, the child's own figure only where nothing was measured (`recorded_peak`).
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ __all__ = [
     "PluginSandboxResult",
     "classify_exception",
     "decide_outcome",
+    "encodable",
+    "recorded_peak",
 ]
 
 
@@ -51,8 +58,13 @@ class ErrorInfo:
     traceback: str | None = None
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> ErrorInfo:
-        return cls(str(d.get("type", "")), str(d.get("message", "")), d.get("traceback"))
+    def from_dict(cls, d: Any) -> ErrorInfo:
+        """From a dict that crossed a process boundary; anything else a child sent is kept as its text."""
+        if not isinstance(d, dict):
+            return cls("InvalidErrorRecord", f"the plugin process sent an error record that is not an object:"
+                                             f" {d!r:.200}")
+        tb = d.get("traceback")
+        return cls(str(d.get("type", "")), str(d.get("message", "")), tb if isinstance(tb, str) else None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +90,40 @@ class ExitFacts:
     #: the child's own report, decoded; None when it sent nothing usable
     message: dict[str, Any] | None = None
     protocol_error: str | None = None
+
+
+def _encodable_str(s: str) -> str:
+    try:
+        s.encode("utf-8")
+        return s
+    except UnicodeEncodeError:
+        return s.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def encodable(value: Any) -> Any:
+    """`value` (decoded JSON) with every string, keys included, encodable as UTF-8.
+
+    A lone surrogate (what a non-UTF-8 file name decoded with `surrogateescape` holds, or a forged
+    `\\udcff` escape) becomes its backslash escape: `"\\udcff"` as six characters. SQLite, JSON
+    encoders and the socket to the workers then take the value as it is.
+    """
+    if isinstance(value, str):
+        return _encodable_str(value)
+    if isinstance(value, list):
+        return [encodable(v) for v in value]
+    if isinstance(value, dict):
+        return {_encodable_str(k) if isinstance(k, str) else k: encodable(v) for k, v in value.items()}
+    return value
+
+
+def recorded_peak(measured: Any, reported: Any, ceiling: int) -> int:
+    """The peak memory to record: what the sidecar measured (the run's cgroup peak, or the launcher's wait4
+    rusage) when it is a whole number of bytes > 0, else what the child reported if it is one; never above
+    `ceiling` (the host's memory: no peak exceeds it) and never below 0."""
+    for value in (measured, reported):
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return min(value, ceiling)
+    return 0
 
 
 def _signal_name(signum: int) -> str:

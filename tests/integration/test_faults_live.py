@@ -1,5 +1,5 @@
-"""Faults against the real service: a full or read-only data directory, a corrupt history, slow
-clients, and requests gunicorn refuses before the app (answered in JSON)."""
+"""Faults against the real service: a full, read-only, frozen data directory, a corrupt or deleted history,
+results no store could take, slow clients, and requests gunicorn refuses before the app (answered in JSON)."""
 
 from __future__ import annotations
 
@@ -174,5 +174,75 @@ def test_a_run_longer_than_the_worker_timeout_is_answered(tmp_path: Path) -> Non
         assert doc["outcome"] == "success"
         assert set(server.worker_pids()) == workers
         assert "WORKER TIMEOUT" not in server.log.read_text()
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize(("plugin", "outcome"), [("surrogate_error", "runtime"), ("forged_result", "success")])
+def test_nothing_a_plugin_raises_or_forges_stops_the_history(tmp_path: Path, plugin: str, outcome: str) -> None:
+    server = make_live_server(tmp_path)
+    server.start()
+    try:
+        assert server.run(plugin)["outcome"] == outcome
+        assert [server.run("echo", i=i)["result"] for i in range(5)] == [{"i": i} for i in range(5)]
+        assert server.request("GET", "/readyz")[0] == 200
+        status, health = server.json("GET", "/plugins/echo/health")
+        assert status == 200 and health["success_count"] == 5
+        status, hostile = server.json("GET", f"/plugins/{plugin}/health")
+        assert status == 200 and hostile["success_count"] + hostile["error_count"] == 1
+        assert value(scrape(server), "sidecar_store_pending_runs") == 0
+    finally:
+        server.stop()
+
+
+def test_a_frozen_data_directory_silences_nothing(tmp_path: Path) -> None:
+    """fsfreeze blocks every write (and SQLite's reads) on the history's file system until thawed."""
+    server = make_live_server(tmp_path)
+    with fsfaults.ext4(server.data_dir / "data") as data:
+        server.start()
+        try:
+            server.run("echo", n=0)
+            with fsfaults.frozen(data):
+                results = [server.run("echo", n=i + 1)["result"] for i in range(3)]  # each 200
+                assert results == [{"n": i + 1} for i in range(3)]
+                for _ in range(3):
+                    samples = scrape(server)  # /metrics answers and counts
+                    assert value(samples, "sidecar_plugin_success_total", plugin="echo") == 4
+                    status, doc = server.json("GET", "/readyz", timeout=30)
+                    assert status == 503 and not doc["ready"], doc
+                    assert "stalled" in doc["reason"] or "did not answer" in doc["reason"], doc
+                    status, doc = server.json("GET", "/plugins/echo/health", timeout=30)
+                    assert status == 503 and doc["error"]["code"] == "store_unavailable", doc
+                assert _store_errors(server, "stalled") >= 1
+                assert value(scrape(server), "sidecar_store_pending_runs") >= 1
+                assert server.request("GET", "/healthz")[0] == 200
+            _poll(lambda: server.request("GET", "/readyz")[0] == 200)
+            _poll(lambda: value(scrape(server), "sidecar_store_pending_runs") == 0)
+            status, health = server.json("GET", "/plugins/echo/health")
+            assert health["success_count"] == 4  # every run written once the disk answered
+            assert "writes stalled" in server.log.read_text()
+        finally:
+            server.stop()
+
+
+def test_a_deleted_history_is_noticed_and_runs_after_it_survive_a_restart(tmp_path: Path) -> None:
+    server = make_live_server(tmp_path)
+    server.start()
+    try:
+        for i in range(2):
+            server.run("echo", i=i)
+        (server.data_dir / "data" / "history.sqlite3").unlink()  # as `rm` would: its -wal and -shm stay
+        for i in range(3):
+            server.run("echo", i=i)
+        assert value(scrape(server), "sidecar_store_reopens_total") == 1
+        assert server.json("GET", "/plugins/echo/health")[1]["success_count"] == 3
+        assert server.request("GET", "/readyz")[0] == 200
+    finally:
+        server.stop()
+    assert "was deleted under the sidecar" in server.log.read_text()
+    server.start()
+    try:
+        runs = server.json("GET", "/plugins/echo/runs")[1]["runs"]
+        assert len(runs) == 3  # written to the new file, not into the deleted one
     finally:
         server.stop()

@@ -9,7 +9,7 @@ from typing import Any
 import psutil
 import pytest
 
-from sidecar.sandbox.client import Sandbox
+from sidecar.sandbox.client import HOST_MEMORY_BYTES, Sandbox
 from sidecar.sandbox.result import Outcome
 
 #: Slack the guards get beyond a run's timeout (the issue's bound: timeout + 1 s).
@@ -271,3 +271,16 @@ def test_one_runs_end_does_not_kill_another_runs_daemon(run_hostile):
     assert r.outcome is Outcome.SUCCESS, r.error
     assert ends > 1 and r.result["alive"] is True
     assert _gone(r.result["pids"]) == []
+
+
+def test_a_lone_surrogate_in_the_message_comes_back_backslash_escaped(run_hostile):
+    r = run_hostile("surrogate_error")
+    assert r.outcome is Outcome.RUNTIME
+    assert r.error is not None and r.error.message == "cannot read report-\\udcff.txt"
+    r.error.message.encode("utf-8")  # storable and sendable as it is
+
+
+def test_a_forged_result_frame_cannot_claim_more_memory_than_the_host_has(run_hostile):
+    r = run_hostile("forged_result")
+    assert r.outcome is Outcome.SUCCESS and r.result == {"forged": True}
+    assert 0 <= r.peak_memory_bytes <= HOST_MEMORY_BYTES

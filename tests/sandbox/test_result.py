@@ -54,3 +54,37 @@ def test_no_message_is_a_crash_that_says_why():
 def test_result_round_trips_through_a_dict():
     r = PluginSandboxResult("p", Outcome.VALUE, None, None, 1.5, 10, 1.0, 2.0)
     assert PluginSandboxResult.from_dict(r.to_dict()) == r
+
+
+def test_strings_are_made_encodable_keys_included():
+    from sidecar.sandbox.result import encodable
+
+    value = {"a\udcff": ["x\ud800y", {"k": "ok"}], "n": 1, "f": 1.5, "none": None}
+    assert encodable(value) == {"a\\udcff": ["x\\ud800y", {"k": "ok"}], "n": 1, "f": 1.5, "none": None}
+    assert encodable("plain é") == "plain é"
+
+
+@pytest.mark.parametrize(("measured", "reported", "peak"), [
+    (300, 500, 300),  # what the sidecar measured wins over what the child says
+    (0, 10**30, 1000),  # nothing measured: the child's figure, clamped to the host's memory
+    (0, 500, 500),
+    (10**30, 5, 1000),
+    (300, -5, 300),
+    (0, -5, 0),  # not a size
+    (0, True, 0),
+    (0, 1.5e9, 0),
+    (0, "7", 0),
+    (None, None, 0),
+])
+def test_recorded_peak_prefers_the_measured_figure_and_is_clamped(measured, reported, peak):
+    from sidecar.sandbox.result import recorded_peak
+
+    assert recorded_peak(measured, reported, ceiling=1000) == peak
+
+
+def test_an_error_record_that_is_not_an_object_is_kept_as_text():
+    from sidecar.sandbox.result import ErrorInfo
+
+    info = ErrorInfo.from_dict(["not", "a", "dict"])
+    assert info.type == "InvalidErrorRecord" and "['not', 'a', 'dict']" in info.message
+    assert ErrorInfo.from_dict({"type": "E", "message": "m", "traceback": 5}).traceback is None

@@ -12,7 +12,8 @@ from typing import Final
 
 ERROR_TYPES: Final = frozenset({"timeout", "memory", "import", "value", "runtime", "exception", "crash"})
 REJECT_REASONS: Final = frozenset({"saturated", "overlap", "invalid"})
-STORE_FAULT_REASONS: Final = frozenset({"disk_full", "read_only", "corrupt", "io"})
+STORE_FAULT_REASONS: Final = frozenset({"disk_full", "read_only", "corrupt", "io", "stalled"})
+STORE_ROW_REASONS: Final = frozenset({"encoding", "range", "invalid"})
 
 METRIC_TYPES: Final[Mapping[str, str]] = MappingProxyType(
     {
@@ -32,6 +33,8 @@ METRIC_TYPES: Final[Mapping[str, str]] = MappingProxyType(
         "sidecar_store_errors_total": "counter",
         "sidecar_store_dropped_runs_total": "counter",
         "sidecar_store_pending_runs": "gauge",
+        "sidecar_store_unwritable_runs_total": "counter",
+        "sidecar_store_reopens_total": "counter",
         "sidecar_templates": "gauge",
         "sidecar_template_builds_total": "counter",
         "sidecar_template_evictions_total": "counter",
@@ -61,6 +64,8 @@ METRIC_LABELS: Final[Mapping[str, frozenset[str]]] = MappingProxyType(
         "sidecar_store_errors_total": frozenset({"reason"}),
         "sidecar_store_dropped_runs_total": frozenset(),
         "sidecar_store_pending_runs": frozenset(),
+        "sidecar_store_unwritable_runs_total": frozenset({"reason"}),
+        "sidecar_store_reopens_total": frozenset(),
         "sidecar_templates": frozenset(),
         "sidecar_template_builds_total": frozenset(),
         "sidecar_template_evictions_total": frozenset(),

@@ -41,9 +41,11 @@ PER_SIDECAR: dict[str, int] = {
     "sidecar_scheduler_errors_total": 1,
     "sidecar_metrics_render_errors_total": 1,
     "sidecar_config_reloads_total": 2,  # result: success, failure
-    "sidecar_store_errors_total": 4,  # reason: disk_full, read_only, corrupt, io
+    "sidecar_store_errors_total": 5,  # reason: disk_full, read_only, corrupt, io, stalled
     "sidecar_store_pending_runs": 1,
     "sidecar_store_dropped_runs_total": 1,
+    "sidecar_store_unwritable_runs_total": 3,  # reason: encoding, range, invalid
+    "sidecar_store_reopens_total": 1,
     "sidecar_templates": 1,
     "sidecar_template_builds_total": 1,
     "sidecar_template_evictions_total": 1,
