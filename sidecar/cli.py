@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
@@ -56,8 +57,6 @@ def _params(args: argparse.Namespace) -> dict[str, Any]:
 def _settings(args: argparse.Namespace) -> Settings:
     cli = {s.name: getattr(args, s.name, None) for s in SETTINGS}
     if getattr(args, "plugin_path", None):
-        import os
-
         cli["plugin_path"] = os.pathsep.join(args.plugin_path)
     return load_settings(cli)
 
@@ -83,7 +82,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         result = sandbox.run(request)
     result = type(result).from_dict({**result.to_dict(), "plugin": entry.name})
     if args.json:
-        print(json.dumps(result.to_dict()))
+        print(json.dumps(result.to_answer()))
     else:
         if result.stdout.text:
             sys.stderr.write(result.stdout.text)
@@ -155,7 +154,8 @@ def _refusal(settings: Settings) -> str | None:
     errors = discover(settings).errors
     if not errors:
         return None
-    more = f" (and {len(errors) - 1} more problems: run `sidecar check`)" if len(errors) > 1 else ""
+    others = len(errors) - 1
+    more = f" (and {others} more problem{'s' if others > 1 else ''}: run `sidecar check`)" if others else ""
     return errors[0] + more
 
 
@@ -293,6 +293,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SidecarError as exc:
         print(f"sidecar: error: {exc.message}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # The reader went away (`sidecar settings | head -1`): stop quietly, and keep the interpreter's final
+        # flush from failing on the closed pipe too.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 if __name__ == "__main__":

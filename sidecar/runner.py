@@ -13,7 +13,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import Any
 
 from .config import Settings, load_settings
@@ -23,7 +22,7 @@ from .operations import operation
 from .plugins import Entry, Registry, discover
 from .sandbox.client import RunRequest, Sandbox
 from .sandbox.isolation import Isolation
-from .sandbox.result import PluginSandboxResult
+from .sandbox.result import PluginSandboxResult, iso_utc
 from .scheduler import Scheduler, Slots
 from .store import Store
 
@@ -44,7 +43,7 @@ RELOADABLE = ("checks", "plugins", "entry_points", "default_timeout_seconds", "d
 
 
 def _iso(ts: float | None) -> str | None:
-    return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
+    return None if ts is None else iso_utc(ts)
 
 
 def health_status(recent_outcomes: list[str]) -> str:
@@ -122,7 +121,7 @@ class Runner:
             self.metrics.reject(name, "saturated")
             raise Saturated(f"all {self.settings.max_concurrent_runs} sandbox slots are busy", retry_after=1)
         try:
-            return self._run_in_slot(entry, {**entry.params, **params}, timeout, memory, "api").to_dict()
+            return self._run_in_slot(entry, {**entry.params, **params}, timeout, memory, "api").to_answer()
         finally:
             self._slots.release()
 

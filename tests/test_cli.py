@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from sidecar.config import Settings
 from tests.conftest import plant_packages
 
 HOSTILE = Path(__file__).parent / "sandbox" / "hostile"
@@ -29,6 +30,7 @@ def test_run_json_success():
     assert doc["result"] == {"a": 1, "b": "text", "c": [1]}
     assert set(doc) >= {"plugin", "outcome", "result", "error", "execution_time_ms", "peak_memory_bytes",
                         "started_at", "finished_at", "stdout", "stderr"}
+    assert doc["started_at"].endswith("Z") and doc["finished_at"].endswith("Z")  # ISO 8601, as HTTP answers
 
 
 def test_run_failure_exits_1_with_the_outcome():
@@ -169,3 +171,28 @@ def test_run_never_imports_from_the_working_directory(tmp_path: Path) -> None:
     assert p.returncode == 0, p.stderr
     assert json.loads(p.stdout)["outcome"] == "success"
     assert not marker.exists(), marker.read_text()
+
+
+def test_settings_into_a_closed_pipe_ends_without_a_traceback():
+    exe = Path(sys.executable).with_name("sidecar")
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before the first byte
+    try:
+        p = subprocess.run([str(exe), "settings"], stdout=write, stderr=subprocess.PIPE, text=True, timeout=60,
+                           env={k: v for k, v in os.environ.items() if not k.startswith("SIDECAR_")})
+    finally:
+        os.close(write)
+    assert p.returncode == 1
+    assert p.stderr == ""
+
+
+def test_one_more_problem_is_a_problem(monkeypatch):
+    from types import SimpleNamespace
+
+    import sidecar.plugins
+    from sidecar import cli
+
+    for errors, expected in ((["first", "second"], "first (and 1 more problem: run `sidecar check`)"),
+                             (["first", "second", "third"], "first (and 2 more problems: run `sidecar check`)")):
+        monkeypatch.setattr(sidecar.plugins, "discover", lambda settings, errors=errors: SimpleNamespace(errors=errors))
+        assert cli._refusal(Settings()) == expected

@@ -6,6 +6,7 @@ import os
 import threading
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -401,3 +402,14 @@ def test_a_stalled_history_makes_history_routes_503_while_runs_and_metrics_answe
         release.set()
     _wait_for(lambda: client.get("/readyz").status_code == 200)
     assert client.get("/plugins/echo/health").get_json()["success_count"] == 3
+
+
+def test_run_answers_give_timestamps_as_iso_strings_like_every_json_answer(reloadable):
+    runner, _ = reloadable
+    answer = runner.run("echo", {"v": 1})
+    run = runner.runs("echo", 1)[0]
+    for doc in (answer, run):
+        for key in ("started_at", "finished_at"):
+            assert isinstance(doc[key], str) and doc[key].endswith("Z"), (key, doc[key])
+            datetime.fromisoformat(doc[key])
+    assert answer["finished_at"] == run["finished_at"]

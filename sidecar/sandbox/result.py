@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import signal
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
@@ -31,6 +32,7 @@ __all__ = [
     "classify_exception",
     "decide_outcome",
     "encodable",
+    "iso_utc",
     "recorded_peak",
 ]
 
@@ -116,6 +118,11 @@ def encodable(value: Any) -> Any:
     return value
 
 
+def iso_utc(ts: float) -> str:
+    """A unix time as the JSON answers write it: ISO 8601, UTC, with a Z."""
+    return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
+
+
 def recorded_peak(measured: Any, reported: Any, ceiling: int) -> int:
     """The peak memory to record: what the sidecar measured (the run's cgroup peak, or the launcher's wait4
     rusage) when it is a whole number of bytes > 0, else what the child reported if it is one; never above
@@ -189,6 +196,13 @@ class PluginSandboxResult:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["outcome"] = self.outcome.value
+        return d
+
+    def to_answer(self) -> dict[str, Any]:
+        """As every JSON answer gives it (HTTP, `sidecar run --json`): timestamps as ISO 8601 UTC strings.
+        `to_dict` (the Python API, the wire) keeps unix floats."""
+        d = self.to_dict()
+        d["started_at"], d["finished_at"] = iso_utc(self.started_at), iso_utc(self.finished_at)
         return d
 
     @classmethod
