@@ -101,6 +101,8 @@ def _cmd_list(args: argparse.Namespace) -> int:
     from .plugins import discover
 
     registry = discover(_settings(args))
+    for error in registry.errors:  # `check` and `serve` refuse these; listing goes on, saying so
+        print(f"sidecar: warning: {error}", file=sys.stderr)
     if args.json:
         print(json.dumps([e.to_dict() for e in registry], indent=2))
         return 0

@@ -113,7 +113,7 @@ class Settings:
                                             tuple[str, ...], sep=os.pathsep)
     config: str | None = _setting(None, "TOML file with settings and [checks.NAME] tables", str | None)
     data_dir: str = _setting(None, "directory of the run-history database; one sidecar per directory (a second "
-                             "one exits 2). Relative: to the config file's directory (TOML) or the working one",
+                             "one exits 2)",
                              Annotated[str, Meta(min_length=1)], factory=lambda: default_data_dir(),
                              doc=f"`{defaults.DATA_DIR_ROOT}` as root, else `$XDG_STATE_HOME/sidecar` "
                                  "(`~/.local/state/sidecar`); `./run.sh`: `./.sidecar`")
@@ -233,7 +233,7 @@ SETTINGS: tuple[Setting, ...] = _declare()
 
 _BY_NAME = {s.name: s for s in SETTINGS}
 #: Settings that name a file or directory: relative ones in the TOML file are relative to that file.
-_PATHS = ("data_dir", "api_token_file")
+_PATHS = ("data_dir", "api_token_file", "plugin_path")
 
 
 def _checks(table: Any, path: str) -> tuple[CheckConfig, ...]:
@@ -284,9 +284,12 @@ def load_settings(
                 known = ", ".join(n for n in _BY_NAME if n != "config")
                 raise ConfigError(f"{config_path}: unknown setting {key!r}; known: {known}, and [checks.NAME] tables")
             values[key] = _BY_NAME[key].coerce(value, config_path)
-        for key in _PATHS:  # a path in the file means a path beside the file, wherever serve starts
-            if key in values and values[key] is not None:
-                values[key] = os.path.join(os.path.dirname(os.path.abspath(config_path)), values[key])
+        here = os.path.dirname(os.path.abspath(config_path))
+        for key in _PATHS:  # a path in the file means a path beside the file, wherever serve starts (as Prometheus)
+            if isinstance(values.get(key), tuple):
+                values[key] = tuple(os.path.join(here, path) for path in values[key])
+            elif values.get(key) is not None:
+                values[key] = os.path.join(here, values[key])
         values["config"] = config_path
     for s in SETTINGS:
         if s.env in environ:
@@ -294,8 +297,12 @@ def load_settings(
     for name, value in cli.items():
         if name in _BY_NAME:
             values[name] = _BY_NAME[name].coerce(value, _BY_NAME[name].flag) if isinstance(value, str) else value
+    # On the command line or in the environment, relative means the working directory: made absolute at once,
+    # so what `sidecar settings` shows is what is in force whatever the working directory later.
     if values.get("data_dir"):
-        values["data_dir"] = os.path.abspath(values["data_dir"])  # the one in force, whatever the cwd later
+        values["data_dir"] = os.path.abspath(values["data_dir"])
+    if values.get("plugin_path"):
+        values["plugin_path"] = tuple(os.path.abspath(path) for path in values["plugin_path"])
     if values.get("api_token_file"):
         values["api_token"] = _read_token(values["api_token_file"], values.get("api_token"))
     return Settings(**values, checks=checks)

@@ -196,3 +196,14 @@ def test_one_more_problem_is_a_problem(monkeypatch):
                              (["first", "second", "third"], "first (and 2 more problems: run `sidecar check`)")):
         monkeypatch.setattr(sidecar.plugins, "discover", lambda settings, errors=errors: SimpleNamespace(errors=errors))
         assert cli._refusal(Settings()) == expected
+
+
+def test_a_missing_plugin_directory_is_refused_by_check_and_a_warning_for_list(tmp_path: Path):
+    missing = str(tmp_path / "nope")
+    listed = sidecar("list", "--plugin-path", missing)
+    assert listed.returncode == 0
+    assert f"sidecar: warning: plugin_path: {missing!r} is not a directory" in listed.stderr
+    assert "echo" in listed.stdout
+    checked = sidecar("check", "--plugin-path", missing)
+    assert checked.returncode == 1
+    assert f"INVALID plugin_path: {missing!r} is not a directory" in checked.stdout

@@ -205,11 +205,13 @@ def test_relative_paths_in_the_config_file_are_relative_to_it(tmp_path, monkeypa
     conf = tmp_path / "etc" / "sidecar.toml"
     conf.parent.mkdir()
     (conf.parent / "token").write_text("t0ken\n")
-    conf.write_text('data_dir = "history"\napi_token_file = "token"\n')
+    conf.write_text('data_dir = "history"\napi_token_file = "token"\nplugin_path = ["plugins", "/opt/p"]\n')
     monkeypatch.chdir(tmp_path)
     s = load_settings({"config": str(conf)}, environ={})
     assert s.data_dir == str(conf.parent / "history")
     assert s.api_token == "t0ken"
+    assert s.plugin_path == (str(conf.parent / "plugins"), "/opt/p")
     # On the command line or in the environment, relative means the working directory, made absolute at once.
     assert load_settings({"data_dir": "h"}, environ={}).data_dir == str(tmp_path / "h")
     assert load_settings({}, environ={"SIDECAR_DATA_DIR": "/abs/h"}).data_dir == "/abs/h"
+    assert load_settings({}, environ={"SIDECAR_PLUGIN_PATH": "p:/q"}).plugin_path == (str(tmp_path / "p"), "/q")
