@@ -13,13 +13,18 @@ import json
 import os
 import sys
 from collections.abc import Sequence
-from typing import Any, NoReturn
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from . import __version__
 from .config import SETTINGS, ConfigFileMissing, Settings, in_force, load_settings, settings_table
 from .errors import ConfigError, SidecarError
 from .params import parse_value
 from .schema import Invalid
+
+if TYPE_CHECKING:
+    from .plugins import Registry
+    from .plugins.preflight import Finding
 
 __all__ = ["main"]
 
@@ -112,6 +117,32 @@ def _cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _predictions(settings: Settings, registry: Registry) -> list[Finding]:
+    """What served runs would hit that an import does not show: check params against `run()`, paths the run
+    cannot see, plugin files its identity cannot read (`sidecar.plugins.preflight`)."""
+    from .plugins.preflight import check_params, check_paths, check_readable, run_signature
+
+    found: list[Finding] = []
+    hidden = [p for p in (settings.data_dir, settings.api_token_file, settings.config) if p]
+    for entry in registry:
+        source = None
+        if entry.ref.path is not None:
+            try:
+                source = Path(entry.ref.path).read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError):
+                source = None  # listed with its problem already; its runs end `import`
+            if os.geteuid() == 0 and entry.source == "path":  # as root, each run takes a uid of its own
+                found += check_readable(entry.location, entry.ref.path)
+        if entry.source != "check":
+            continue
+        where = f"{settings.config or 'config'}: [checks.{entry.name}]"
+        signature = run_signature(source, entry.ref.attr) if source is not None else None
+        if signature is not None:
+            found += check_params(where, entry.plugin, entry.params, signature)
+        found += check_paths(where, entry.plugin, entry.params, hidden)
+    return found
+
+
 def _cmd_check(args: argparse.Namespace) -> int:
     from .plugins import discover
     from .sandbox.client import RunRequest, Sandbox
@@ -125,7 +156,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
         return 1
     registry = discover(settings)
     broken = 0
-    for error in registry.errors:
+    for error in [*registry.errors, *(f.line() for f in _predictions(settings, registry))]:
         broken += 1
         print(f"INVALID {error}")
     with Sandbox(extra_env=settings.plugin_env, templates=settings.templates == "on",

@@ -207,3 +207,21 @@ def test_a_missing_plugin_directory_is_refused_by_check_and_a_warning_for_list(t
     checked = sidecar("check", "--plugin-path", missing)
     assert checked.returncode == 1
     assert f"INVALID plugin_path: {missing!r} is not a directory" in checked.stdout
+
+
+def test_check_predicts_what_serve_would_hit(tmp_path: Path):
+    """Each finding names the check or file, the key and the fix; exit 1 before `serve` would fail every run."""
+    plugins = tmp_path / "plugins"
+    plugins.mkdir(mode=0o700)
+    (plugins / "secret_age.py").write_text("def run():\n    return {'age': 1}\n")
+    config = tmp_path / "sidecar.toml"
+    config.write_text('[checks.root_disk]\nplugin = "disk_usage"\nparams = { paht = "/" }\n\n'
+                      '[checks.app_logs]\nplugin = "disk_usage"\nparams = { path = "/tmp/app-logs" }\n')
+    p = sidecar("check", "--config", str(config), "--plugin-path", str(plugins))
+    assert p.returncode == 1, p.stdout + p.stderr
+    out = p.stdout
+    assert (f"INVALID {config}: [checks.root_disk]: params.paht: run() of plugin 'disk_usage' takes no parameter "
+            "'paht'; did you mean 'path'?") in out
+    assert f"INVALID {config}: [checks.app_logs]: params.path: '/tmp/app-logs' is under /tmp" in out
+    if os.geteuid() == 0:  # as root each run takes a uid of its own
+        assert f"chmod o+rx {plugins}" in out
