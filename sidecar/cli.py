@@ -164,12 +164,15 @@ def _cmd_check(args: argparse.Namespace) -> int:
         for entry in registry:
             if entry.source == "check":
                 continue
+            if entry.metadata.issues:  # refused without a sandbox, in `serve` too
+                broken += 1
+                print(f"BROKEN  {entry.name}: {entry.location}: {entry.metadata.issues}")
+                continue
             timeout = min(10.0, settings.max_timeout_seconds)
             result = sandbox.run(RunRequest(entry.ref, {}, timeout, settings.default_memory_limit_mb,
                                             mode="import"))
             if result.ok:
-                if not entry.metadata.invalid:  # else already reported as INVALID above
-                    print(f"ok      {entry.name}")
+                print(f"ok      {entry.name}")
             else:
                 broken += 1
                 detail = f"{result.error.type}: {result.error.message}" if result.error else ""

@@ -22,7 +22,7 @@ from .operations import operation
 from .plugins import Entry, Registry, discover
 from .sandbox.client import RunRequest, Sandbox
 from .sandbox.isolation import Isolation
-from .sandbox.result import PluginSandboxResult, iso_utc
+from .sandbox.result import ErrorInfo, Outcome, PluginSandboxResult, iso_utc
 from .scheduler import Scheduler, Slots
 from .store import Store
 
@@ -138,9 +138,15 @@ class Runner:
         s = self.settings
         in_flight = self.metrics.started(entry.name)
         try:
-            result = self.sandbox.run(RunRequest(entry.ref, params, timeout, memory, s.max_result_bytes,
-                                                 s.max_output_bytes, isolation=entry.isolation,
-                                                 network=entry.network, host_processes=entry.host_processes))
+            if entry.metadata.issues:  # a broken file: refused with its reason, no sandbox started
+                now = time.time()
+                where = entry.ref.path or entry.location  # a check names its plugin's file
+                why = ErrorInfo("BrokenPlugin", f"plugin {entry.plugin!r} is broken: {where}: {entry.metadata.issues}")
+                result = PluginSandboxResult(entry.name, Outcome.IMPORT, error=why, started_at=now, finished_at=now)
+            else:
+                result = self.sandbox.run(RunRequest(entry.ref, params, timeout, memory, s.max_result_bytes,
+                                                     s.max_output_bytes, isolation=entry.isolation,
+                                                     network=entry.network, host_processes=entry.host_processes))
             if result.plugin != entry.name:  # a check runs its plugin's code under its own name
                 result = PluginSandboxResult.from_dict({**result.to_dict(), "plugin": entry.name})
         except BaseException:

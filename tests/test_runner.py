@@ -413,3 +413,27 @@ def test_run_answers_give_timestamps_as_iso_strings_like_every_json_answer(reloa
             assert isinstance(doc[key], str) and doc[key].endswith("Z"), (key, doc[key])
             datetime.fromisoformat(doc[key])
     assert answer["finished_at"] == run["finished_at"]
+
+
+@pytest.mark.parametrize(("source", "why"), [
+    ("timeout_seconds = -1\ndef run():\n    return 1\n", "timeout_seconds = -1 is invalid"),
+    ("def run(:\n", "SyntaxError"),
+    (b"\xff\xfe not text", "UnicodeDecodeError"),
+])  # fmt: skip
+def test_a_broken_plugin_file_is_refused_with_its_reason_and_the_sidecar_serves(tmp_path: Path, source, why):
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    target = plugins / "broken.py"
+    target.write_bytes(source if isinstance(source, bytes) else source.encode())
+    runner = Runner(Settings(data_dir=str(tmp_path / "data"), plugin_path=(str(plugins),), entry_points=False,
+                             checks=(CheckConfig("uses_broken", "broken"),)), start_scheduler=False)
+    try:
+        for name in ("broken", "uses_broken"):
+            out = runner.run(name)
+            assert out["outcome"] == "import" and out["error"]["type"] == "BrokenPlugin", out
+            assert why in out["error"]["message"] and str(target) in out["error"]["message"]
+            assert runner.health(name)["errors_by_type"]["import"] == 1  # recorded and counted as an import failure
+        assert runner.run("echo", {"v": 1})["outcome"] == "success"  # the others are untouched
+        assert why in next(p for p in runner.plugins() if p["name"] == "broken")["problem"]
+    finally:
+        runner.close()

@@ -7,10 +7,15 @@ ones are rejected with a log line, as are names that do not match the pattern wh
 a file `evil\n.py` is refused). An entry's name is the `plugin` label in metrics and the `<name>` in
 routes, so label values are bounded here.
 
-`Registry.errors` holds what makes the configuration wrong rather than one plugin broken: a check
-naming an unknown plugin or clashing with a plugin's name, refused plugin metadata, a plugin
-directory or allow-listed name that does not exist. `sidecar check` exits 1 and `sidecar serve`
-refuses to start on any of them; a plugin that only fails to import is neither.
+`Registry.errors` holds what makes the operator's configuration wrong: a check naming an unknown
+plugin or clashing with a plugin's name, a plugin directory or allow-listed name that does not exist.
+`sidecar check` exits 1 and `sidecar serve` refuses to start on any of them.
+
+One rule for a plugin *file* whose name is valid but that cannot be used (refused metadata, a syntax
+error, unreadable): it is listed as broken with the reason (`problem`), its runs are refused with that
+reason without starting a sandbox (outcome `import`, recorded and counted like any import failure),
+`sidecar check` exits 1, and `serve` starts — one broken file never stops the other checks. A file
+whose name is not a valid plugin name is rejected at discovery (the name is a metric label and a route).
 """
 
 from __future__ import annotations
@@ -120,8 +125,8 @@ class Registry:
                 return False
             self._reject(entry.location, f"duplicate plugin name {entry.name!r} (already from {first.location})")
             return False
-        if entry.metadata.invalid and entry.source != "check":
-            self.errors.append(f"{entry.location}: metadata: {entry.metadata.invalid}")
+        if entry.metadata.issues and entry.source != "check":
+            log.warning("plugin %s is broken: %s: %s", entry.name, entry.location, entry.metadata.issues)
         self.entries[entry.name] = entry
         return True
 

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from sidecar.plugins.preflight import check_params, check_paths, check_readable, run_signature
+from sidecar.plugins.preflight import Finding, check_params, check_paths, check_readable, run_signature
 
 DISK_USAGE = (Path(__file__).parents[2] / "sidecar" / "plugins" / "builtin" / "disk_usage.py").read_text()
 
 
-def _lines(findings):
+def _lines(findings: list[Finding]) -> list[str]:
     return [f.line() for f in findings]
 
 

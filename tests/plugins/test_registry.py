@@ -40,7 +40,7 @@ def test_path_plugins_metadata_and_broken_ones_are_listed(tmp_path):
     assert reg.get("hangs").metadata.problem is None  # discovery never imports it
     assert reg.get("computed").metadata.invalid == "timeout_seconds is invalid: not a plain literal"
     assert reg.get("computed").to_dict()["problem"] == "timeout_seconds is invalid: not a plain literal"
-    assert reg.errors == [f"{tmp_path / 'computed.py'}: metadata: timeout_seconds is invalid: not a plain literal"]
+    assert reg.errors == []  # a broken file is listed broken, not a configuration error that stops serve
     assert "Bad_Name" not in reg.entries
     assert any("invalid plugin name 'Bad_Name'" in why for _, why in reg.rejected)
 
@@ -108,11 +108,12 @@ BAD_METADATA = [
 
 
 @pytest.mark.parametrize(("line", "needle"), BAD_METADATA)
-def test_bad_metadata_is_a_registry_error(tmp_path, line, needle):
+def test_bad_metadata_lists_the_plugin_as_broken(tmp_path, line, needle):
     _write(tmp_path, "plug", f"{line}\ndef run():\n    return 1\n")
     reg = discover(Settings(plugin_path=(str(tmp_path),), entry_points=False))
     assert needle in (reg.get("plug").metadata.invalid or "")
-    assert len(reg.errors) == 1 and reg.errors[0].startswith(f"{tmp_path / 'plug.py'}: metadata: ")
+    assert needle in reg.get("plug").to_dict()["problem"]
+    assert reg.errors == []
 
 
 @pytest.mark.parametrize(("line", "needle"), BAD_METADATA)
