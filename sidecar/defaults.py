@@ -9,6 +9,12 @@ WORKERS = 2
 THREADS = 8
 DATA_DIR = "./.sidecar"
 LOG_LEVEL = "INFO"
+#: Connections one HTTP worker holds at once (its gevent pool). Taking the last slot closes the connection
+#: that has waited for a request the longest, so idle clients can never keep a request out.
+WORKER_CONNECTIONS = 1000
+#: Seconds a connection may take to send a request's line and headers, the first request and each
+#: keep-alive one alike; then the server closes it.
+IDLE_TIMEOUT_SECONDS = 5
 
 #: Per-run timeout when neither a plugin, a check nor the call sets one.
 DEFAULT_TIMEOUT_SECONDS = 60.0
