@@ -30,5 +30,15 @@ TEMPLATES = "on"
 MAX_TEMPLATES = 32
 HISTORY_RETENTION = 1000
 
+#: The relay from HTTP workers to the runner. Each worker may hold `max_concurrent_runs` + this many connections
+#: to the runner at once (room for reads while every slot runs); a call beyond waits for one, then 503 `saturated`.
+RUNNER_SPARE_CONNECTIONS = 8
+#: Connections a worker keeps open to the runner between calls; the rest are closed as a burst ends.
+RUNNER_IDLE_CONNECTIONS = 4
+#: Seconds a call waits for a connection to the runner (a free one of its worker's, or the runner's accept).
+RUNNER_WAIT_SECONDS = 5.0
+#: Seconds a worker waits for the runner's reply beyond the longest run (`max_timeout_seconds`); then 503.
+RUNNER_REPLY_MARGIN_SECONDS = 30.0
+
 #: The form of every plugin and check name: a metric label value and a URL path segment.
 PLUGIN_NAME_PATTERN = r"^[a-z][a-z0-9_]{0,63}$"
