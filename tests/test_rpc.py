@@ -171,7 +171,7 @@ def _finishes(fn: Callable[[], object], within: float = 30.0) -> BaseException |
         try:
             fn()
             got.append(None)
-        except BaseException as exc:  # noqa: BLE001 - handed to the test
+        except BaseException as exc:  # handed to the test
             got.append(exc)
 
     t = threading.Thread(target=target, daemon=True)
