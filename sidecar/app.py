@@ -196,4 +196,6 @@ def worker_app() -> Flask:
     settings = Settings(api_token=token, max_body_bytes=int(cfg["max_body_bytes"]),
                         max_timeout_seconds=max_timeout,  # the worker never picks a default timeout itself
                         default_timeout_seconds=min(defaults.DEFAULT_TIMEOUT_SECONDS, max_timeout))
-    return create_app(settings, cast("Backend", RunnerClient(cfg["socket"])))
+    client = RunnerClient(cfg["socket"], max_timeout_seconds=max_timeout,
+                          max_concurrent_runs=cfg.get("max_concurrent_runs"))
+    return create_app(settings, cast("Backend", client))

@@ -10,6 +10,12 @@ THREADS = 8
 #: The history's directory as root; other users get `$XDG_STATE_HOME/sidecar` (never the working directory).
 DATA_DIR_ROOT = "/var/lib/sidecar"
 LOG_LEVEL = "INFO"
+#: Connections one HTTP worker holds at once (its gevent pool). Taking the last slot closes the connection
+#: that has waited for a request the longest, so idle clients can never keep a request out.
+WORKER_CONNECTIONS = 1000
+#: Seconds a connection may take to send a request's line and headers, the first request and each
+#: keep-alive one alike; then the server closes it.
+IDLE_TIMEOUT_SECONDS = 5
 
 #: Per-run timeout when neither a plugin, a check nor the call sets one.
 DEFAULT_TIMEOUT_SECONDS = 60.0
@@ -30,6 +36,16 @@ MAX_PROCESSES = 512
 #: Longest a run or a route waits on the history store (a frozen or hung disk): beyond it the run is
 #: answered with its write kept pending, and a route that reads the history answers 503.
 STORE_DEADLINE_SECONDS = 2.0
+
+#: The relay from HTTP workers to the runner. Each worker may hold `max_concurrent_runs` + this many connections
+#: to the runner at once (room for reads while every slot runs); a call beyond waits for one, then 503 `saturated`.
+RUNNER_SPARE_CONNECTIONS = 8
+#: Connections a worker keeps open to the runner between calls; the rest are closed as a burst ends.
+RUNNER_IDLE_CONNECTIONS = 4
+#: Seconds a call waits for a connection to the runner (a free one of its worker's, or the runner's accept).
+RUNNER_WAIT_SECONDS = 5.0
+#: Seconds a worker waits for the runner's reply beyond the longest run (`max_timeout_seconds`); then 503.
+RUNNER_REPLY_MARGIN_SECONDS = 30.0
 
 #: The form of every plugin and check name: a metric label value and a URL path segment.
 PLUGIN_NAME_PATTERN = r"^[a-z][a-z0-9_]{0,63}$"

@@ -20,13 +20,15 @@ _cfg = json.loads(os.environ.get("SIDECAR_WORKER_CONFIG", "{}"))
 bind = [_cfg.get("bind", defaults.BIND)]
 workers = int(_cfg.get("workers", defaults.WORKERS))
 # gevent: a slow client costs a greenlet, not a thread (see sidecar/worker.py). `threads` does not
-# apply to it; worker_connections bounds the connections (slow or not) each worker holds open.
+# apply to it; worker_connections bounds the connections (slow or not) each worker holds open, and
+# the worker closes the longest-idle one to make room (sidecar.worker.SidecarWorker.handle).
 worker_class = "sidecar.worker.SidecarWorker"
-worker_connections = 1000
+worker_connections = defaults.WORKER_CONNECTIONS
 # Heartbeats come from their own greenlet, so runs up to the max timeout never trip this.
 timeout = 30
 graceful_timeout = 10
-keepalive = 5
+# The deadline of every wait for a request's line and headers, the first request's too (timeout_ctx).
+keepalive = defaults.IDLE_TIMEOUT_SECONDS
 proc_name = "sidecar"
 accesslog = None
 errorlog = "-"

@@ -84,6 +84,7 @@ def serve(settings: Settings, reload_source: Callable[[], Settings] = load_setti
         "threads": settings.threads, "api_token_fd": token_fd, "max_body_bytes": settings.max_body_bytes,
         "max_timeout_seconds": settings.max_timeout_seconds,
         "log_level": settings.log_level,
+        "max_concurrent_runs": settings.max_concurrent_runs,  # bounds each worker's connections to the runner
     })
     try:
         # -P: never import from serve's working directory (`-m` puts it first on sys.path: a `gunicorn/` there
