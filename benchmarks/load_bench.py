@@ -65,16 +65,17 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=2000)
     ap.add_argument("--concurrency", type=int, default=32)
+    ap.add_argument("--workers", type=int, nargs="+", default=[2], help="gunicorn worker counts to compare")
     args = ap.parse_args()
-    rows = [_load(args.runs, args.concurrency, retry) for retry in (False, True)]
-    print(table(rows, ["clients", "runs", "concurrency", "ok_200", "saturated_503", "other", "runs_per_s",
+    rows = [_load(args.runs, args.concurrency, retry, workers) for workers in args.workers for retry in (False, True)]
+    print(table(rows, ["workers", "clients", "runs", "concurrency", "ok_200", "saturated_503", "other", "runs_per_s",
                        "median_ms", "p99_ms", "metrics_success", "history_success", "lost"]))
     print("wrote", write("load", rows))
 
 
-def _load(runs: int, concurrency: int, retry: bool) -> dict[str, object]:
+def _load(runs: int, concurrency: int, retry: bool, workers: int = 2) -> dict[str, object]:
     with tempfile.TemporaryDirectory() as tmp:
-        server = make_live_server(Path(tmp))
+        server = make_live_server(Path(tmp), workers=str(workers))
         server.start()
         try:
             todo = list(range(runs))
@@ -98,7 +99,8 @@ def _load(runs: int, concurrency: int, retry: bool) -> dict[str, object]:
     ok = statuses[200]
     recorded = health["success_count"]
     succeeded = int(counted[("sidecar_plugin_success_total", "echo")])
-    return {"clients": "retry 503" if retry else "take 503", "runs": runs, "concurrency": concurrency,
+    return {"workers": workers, "clients": "retry 503" if retry else "take 503", "runs": runs,
+            "concurrency": concurrency,
            "wall_s": wall,
            "ok_200": ok, "runs_per_s": ok / wall, "saturated_503": statuses[503],
            "other": sum(v for k, v in statuses.items() if k not in (200, 503)),

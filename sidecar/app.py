@@ -18,14 +18,12 @@ from .errors import BadRequest, PayloadTooLarge, SidecarError, Unauthorized
 from .openapi import openapi_document
 
 if TYPE_CHECKING:
-    # What routes may call: the runner's `@operation` methods, declared once on `Runner`. A worker's
-    # `rpc.RunnerClient` forwards the same names to the runner process; tests may pass a fake.
-    from .runner import Runner as Backend
+    # What routes may call: the runner's operations, declared once in `operations.RunnerOperations`. A
+    # worker's `rpc.RunnerClient` forwards the same names to the runner process; tests may pass a fake.
+    from .operations import RunnerOperations as Backend
 
 __all__ = ["create_app", "worker_app"]
 
-#: Set by `sidecar serve` for its gunicorn workers: the runner's socket and what workers enforce.
-WORKER_ENV = "SIDECAR_WORKER_CONFIG"
 #: gzip level of scrape bodies. Measured on a 1000-plugin scrape (3.1 MiB): level 1 gives 154 KiB in 9 ms,
 #: 6 gives 138 KiB in 36 ms, 9 (prometheus-client's) 133 KiB in 194 ms; a sidecar's CPU is worth more.
 GZIP_LEVEL = 1
@@ -189,7 +187,7 @@ def worker_app() -> Flask:
     """Entry point of gunicorn workers started by `sidecar serve`: relay to the runner's socket."""
     from .rpc import RunnerClient
 
-    cfg = json.loads(os.environ[WORKER_ENV])
+    cfg = json.loads(os.environ[defaults.WORKER_ENV])
     token_fd = cfg.get("api_token_fd")  # a memfd from `serve`: the token is never in the environment
     token = os.pread(int(token_fd), 1 << 16, 0).decode() if token_fd is not None else None
     max_timeout = float(cfg.get("max_timeout_seconds", defaults.MAX_TIMEOUT_SECONDS))

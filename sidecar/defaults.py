@@ -5,7 +5,9 @@ light), the settings, the gunicorn configuration and the HTTP schema can all rea
 """
 
 BIND = "127.0.0.1:9464"
-WORKERS = 2
+#: One gevent worker serves a sidecar (a connection costs a greenlet; runs and scrapes are the runner's work):
+#: a second costs ~25 MiB PSS for no measured gain (benchmarks.load_bench --workers 1 2).
+WORKERS = 1
 THREADS = 8
 #: The history's directory as root; other users get `$XDG_STATE_HOME/sidecar` (never the working directory).
 DATA_DIR_ROOT = "/var/lib/sidecar"
@@ -49,3 +51,7 @@ RUNNER_REPLY_MARGIN_SECONDS = 30.0
 
 #: The form of every plugin and check name: a metric label value and a URL path segment.
 PLUGIN_NAME_PATTERN = r"^[a-z][a-z0-9_]{0,63}$"
+
+#: The environment variable through which `sidecar serve` hands its gunicorn workers their configuration
+#: (the runner's socket, the bind, the limits they enforce): read by the gunicorn config and the app.
+WORKER_ENV = "SIDECAR_WORKER_CONFIG"

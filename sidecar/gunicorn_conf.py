@@ -15,7 +15,7 @@ from typing import Any
 
 from sidecar import defaults
 
-_cfg = json.loads(os.environ.get("SIDECAR_WORKER_CONFIG", "{}"))
+_cfg = json.loads(os.environ.get(defaults.WORKER_ENV, "{}"))
 
 bind = [_cfg.get("bind", defaults.BIND)]
 workers = int(_cfg.get("workers", defaults.WORKERS))

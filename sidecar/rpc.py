@@ -32,21 +32,21 @@ import struct
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import defaults
 from .config import Settings
 from .errors import RunnerUnavailable, Saturated, SidecarError
 from .framing import FrameError, recv_frame, send_frame
-from .operations import operations_of
-from .runner import Runner
+from .operations import OPERATIONS
+
+if TYPE_CHECKING:  # the server lives in the runner's process; workers import only the client
+    from .runner import Runner
 
 __all__ = ["OPERATIONS", "RunnerClient", "RunnerServer", "relay_connections"]
 
 log = logging.getLogger(__name__)
 
-#: The operations a worker may call: the runner's methods marked `@operation`.
-OPERATIONS = operations_of(Runner)
 
 
 def relay_connections(max_concurrent_runs: int) -> int:

@@ -2,8 +2,8 @@
 
 One runner per sidecar owns the sandbox launcher, the concurrency limit, the scheduler, the
 history writes and the metric values. Gunicorn workers reach it over a Unix socket (`rpc`);
-tests and single-process use call it directly. The methods marked `@operation` are its whole
-interface to workers: they return plain JSON-able values and raise `SidecarError`s.
+tests and single-process use call it directly. It implements `operations.RunnerOperations`, its whole
+interface to workers: plain JSON-able values, `SidecarError`s.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any
 from .config import Settings, load_settings
 from .errors import BadRequest, ConfigError, Saturated, SidecarError
 from .metrics import Metrics, refreshed_in_background
-from .operations import operation
+from .operations import RunnerOperations
 from .plugins import Entry, Registry, discover
 from .sandbox.client import RunRequest, Sandbox
 from .sandbox.isolation import Isolation
@@ -65,7 +65,7 @@ def _own_params_only(entry: Entry, params: Any, given_as: str) -> None:
                          f"plugins (run plugin {entry.plugin!r} to choose your own)")
 
 
-class Runner:
+class Runner(RunnerOperations):
     def __init__(self, settings: Settings, *, start_scheduler: bool = True, hidden: tuple[str, ...] = (),
                  reload_source: Callable[[], Settings] = load_settings) -> None:
         """`hidden`: more paths plugins must not see (the runner's socket directory). `reload_source` reads
@@ -104,7 +104,6 @@ class Runner:
         self.store.close()
 
     # -- runs --------------------------------------------------------------------------------
-    @operation(resend=False)  # a plugin never runs twice for one request
     def run(self, name: str, params: Any = None, timeout_seconds: Any = None) -> dict[str, Any]:
         entry = self.registry.get(name)
         try:
@@ -125,7 +124,6 @@ class Runner:
         finally:
             self._slots.release()
 
-    @operation(resend=False)  # a counter: never bumped twice for one request
     def reject(self, name: str, reason: str) -> None:
         """Count a request refused before it ran (the HTTP front end validates bodies); 404 if unknown."""
         self.registry.get(name)
@@ -172,14 +170,12 @@ class Runner:
     # -- reads -----------------------------------------------------------------------------------
     # Every route that reads the history does it in one `store.within_deadline` call: a stalled or
     # failing store answers 503 `store_unavailable` with the reason, never a hang or a 500.
-    @operation()
     def plugins(self) -> list[dict[str, Any]]:
         registry = self.registry  # a reload may swap it meanwhile
         entries = list(registry)
         summaries = self.store.within_deadline(lambda: [self._summary(e.name) for e in entries])
         return [self._describe(registry, e, summary) for e, summary in zip(entries, summaries, strict=True)]
 
-    @operation()
     def plugin(self, name: str) -> dict[str, Any]:
         registry = self.registry
         entry = registry.get(name)
@@ -200,7 +196,6 @@ class Runner:
             "last_used": _iso(recent[0]["finished_at"]) if recent else None,
         }
 
-    @operation()
     def health(self, name: str) -> dict[str, Any]:
         entry = self.registry.get(name)
         timeout, memory = self.registry.limits(entry)
@@ -225,7 +220,6 @@ class Runner:
             "interval_seconds": entry.interval_seconds,
         }
 
-    @operation()
     def runs(self, name: str, limit: int = 20) -> list[dict[str, Any]]:
         self.registry.get(name)
         rows = self.store.within_deadline(lambda: self.store.recent(name, limit))
@@ -234,11 +228,9 @@ class Runner:
             r["finished_at"] = _iso(r["finished_at"])
         return rows
 
-    @operation(raw=True)  # the scrape body travels as its own frame
     def render_metrics(self, openmetrics: bool = False) -> tuple[bytes, str]:
         return self.metrics.render(openmetrics)
 
-    @operation()
     def ready(self) -> dict[str, Any]:
         """Never raises: whatever goes wrong with the history is a reason to be not ready (503)."""
         try:
@@ -253,12 +245,10 @@ class Runner:
             state["reason"] = f"history store: {why}"
         return state
 
-    @operation()
     def ping(self) -> bool:
         return True
 
     # -- probes (GET /probe) ---------------------------------------------------------------------
-    @operation(resend=False)  # runs a plugin: never twice for one request
     def probe(self, name: str, params: Any = None, budget_seconds: float = 10.0) -> dict[str, Any]:
         """Run `name` now within `budget_seconds` (waiting for a slot included); trigger `probe`.
 
@@ -291,7 +281,6 @@ class Runner:
                 "duration_seconds": time.monotonic() - started}
 
     # -- reload (SIGHUP, POST /-/reload) -----------------------------------------------------------
-    @operation(resend=False)
     def reload(self) -> dict[str, Any]:
         """Re-read the checks and plugin directories and swap the registry; refuse a bad configuration.
 
@@ -338,7 +327,6 @@ class Runner:
             return summary
 
     # -- the status page (GET /) -------------------------------------------------------------------
-    @operation()
     def status(self) -> dict[str, Any]:
         """Everything the status page shows, in one call: each entry's health and recent execution times."""
         registry = self.registry

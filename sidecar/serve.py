@@ -29,7 +29,7 @@ import threading
 from collections.abc import Callable
 from types import FrameType
 
-from .app import WORKER_ENV
+from . import defaults
 from .config import Settings, load_settings
 from .errors import SidecarError
 from .instance import claim_data_dir, make_runtime_dir, remove_stale_runtime_dirs
@@ -79,7 +79,7 @@ def serve(settings: Settings, reload_source: Callable[[], Settings] = load_setti
     threading.Thread(target=server.serve_forever, name="rpc", daemon=True).start()
     token_fd = _token_memfd(settings.api_token)
     env = {k: v for k, v in os.environ.items() if k != "SIDECAR_API_TOKEN"}
-    env[WORKER_ENV] = json.dumps({
+    env[defaults.WORKER_ENV] = json.dumps({
         "socket": server.server_address, "bind": settings.bind, "workers": settings.workers,
         "threads": settings.threads, "api_token_fd": token_fd, "max_body_bytes": settings.max_body_bytes,
         "max_timeout_seconds": settings.max_timeout_seconds,

@@ -304,3 +304,14 @@ def test_a_killed_sidecars_runtime_directory_is_removed_by_the_next_start(tmp_pa
             servers["next"].stop()
     finally:
         servers["live"].stop()
+
+
+def test_workers_carry_only_the_web_tier(live_server):
+    """The runner holds the history (sqlite3) and the sandbox client; a worker maps neither's modules."""
+    workers = live_server.worker_pids()
+    assert workers
+    for pid in workers:
+        maps = Path(f"/proc/{pid}/maps").read_text()
+        assert "_sqlite3" not in maps and "psutil" not in maps, pid
+    assert live_server.proc is not None
+    assert "_sqlite3" in Path(f"/proc/{live_server.proc.pid}/maps").read_text()  # the check can see it
