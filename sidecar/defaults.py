@@ -33,3 +33,14 @@ STORE_DEADLINE_SECONDS = 2.0
 
 #: The form of every plugin and check name: a metric label value and a URL path segment.
 PLUGIN_NAME_PATTERN = r"^[a-z][a-z0-9_]{0,63}$"
+
+#: What plugins report (`sidecar.check`): series one plugin or check may export (its own gauges plus the
+#: numeric fields of its result), the most any run may send, and the bounds of one reported series.
+MAX_PLUGIN_SERIES = 100
+MAX_PLUGIN_SERIES_CEILING = 10_000
+MAX_METRIC_NAME_CHARS = 128
+MAX_HELP_CHARS = 512
+MAX_LABELS = 8
+MAX_LABEL_NAME_CHARS = 64
+MAX_LABEL_VALUE_CHARS = 128
+MAX_STATE_REASON_CHARS = 1000

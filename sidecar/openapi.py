@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from . import __version__, defaults, schema
+from .check import DROP_REASONS, STATES
 from .sandbox.outcomes import ERROR_OUTCOMES, OUTCOMES
 
 if TYPE_CHECKING:
@@ -35,10 +36,22 @@ SCHEMAS: dict[str, Any] = {
         "type": ["object", "null"], "required": ["type", "message", "traceback"],
         "properties": {"type": {"type": "string"}, "message": {"type": "string"}, "traceback": _NULLABLE_STR},
     },
+    "Check": {
+        "type": "object", "required": ["state", "reason", "values", "gauges", "dropped"],
+        "description": "what the run found: its check's state and the values exported from it",
+        "properties": {
+            "state": {"type": "string", "enum": list(STATES)}, "reason": _NULLABLE_STR,
+            "values": {"type": "object", "additionalProperties": {"type": "number"},
+                       "description": "numeric top-level fields of the result (sidecar_check_value)"},
+            "gauges": {"type": "array", "items": {"type": "object"}, "description": "gauges the plugin reported"},
+            "dropped": {"type": "object", "propertyNames": {"enum": list(DROP_REASONS)},
+                        "additionalProperties": {"type": "integer"}},
+        },
+    },
     "RunResult": {
         "type": "object",
         "required": ["plugin", "outcome", "result", "error", "execution_time_ms", "peak_memory_bytes",
-                     "started_at", "finished_at", "stdout", "stderr"],
+                     "started_at", "finished_at", "stdout", "stderr", "check"],
         "properties": {
             "plugin": {"type": "string"},
             "outcome": {"type": "string", "enum": list(OUTCOMES)},
@@ -50,6 +63,7 @@ SCHEMAS: dict[str, Any] = {
             "finished_at": {"type": "number", "description": "unix time"},
             "stdout": {"$ref": "#/components/schemas/Stream"},
             "stderr": {"$ref": "#/components/schemas/Stream"},
+            "check": {"$ref": "#/components/schemas/Check"},
         },
     },
     "Health": {

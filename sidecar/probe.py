@@ -113,10 +113,18 @@ def target_of(args: Iterable[tuple[str, list[str]]]) -> str | None:
 def numeric_fields(result: Any) -> tuple[list[tuple[str, float]], int]:
     """(sanitised field name, value) of the numeric top-level fields of a result, sorted and bounded, and
     how many numeric fields were skipped: not a finite float, a name taken once sanitised, past the bound."""
+    fields, skipped = numeric_fields_by_reason(result)
+    return fields, sum(skipped.values())
+
+
+def numeric_fields_by_reason(result: Any) -> tuple[list[tuple[str, float]], dict[str, int]]:
+    """`numeric_fields` with the skipped fields counted by reason: `not_finite` (NaN, an infinity, beyond
+    a float's range), `invalid` (a name taken once sanitised), `overflow` (past the first MAX_FIELDS).
+    The one field rule of `/probe` and of a check's `sidecar_check_value` series."""
     if not isinstance(result, dict):
-        return [], 0
+        return [], {}
     out: dict[str, float] = {}
-    skipped = 0
+    skipped: dict[str, int] = {}
     for key in sorted(str(k) for k in result):
         value = result[key]
         if not isinstance(value, int | float):
@@ -126,8 +134,10 @@ def numeric_fields(result: Any) -> tuple[list[tuple[str, float]], int]:
             number = float(value)
         except OverflowError:  # an int beyond a float's range: 10**400
             number = math.nan
-        if not math.isfinite(number) or name in out or len(out) == MAX_FIELDS:
-            skipped += 1
+        reason = ("not_finite" if not math.isfinite(number) else "invalid" if name in out
+                  else "overflow" if len(out) == MAX_FIELDS else None)
+        if reason is not None:
+            skipped[reason] = skipped.get(reason, 0) + 1
         else:
             out[name] = number
     return list(out.items()), skipped

@@ -26,6 +26,7 @@ from .sandbox.isolation import Isolation
 from .sandbox.result import PluginSandboxResult
 from .scheduler import Scheduler, Slots
 from .store import Store
+from .values import Report, judge
 
 __all__ = ["Runner"]
 
@@ -122,9 +123,11 @@ class Runner:
             self.metrics.reject(name, "saturated")
             raise Saturated(f"all {self.settings.max_concurrent_runs} sandbox slots are busy", retry_after=1)
         try:
-            return self._run_in_slot(entry, {**entry.params, **params}, timeout, memory, "api").to_dict()
+            result, report = self._run_in_slot(entry, {**entry.params, **params}, timeout, memory, "api")
         finally:
             self._slots.release()
+        # what the plugin sent of its report gives way to what the sidecar made of it
+        return {**{k: v for k, v in result.to_dict().items() if k != "report"}, "check": report.to_dict()}
 
     @operation(resend=False)  # a counter: never bumped twice for one request
     def reject(self, name: str, reason: str) -> None:
@@ -135,7 +138,7 @@ class Runner:
         self.metrics.reject(name, reason)
 
     def _run_in_slot(self, entry: Entry, params: dict[str, Any], timeout: float, memory: int,
-                     trigger: str) -> PluginSandboxResult:
+                     trigger: str) -> tuple[PluginSandboxResult, Report]:
         s = self.settings
         in_flight = self.metrics.started(entry.name)
         try:
@@ -148,12 +151,13 @@ class Runner:
             self.metrics.aborted(in_flight)
             log.exception("run of %s failed inside the sidecar", entry.name)
             raise
-        self.metrics.finished(in_flight, result)
+        report = judge(result, s.max_plugin_series)
+        self.metrics.finished(in_flight, result, report)
         # After the metrics: a run that happened is counted even if its history write fails or stalls
         # (the store keeps it pending or drops an unwritable row, counts and logs it; it never raises
         # and waits at most STORE_DEADLINE_SECONDS).
         self.store.record(result, trigger)
-        return result
+        return result, report
 
     def _run_scheduled(self, name: str) -> None:
         """One scheduled run of a check; the scheduler holds its slot."""
@@ -279,7 +283,7 @@ class Runner:
                     "duration_seconds": time.monotonic() - started}
         try:
             remaining = budget - (time.monotonic() - started)
-            result = self._run_in_slot(entry, {**entry.params, **(params or {})}, remaining, memory, "probe")
+            result, _ = self._run_in_slot(entry, {**entry.params, **(params or {})}, remaining, memory, "probe")
         finally:
             self._slots.release()
         return {"plugin": name, "outcome": result.outcome.value, "result": result.result,

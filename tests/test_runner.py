@@ -401,3 +401,53 @@ def test_a_stalled_history_makes_history_routes_503_while_runs_and_metrics_answe
         release.set()
     _wait_for(lambda: client.get("/readyz").status_code == 200)
     assert client.get("/plugins/echo/health").get_json()["success_count"] == 3
+
+
+# -- what a check finds becomes a metric --------------------------------------------------------------------
+
+REPORTING = '''
+from sidecar.check import gauge, state
+
+def run(lines=51):
+    gauge("mail_queue_messages", 3, help="Messages waiting", queue="mail")
+    state("warning", "3 messages waiting")
+    return {"lines": lines, "age_seconds": 12.5, "name": "not a number"}
+'''
+
+
+def test_a_scheduled_checks_values_and_state_are_on_metrics_with_no_second_run(tmp_path: Path) -> None:
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "mailq.py").write_text(REPORTING)
+    checks = (CheckConfig("mail", "mailq", {"lines": 7}, interval_seconds=0.5),)
+    r = Runner(Settings(data_dir=str(tmp_path / "data"), checks=checks, entry_points=False,
+                        plugin_path=(str(plugins),)))
+    try:
+        _wait_for(lambda: r.health("mail")["success_count"] >= 1)
+        assert {run["trigger"] for run in r.runs("mail")} == {"schedule"}  # scheduled runs only, nothing else
+        assert _sample(r, "sidecar_check_value", plugin="mail", field="lines") == 7
+        assert _sample(r, "sidecar_check_value", plugin="mail", field="age_seconds") == 12.5
+        assert _sample(r, "mail_queue_messages", plugin="mail", queue="mail") == 3
+        assert _sample(r, "sidecar_check_state", plugin="mail", state="warning") == 1
+        assert _sample(r, "sidecar_check_state", plugin="mail", state="ok") == 0
+        assert _sample(r, "sidecar_check_last_success_timestamp_seconds", plugin="mail") > 0
+        # the API shows what the sidecar made of the report, not what the plugin sent
+        answer = r.run("mailq")
+        assert answer["check"] == {"state": "warning", "reason": "3 messages waiting",
+                                   "values": {"lines": 51.0, "age_seconds": 12.5}, "dropped": {},
+                                   "gauges": [{"name": "mail_queue_messages", "labels": {"queue": "mail"},
+                                               "value": 3.0}]}
+        assert "report" not in answer
+    finally:
+        r.close()
+
+
+def test_a_plugin_that_raises_is_a_failed_run_and_a_critical_check(tmp_path: Path) -> None:
+    r = Runner(Settings(data_dir=str(tmp_path), entry_points=False), start_scheduler=False)
+    try:
+        answer = r.run("sleep", {"seconds": "x"})
+        assert answer["outcome"] != "success"
+        assert answer["check"]["state"] == "critical" and answer["check"]["reason"].startswith("run failed (")
+        assert _sample(r, "sidecar_check_state", plugin="sleep", state="critical") == 1
+    finally:
+        r.close()
