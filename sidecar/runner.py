@@ -261,7 +261,7 @@ class Runner:
     def probe(self, name: str, params: Any = None, budget_seconds: float = 10.0) -> dict[str, Any]:
         """Run `name` now within `budget_seconds` (waiting for a slot included); trigger `probe`.
 
-        Returns `{plugin, outcome, result, duration_seconds}`; outcome `saturated` when no slot freed within
+        Returns `{plugin, outcome, result, state, duration_seconds}`; outcome `saturated` when no slot freed within
         half the budget. A check runs with its configured params only; a plugin with `params`.
         """
         started = time.monotonic()
@@ -283,10 +283,10 @@ class Runner:
                     "duration_seconds": time.monotonic() - started}
         try:
             remaining = budget - (time.monotonic() - started)
-            result, _ = self._run_in_slot(entry, {**entry.params, **(params or {})}, remaining, memory, "probe")
+            result, report = self._run_in_slot(entry, {**entry.params, **(params or {})}, remaining, memory, "probe")
         finally:
             self._slots.release()
-        return {"plugin": name, "outcome": result.outcome.value, "result": result.result,
+        return {"plugin": name, "outcome": result.outcome.value, "result": result.result, "state": report.state,
                 "duration_seconds": time.monotonic() - started}
 
     # -- reload (SIGHUP, POST /-/reload) -----------------------------------------------------------
