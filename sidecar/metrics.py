@@ -409,6 +409,14 @@ class Metrics:
                     **{f"rejected_{k}": v for k, v in p.rejected.items()},
                     "runs": p.execution.count, "in_flight": p.in_flight}
 
+    def check(self, name: str) -> dict[str, object]:
+        """What a plugin or check last found, for the status page: state, reason, the values it exports."""
+        with self._lock:
+            p = self._plugins.get(name)
+            if p is None:
+                return {"state": "unknown", "reason": None, "values": {}, "last_success": None}
+            return {"state": p.state, "reason": p.reason, "values": dict(p.fields), "last_success": p.last_success}
+
     def _plugin_chunks(self, now: float) -> tuple[list[dict[str, str]], list[dict[str, tuple[str, str, str]]]]:
         """Every plugin's cached lines plus its uptime line, and its own families; a plugin that fails is
         left out and counted."""

@@ -104,7 +104,8 @@ SCHEMAS: dict[str, Any] = {
     "Run": {
         "type": "object",
         "required": ["id", "plugin", "outcome", "started_at", "finished_at", "execution_time_ms",
-                     "peak_memory_bytes", "error_type", "error_message", "trigger"],
+                     "peak_memory_bytes", "error_type", "error_message", "trigger", "state", "state_reason",
+                     "result", "result_truncated", "error_traceback"],
         "properties": {
             "id": {"type": "integer"}, "plugin": {"type": "string"},
             "outcome": {"type": "string", "enum": list(OUTCOMES)},
@@ -112,6 +113,13 @@ SCHEMAS: dict[str, Any] = {
             "execution_time_ms": {"type": "number"}, "peak_memory_bytes": {"type": "integer"},
             "error_type": _NULLABLE_STR, "error_message": _NULLABLE_STR,
             "trigger": {"type": "string", "enum": ["api", "schedule", "probe"]},
+            "state": {"type": ["string", "null"], "enum": [*STATES, None],
+                      "description": "the check's state after this run (null: recorded before states existed)"},
+            "state_reason": _NULLABLE_STR,
+            "result": {"description": "what the run returned (JSON); when result_truncated, the head of its JSON "
+                                      "text as a string (SIDECAR_MAX_OUTPUT_BYTES characters)"},
+            "result_truncated": {"type": "boolean"},
+            "error_traceback": _NULLABLE_STR,
         },
     },
 }

@@ -77,7 +77,7 @@ class Runner:
         self._reload_lock = threading.Lock()
         self._start_scheduler = start_scheduler
         self.registry: Registry = discover(settings)
-        self.store = Store(settings.data_dir, settings.history_retention)
+        self.store = Store(settings.data_dir, settings.history_retention, result_limit=settings.max_output_bytes)
         # The config file may hold api_token: hidden from plugins like the token file itself.
         secrets = (settings.data_dir, *hidden, *((settings.api_token_file,) if settings.api_token_file else ()),
                    *((settings.config,) if settings.config else ()))
@@ -156,7 +156,7 @@ class Runner:
         # After the metrics: a run that happened is counted even if its history write fails or stalls
         # (the store keeps it pending or drops an unwritable row, counts and logs it; it never raises
         # and waits at most STORE_DEADLINE_SECONDS).
-        self.store.record(result, trigger)
+        self.store.record(result, trigger, (report.state, report.reason))
         return result, report
 
     def _run_scheduled(self, name: str) -> None:
@@ -227,7 +227,7 @@ class Runner:
     @operation()
     def runs(self, name: str, limit: int = 20) -> list[dict[str, Any]]:
         self.registry.get(name)
-        rows = self.store.within_deadline(lambda: self.store.recent(name, limit))
+        rows = self.store.within_deadline(lambda: self.store.runs(name, limit))
         for r in rows:
             r["started_at"] = _iso(r["started_at"])
             r["finished_at"] = _iso(r["finished_at"])
@@ -339,7 +339,8 @@ class Runner:
     # -- the status page (GET /) -------------------------------------------------------------------
     @operation()
     def status(self) -> dict[str, Any]:
-        """Everything the status page shows, in one call: each entry's health and recent execution times."""
+        """Everything the status page shows, in one call: each entry's health, recent execution times, and
+        what it last found (state, why, latest values)."""
         registry = self.registry
         listed = list(registry)
         history = self.store.within_deadline(
@@ -347,6 +348,7 @@ class Runner:
         entries = []
         for entry, (recent, totals) in zip(listed, history, strict=True):
             last10 = [r["execution_time_ms"] for r in recent[:AVERAGE_OVER]]
+            check = self.metrics.check(entry.name)
             entries.append({
                 "name": entry.name, "plugin": entry.plugin, "source": entry.source,
                 "description": entry.description, "interval_seconds": entry.interval_seconds,
@@ -358,5 +360,6 @@ class Runner:
                 "errors_by_type": {k: v for k, v in sorted(totals.items()) if k != "success"},
                 "recent_execution_ms": [r["execution_time_ms"] for r in reversed(recent)],
                 "problem": entry.metadata.problem,
+                "state": check["state"], "state_reason": check["reason"], "values": check["values"],
             })
         return {"entries": entries, "generated_at": _iso(time.time())}

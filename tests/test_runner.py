@@ -374,9 +374,9 @@ def test_a_stalled_history_makes_history_routes_503_while_runs_and_metrics_answe
     store.deadline = 0.2
     real, release = store._write, threading.Event()
 
-    def stuck(result: Any, trigger: str) -> int:  # a write on a frozen file system
+    def stuck(result: Any, trigger: str, verdict: Any = (None, None)) -> int:  # a write on a frozen file system
         release.wait()
-        return int(real(result, trigger))
+        return int(real(result, trigger, verdict))
 
     monkeypatch.setattr(store, "_write", stuck)
     client = fresh_app.test_client()
@@ -424,7 +424,15 @@ def test_a_scheduled_checks_values_and_state_are_on_metrics_with_no_second_run(t
                         plugin_path=(str(plugins),)))
     try:
         _wait_for(lambda: r.health("mail")["success_count"] >= 1)
-        assert {run["trigger"] for run in r.runs("mail")} == {"schedule"}  # scheduled runs only, nothing else
+        runs = r.runs("mail")
+        assert {run["trigger"] for run in runs} == {"schedule"}  # scheduled runs only, nothing else
+        # the history keeps what each run returned and what it meant for the check
+        assert runs[0]["result"] == {"lines": 7, "age_seconds": 12.5, "name": "not a number"}
+        assert (runs[0]["state"], runs[0]["state_reason"], runs[0]["result_truncated"]) == (
+            "warning", "3 messages waiting", False)
+        shown = next(e for e in r.status()["entries"] if e["name"] == "mail")
+        assert (shown["state"], shown["state_reason"]) == ("warning", "3 messages waiting")
+        assert shown["values"] == {"age_seconds": 12.5, "lines": 7.0}
         assert _sample(r, "sidecar_check_value", plugin="mail", field="lines") == 7
         assert _sample(r, "sidecar_check_value", plugin="mail", field="age_seconds") == 12.5
         assert _sample(r, "mail_queue_messages", plugin="mail", queue="mail") == 3
@@ -449,5 +457,9 @@ def test_a_plugin_that_raises_is_a_failed_run_and_a_critical_check(tmp_path: Pat
         assert answer["outcome"] != "success"
         assert answer["check"]["state"] == "critical" and answer["check"]["reason"].startswith("run failed (")
         assert _sample(r, "sidecar_check_state", plugin="sleep", state="critical") == 1
+        (run,) = r.runs("sleep")
+        assert run["state"] == "critical" and "ValueError: seconds must be a number" in run["error_traceback"]
+        shown = next(e for e in r.status()["entries"] if e["name"] == "sleep")
+        assert shown["state"] == "critical" and shown["state_reason"] == answer["check"]["reason"]
     finally:
         r.close()
