@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+from pathlib import Path
 from typing import Any
 
+from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
+from prometheus_client.parser import text_string_to_metric_families as parse_text
+
+from sidecar.config import Settings
+from sidecar.runner import Runner
 from sidecar.sandbox.result import ErrorInfo, Outcome, PluginSandboxResult
 from sidecar.values import Series, judge
 
@@ -58,3 +66,83 @@ def test_the_api_view_names_state_values_and_gauges() -> None:
     report = judge(_ok({"lines": 51}, {"gauges": [{"name": "q", "value": 3, "labels": {"queue": "mail"}}]}), 100)
     assert report.to_dict() == {"state": "ok", "reason": None, "values": {"lines": 51.0},
                                 "gauges": [{"name": "q", "labels": {"queue": "mail"}, "value": 3.0}], "dropped": {}}
+
+
+HOSTILE_VALUES = '''
+from sidecar.check import gauge, state
+
+def run():
+    for i in range(100_000):
+        gauge("flood", i, i=str(i))
+    gauge("not_a_number", float("nan"))
+    gauge("with space", 1)
+    gauge("sidecar_plugin_success", 1)
+    gauge("process_cpu_seconds", 1)
+    gauge("quoted", 1, text='say "hi" \\\\ back\\nslash')
+    gauge("huge_help", 1, help="h" * 1_000_000)
+    gauge("forged", 1, plugin="someone_else")
+    state("sideways")
+    return {"big": 10**400, "ok": 1, "text": "x"}  # a NaN in the result itself is not JSON: a failed run
+'''
+
+
+def test_hostile_values_are_dropped_and_counted_and_the_scrape_stays_valid(tmp_path: Path) -> None:
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "hostile_values.py").write_text(HOSTILE_VALUES)
+    runner = Runner(Settings(data_dir=str(tmp_path / "data"), entry_points=False, plugin_path=(str(plugins),)),
+                    start_scheduler=False)
+    try:
+        answer = runner.run("hostile_values")
+        assert answer["outcome"] == "success", answer  # never fails the run
+        check = answer["check"]
+        assert check["state"] == "ok"  # an invalid state is ignored and counted
+        assert check["values"] == {"ok": 1.0}
+        assert len(check["gauges"]) == 100 - 1  # the cap (default 100) less the one result field
+        assert {g["name"] for g in check["gauges"]} == {"flood"}
+        for openmetrics in (False, True):
+            body, _ = runner.render_metrics(openmetrics)
+            text = body.decode()
+            parse = parse_openmetrics if openmetrics else parse_text
+            families = {f.name: f for f in parse(text)}  # prometheus-client's parsers take it whole
+            dropped = {s.labels["reason"]: s.value for s in families["sidecar_plugin_values_dropped"].samples
+                       if s.labels["plugin"] == "hostile_values"}
+            # overflow: 100,000 floods and `quoted` less the 99 exported: the plugin side keeps 10,000 and
+            # counts the rest, the runner keeps 99 of those and counts the others
+            assert dropped == {"overflow": 100_001 - 99, "not_finite": 2, "invalid": 2, "reserved": 3,
+                               "too_long": 1}, dropped
+            assert "quoted" not in families  # past the cap: the floods came first
+            for name in ("with space", "huge_help", "forged", "not_a_number"):
+                assert not any(name in f for f in families), name
+            assert len(text) < 200_000
+        if shutil.which("promtool"):
+            lint = subprocess.run(["promtool", "check", "metrics"], input=runner.render_metrics()[0],
+                                  capture_output=True, check=False)
+            assert lint.returncode == 0, lint.stdout.decode() + lint.stderr.decode()
+    finally:
+        runner.close()
+
+
+def test_label_values_with_quotes_backslashes_and_newlines_are_exported_exactly(tmp_path: Path) -> None:
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "quoting.py").write_text(
+        "from sidecar.check import gauge\n"
+        "def run():\n"
+        "    gauge('quoted', 1, help='Help with \\\\ and\\nnewline', text='say \"hi\" \\\\ back\\nslash')\n")
+    runner = Runner(Settings(data_dir=str(tmp_path / "data"), entry_points=False, plugin_path=(str(plugins),)),
+                    start_scheduler=False)
+    try:
+        assert runner.run("quoting")["outcome"] == "success"
+        for openmetrics in (False, True):
+            parse = parse_openmetrics if openmetrics else parse_text
+            families = {f.name: f for f in parse(runner.render_metrics(openmetrics)[0].decode())}
+            (sample,) = families["quoted"].samples
+            assert sample.labels == {"plugin": "quoting", "text": 'say "hi" \\ back\nslash'}
+            assert families["quoted"].documentation == "Help with \\ and\nnewline"
+        if shutil.which("promtool"):
+            lint = subprocess.run(["promtool", "check", "metrics"], input=runner.render_metrics()[0],
+                                  capture_output=True, check=False)
+            assert lint.returncode == 0, lint.stdout.decode() + lint.stderr.decode()
+    finally:
+        runner.close()
