@@ -145,6 +145,10 @@ class Settings:
     history_retention: int = _setting(defaults.HISTORY_RETENTION, "runs kept per plugin in the history", Count)
     max_body_bytes: int = _setting(defaults.MAX_BODY_BYTES, "largest accepted request body", Bytes)
     max_result_bytes: int = _setting(defaults.DEFAULT_MAX_RESULT_BYTES, "largest plugin result (JSON bytes)", Bytes)
+    max_plugin_series: int = _setting(
+        defaults.MAX_PLUGIN_SERIES, "series a plugin or check may report (its gauges and numeric result fields); "
+        "beyond it dropped and counted", Annotated[int, Meta(ge=1, le=defaults.MAX_PLUGIN_SERIES_CEILING,
+                                                             description=f"1 to {defaults.MAX_PLUGIN_SERIES_CEILING}")])
     max_output_bytes: int = _setting(defaults.DEFAULT_MAX_OUTPUT_BYTES,
                                      "stdout/stderr kept per run and stream (head + tail)", Bytes)
     plugin_env: tuple[str, ...] = _setting((), "extra environment variable names passed through to plugins",

@@ -55,3 +55,14 @@ PLUGIN_NAME_PATTERN = r"^[a-z][a-z0-9_]{0,63}$"
 #: The environment variable through which `sidecar serve` hands its gunicorn workers their configuration
 #: (the runner's socket, the bind, the limits they enforce): read by the gunicorn config and the app.
 WORKER_ENV = "SIDECAR_WORKER_CONFIG"
+
+#: What plugins report (`sidecar.check`): series one plugin or check may export (its own gauges plus the
+#: numeric fields of its result), the most any run may send, and the bounds of one reported series.
+MAX_PLUGIN_SERIES = 100
+MAX_PLUGIN_SERIES_CEILING = 10_000
+MAX_METRIC_NAME_CHARS = 128
+MAX_HELP_CHARS = 512
+MAX_LABELS = 8
+MAX_LABEL_NAME_CHARS = 64
+MAX_LABEL_VALUE_CHARS = 128
+MAX_STATE_REASON_CHARS = 1000

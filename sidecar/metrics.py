@@ -28,9 +28,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from . import __version__
+from .check import DROP_REASONS, STATES
 from .sandbox.outcomes import ERROR_OUTCOMES
 from .sandbox.result import PluginSandboxResult
 from .store import FAULT_REASONS, ROW_REASONS, StoreStats
+from .values import Report, Series
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -69,6 +71,14 @@ FAMILIES: tuple[Family, ...] = (
     Family("sidecar_plugin_interval_seconds", "gauge", "Schedule interval of a scheduled plugin or check"),
     Family("sidecar_plugin_in_flight", "gauge", "Runs in progress"),
     Family("sidecar_plugin_rejected", "counter", "Run requests refused before running", ("plugin", "reason")),
+    Family("sidecar_check_state", "gauge", "What the plugin or check last found: 1 for its state (ok, warning, "
+           "critical, unknown), 0 for the others", ("plugin", "state")),
+    Family("sidecar_check_last_success_timestamp_seconds", "gauge", "When the plugin's last successful run "
+           "finished: the time of the values exported"),
+    Family("sidecar_check_value", "gauge", "Numeric top-level fields of the last successful run's result",
+           ("plugin", "field")),
+    Family("sidecar_plugin_values_dropped", "counter", "Values a plugin reported that were not exported",
+           ("plugin", "reason")),
     Family("sidecar_build_info", "gauge", "Always 1; the version label says which build", ("version",)),
     Family("sidecar_scheduler_errors", "counter", "Faults while scheduling a check; the scheduler goes on", ()),
     Family("sidecar_metrics_render_errors", "counter", "Plugins left out of a scrape because rendering failed", ()),
@@ -151,6 +161,32 @@ def _escape(v: str) -> str:
     return v.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
 
 
+def _help(text: str, openmetrics: bool) -> str:
+    """A HELP text as each format escapes it (OpenMetrics also escapes double quotes)."""
+    text = text.replace("\\", r"\\").replace("\n", r"\n")
+    return text.replace('"', r'\"') if openmetrics else text
+
+
+def _reported_families(reported: list[dict[str, tuple[str, str, str]]], openmetrics: bool) -> list[str]:
+    """The plugins' own gauge families, each once (sorted), with every plugin's lines under it: the first
+    plugin to give a help text or unit for a name gives the family's."""
+    families: dict[str, tuple[str, str, list[str]]] = {}
+    for per_plugin in reported:
+        for name, (help_text, unit, lines) in per_plugin.items():
+            h, u, all_lines = families.setdefault(name, (help_text, unit, []))
+            if (not h and help_text) or (not u and unit):
+                families[name] = (h or help_text, u or unit, all_lines)
+            all_lines.append(lines)
+    out: list[str] = []
+    for name in sorted(families):
+        help_text, unit, chunks = families[name]
+        out.append(f"# HELP {name} {_help(help_text or 'Reported by a plugin', openmetrics)}\n# TYPE {name} gauge\n")
+        if openmetrics and unit:
+            out.append(f"# UNIT {name} {unit}\n")
+        out.extend(chunks)
+    return out
+
+
 @dataclass
 class _Histogram:
     bounds: tuple[float, ...]
@@ -197,7 +233,16 @@ class _Plugin:
     rejected: dict[str, int] = field(default_factory=lambda: dict.fromkeys(REJECT_REASONS, 0))
     last_run: float | None = None
     in_flight: int = 0
+    #: what the check found (`values.Report`): state and reason of the last run, values of the last success
+    state: str = "unknown"
+    reason: str | None = None
+    last_success: float | None = None
+    fields: tuple[tuple[str, float], ...] = ()
+    series: tuple[Series, ...] = ()
+    dropped: dict[str, int] = field(default_factory=lambda: dict.fromkeys(DROP_REASONS, 0))
     cache: dict[str, str] | None = None
+    #: the plugin's own gauges by family name: (help, unit, lines)
+    reported: dict[str, tuple[str, str, str]] = field(default_factory=dict)
     #: `name` escaped as a label value, once (the uptime line is rendered on every scrape)
     label: str = field(init=False)
 
@@ -224,8 +269,25 @@ class _Plugin:
             "sidecar_plugin_in_flight": [f'sidecar_plugin_in_flight{{plugin="{p}"}} {_num(self.in_flight)}'],
             "sidecar_plugin_rejected": [f'sidecar_plugin_rejected_total{{plugin="{p}",reason="{r}"}} {_num(n)}'
                                         for r, n in self.rejected.items()],
+            "sidecar_check_state": [f'sidecar_check_state{{plugin="{p}",state="{st}"}} '
+                                    f"{'1.0' if st == self.state else '0.0'}" for st in STATES],
+            "sidecar_check_last_success_timestamp_seconds": [] if self.last_success is None else [
+                f'sidecar_check_last_success_timestamp_seconds{{plugin="{p}"}} {_num(self.last_success)}'],
+            "sidecar_check_value": [f'sidecar_check_value{{plugin="{p}",field="{_escape(f)}"}} {_num(v)}'
+                                    for f, v in self.fields],
+            "sidecar_plugin_values_dropped": [
+                f'sidecar_plugin_values_dropped_total{{plugin="{p}",reason="{r}"}} {_num(n)}'
+                for r, n in self.dropped.items()],
         }
         self.cache = {k: "".join(line + "\n" for line in v) for k, v in c.items()}
+        reported: dict[str, tuple[str, str, list[str]]] = {}
+        for one in self.series:
+            labels = "".join(f',{k}="{_escape(v)}"' for k, v in one.labels)
+            help_text, unit, lines = reported.setdefault(one.name, (one.help, one.unit, []))
+            if not help_text and one.help:
+                reported[one.name] = (one.help, unit, lines)
+            lines.append(f'{one.name}{{plugin="{p}"{labels}}} {_num(one.value)}\n')
+        self.reported = {k: (h, u, "".join(lines)) for k, (h, u, lines) in reported.items()}
         return self.cache
 
 
@@ -302,7 +364,9 @@ class Metrics:
                 started.in_flight -= 1
                 started.cache = None
 
-    def finished(self, started: _Plugin | None, result: PluginSandboxResult) -> None:
+    def finished(self, started: _Plugin | None, result: PluginSandboxResult, report: Report | None = None) -> None:
+        """Count a finished run; `report` (`values.judge`) sets the check's state and, after a success, its
+        values (a failed run leaves the last successful values in place)."""
         with self._lock:
             if started is None:
                 return
@@ -318,6 +382,13 @@ class Metrics:
             if result.peak_memory_bytes:
                 p.memory.observe(float(result.peak_memory_bytes))
             p.last_run = result.finished_at or self._clock()
+            if report is not None:
+                p.state, p.reason = report.state, report.reason
+                if report.succeeded:
+                    p.last_success = p.last_run
+                    p.fields, p.series = report.fields, report.series
+                for reason, n in report.dropped.items():
+                    p.dropped[reason] += n
             p.cache = None
 
     def reject(self, name: str, reason: str) -> None:
@@ -338,9 +409,19 @@ class Metrics:
                     **{f"rejected_{k}": v for k, v in p.rejected.items()},
                     "runs": p.execution.count, "in_flight": p.in_flight}
 
-    def _plugin_chunks(self, now: float) -> list[dict[str, str]]:
-        """Every plugin's cached lines plus its uptime line; a plugin that fails is left out and counted."""
+    def check(self, name: str) -> dict[str, object]:
+        """What a plugin or check last found, for the status page: state, reason, the values it exports."""
+        with self._lock:
+            p = self._plugins.get(name)
+            if p is None:
+                return {"state": "unknown", "reason": None, "values": {}, "last_success": None}
+            return {"state": p.state, "reason": p.reason, "values": dict(p.fields), "last_success": p.last_success}
+
+    def _plugin_chunks(self, now: float) -> tuple[list[dict[str, str]], list[dict[str, tuple[str, str, str]]]]:
+        """Every plugin's cached lines plus its uptime line, and its own families; a plugin that fails is
+        left out and counted."""
         chunks: list[dict[str, str]] = []
+        reported: list[dict[str, tuple[str, str, str]]] = []
         with self._lock:
             for p in self._plugins.values():
                 try:
@@ -356,8 +437,9 @@ class Metrics:
                     self._failing.add(p.name)
                     continue
                 chunks.append(chunk)
+                reported.append(p.reported)
                 self._failing.discard(p.name)
-        return chunks
+        return chunks, reported
 
     def _process_text(self, openmetrics: bool) -> str:
         if self._process is None:
@@ -400,7 +482,7 @@ class Metrics:
         process = self._process_text(openmetrics)
         store = self._store_stats()
         templates = self._template_stats()
-        chunks = self._plugin_chunks(self._clock())
+        chunks, reported = self._plugin_chunks(self._clock())
         with self._lock:
             totals = {"sidecar_scheduler_errors": self._scheduler_errors,
                       "sidecar_metrics_render_errors": self._render_errors}
@@ -439,6 +521,7 @@ class Metrics:
                     out.append(f"sidecar_store_reopens_total {_num(store.reopens)}\n")
             else:
                 out.extend(c[name] for c in chunks)
+        out.extend(_reported_families(reported, openmetrics))
         out.append(process)
         if openmetrics:
             out.append("# EOF\n")

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from . import __version__, defaults, schema
+from .check import DROP_REASONS, STATES
 from .sandbox.outcomes import ERROR_OUTCOMES, OUTCOMES
 
 if TYPE_CHECKING:
@@ -35,10 +36,22 @@ SCHEMAS: dict[str, Any] = {
         "type": ["object", "null"], "required": ["type", "message", "traceback"],
         "properties": {"type": {"type": "string"}, "message": {"type": "string"}, "traceback": _NULLABLE_STR},
     },
+    "Check": {
+        "type": "object", "required": ["state", "reason", "values", "gauges", "dropped"],
+        "description": "what the run found: its check's state and the values exported from it",
+        "properties": {
+            "state": {"type": "string", "enum": list(STATES)}, "reason": _NULLABLE_STR,
+            "values": {"type": "object", "additionalProperties": {"type": "number"},
+                       "description": "numeric top-level fields of the result (sidecar_check_value)"},
+            "gauges": {"type": "array", "items": {"type": "object"}, "description": "gauges the plugin reported"},
+            "dropped": {"type": "object", "propertyNames": {"enum": list(DROP_REASONS)},
+                        "additionalProperties": {"type": "integer"}},
+        },
+    },
     "RunResult": {
         "type": "object",
         "required": ["plugin", "outcome", "result", "error", "execution_time_ms", "peak_memory_bytes",
-                     "started_at", "finished_at", "stdout", "stderr"],
+                     "started_at", "finished_at", "stdout", "stderr", "check"],
         "properties": {
             "plugin": {"type": "string"},
             "outcome": {"type": "string", "enum": list(OUTCOMES)},
@@ -50,6 +63,7 @@ SCHEMAS: dict[str, Any] = {
             "finished_at": {"type": "string", "description": "ISO 8601, UTC"},
             "stdout": {"$ref": "#/components/schemas/Stream"},
             "stderr": {"$ref": "#/components/schemas/Stream"},
+            "check": {"$ref": "#/components/schemas/Check"},
         },
     },
     "Health": {
@@ -90,7 +104,8 @@ SCHEMAS: dict[str, Any] = {
     "Run": {
         "type": "object",
         "required": ["id", "plugin", "outcome", "started_at", "finished_at", "execution_time_ms",
-                     "peak_memory_bytes", "error_type", "error_message", "trigger"],
+                     "peak_memory_bytes", "error_type", "error_message", "trigger", "state", "state_reason",
+                     "result", "result_truncated", "error_traceback"],
         "properties": {
             "id": {"type": "integer"}, "plugin": {"type": "string"},
             "outcome": {"type": "string", "enum": list(OUTCOMES)},
@@ -98,6 +113,13 @@ SCHEMAS: dict[str, Any] = {
             "execution_time_ms": {"type": "number"}, "peak_memory_bytes": {"type": "integer"},
             "error_type": _NULLABLE_STR, "error_message": _NULLABLE_STR,
             "trigger": {"type": "string", "enum": ["api", "schedule", "probe"]},
+            "state": {"type": ["string", "null"], "enum": [*STATES, None],
+                      "description": "the check's state after this run (null: recorded before states existed)"},
+            "state_reason": _NULLABLE_STR,
+            "result": {"description": "what the run returned (JSON); when result_truncated, the head of its JSON "
+                                      "text as a string (SIDECAR_MAX_OUTPUT_BYTES characters)"},
+            "result_truncated": {"type": "boolean"},
+            "error_traceback": _NULLABLE_STR,
         },
     },
 }

@@ -2,8 +2,9 @@
 
 The query is validated here, in the worker, before anything runs; the runner (`Runner.probe`) runs the
 target within the budget; the answer is rendered here in the Prometheus text format. A failed or
-refused run is a probe result (`sidecar_probe_success 0`, HTTP 200), never a 5xx: a 5xx would mark
-the sidecar down rather than the thing it probes.
+refused run, or one whose check reports state critical (a target down), is a probe result
+(`sidecar_probe_success 0`, HTTP 200), never a 5xx: a 5xx would mark the sidecar down rather than the
+thing it probes.
 
 Numeric top-level fields of the result become `sidecar_probe_value{field="..."}` gauges: one family
 (so dashboards and recording rules need no per-plugin names), label values bounded to `MAX_FIELDS`
@@ -113,10 +114,18 @@ def target_of(args: Iterable[tuple[str, list[str]]]) -> str | None:
 def numeric_fields(result: Any) -> tuple[list[tuple[str, float]], int]:
     """(sanitised field name, value) of the numeric top-level fields of a result, sorted and bounded, and
     how many numeric fields were skipped: not a finite float, a name taken once sanitised, past the bound."""
+    fields, skipped = numeric_fields_by_reason(result)
+    return fields, sum(skipped.values())
+
+
+def numeric_fields_by_reason(result: Any) -> tuple[list[tuple[str, float]], dict[str, int]]:
+    """`numeric_fields` with the skipped fields counted by reason: `not_finite` (NaN, an infinity, beyond
+    a float's range), `invalid` (a name taken once sanitised), `overflow` (past the first MAX_FIELDS).
+    The one field rule of `/probe` and of a check's `sidecar_check_value` series."""
     if not isinstance(result, dict):
-        return [], 0
+        return [], {}
     out: dict[str, float] = {}
-    skipped = 0
+    skipped: dict[str, int] = {}
     for key in sorted(str(k) for k in result):
         value = result[key]
         if not isinstance(value, int | float):
@@ -126,8 +135,10 @@ def numeric_fields(result: Any) -> tuple[list[tuple[str, float]], int]:
             number = float(value)
         except OverflowError:  # an int beyond a float's range: 10**400
             number = math.nan
-        if not math.isfinite(number) or name in out or len(out) == MAX_FIELDS:
-            skipped += 1
+        reason = ("not_finite" if not math.isfinite(number) else "invalid" if name in out
+                  else "overflow" if len(out) == MAX_FIELDS else None)
+        if reason is not None:
+            skipped[reason] = skipped.get(reason, 0) + 1
         else:
             out[name] = number
     return list(out.items()), skipped
@@ -135,16 +146,18 @@ def numeric_fields(result: Any) -> tuple[list[tuple[str, float]], int]:
 
 def render(outcome: dict[str, Any]) -> bytes:
     """The probe's answer: success, duration and numeric result fields, in the Prometheus text format."""
-    success = outcome.get("outcome") == "success"
+    ran = outcome.get("outcome") == "success"
+    # as blackbox_exporter's probe_success: 0 when the target is down (a check that reports critical)
+    success = ran and outcome.get("state") != "critical"
     lines = [
-        "# HELP sidecar_probe_success Whether the probed run succeeded (1) or failed or was refused (0)",
+        "# HELP sidecar_probe_success Whether the probed run succeeded and its check is not critical (1) or not (0)",
         "# TYPE sidecar_probe_success gauge",
         f"sidecar_probe_success {1.0 if success else 0.0}",
         "# HELP sidecar_probe_duration_seconds Wall time of the probe: waiting for a slot plus the run",
         "# TYPE sidecar_probe_duration_seconds gauge",
         f"sidecar_probe_duration_seconds {_number(float(outcome.get('duration_seconds', 0.0)))}",
     ]
-    fields, skipped = numeric_fields(outcome.get("result")) if success else ([], 0)
+    fields, skipped = numeric_fields(outcome.get("result")) if ran else ([], 0)
     if fields:
         lines += ["# HELP sidecar_probe_value Numeric top-level fields of the probed run's result",
                   "# TYPE sidecar_probe_value gauge"]

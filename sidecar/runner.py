@@ -25,6 +25,7 @@ from .sandbox.isolation import Isolation
 from .sandbox.result import ErrorInfo, Outcome, PluginSandboxResult, iso_utc
 from .scheduler import Scheduler, Slots
 from .store import Store
+from .values import Report, judge
 
 __all__ = ["Runner"]
 
@@ -75,7 +76,7 @@ class Runner(RunnerOperations):
         self._reload_lock = threading.Lock()
         self._start_scheduler = start_scheduler
         self.registry: Registry = discover(settings)
-        self.store = Store(settings.data_dir, settings.history_retention)
+        self.store = Store(settings.data_dir, settings.history_retention, result_limit=settings.max_output_bytes)
         # The config file may hold api_token: hidden from plugins like the token file itself.
         secrets = (settings.data_dir, *hidden, *((settings.api_token_file,) if settings.api_token_file else ()),
                    *((settings.config,) if settings.config else ()))
@@ -120,9 +121,11 @@ class Runner(RunnerOperations):
             self.metrics.reject(name, "saturated")
             raise Saturated(f"all {self.settings.max_concurrent_runs} sandbox slots are busy", retry_after=1)
         try:
-            return self._run_in_slot(entry, {**entry.params, **params}, timeout, memory, "api").to_answer()
+            result, report = self._run_in_slot(entry, {**entry.params, **params}, timeout, memory, "api")
         finally:
             self._slots.release()
+        # what the plugin sent of its report gives way to what the sidecar made of it
+        return {**{k: v for k, v in result.to_answer().items() if k != "report"}, "check": report.to_dict()}
 
     def reject(self, name: str, reason: str) -> None:
         """Count a request refused before it ran (the HTTP front end validates bodies); 404 if unknown."""
@@ -132,7 +135,7 @@ class Runner(RunnerOperations):
         self.metrics.reject(name, reason)
 
     def _run_in_slot(self, entry: Entry, params: dict[str, Any], timeout: float, memory: int,
-                     trigger: str) -> PluginSandboxResult:
+                     trigger: str) -> tuple[PluginSandboxResult, Report]:
         s = self.settings
         in_flight = self.metrics.started(entry.name)
         try:
@@ -151,12 +154,13 @@ class Runner(RunnerOperations):
             self.metrics.aborted(in_flight)
             log.exception("run of %s failed inside the sidecar", entry.name)
             raise
-        self.metrics.finished(in_flight, result)
+        report = judge(result, s.max_plugin_series)
+        self.metrics.finished(in_flight, result, report)
         # After the metrics: a run that happened is counted even if its history write fails or stalls
         # (the store keeps it pending or drops an unwritable row, counts and logs it; it never raises
         # and waits at most STORE_DEADLINE_SECONDS).
-        self.store.record(result, trigger)
-        return result
+        self.store.record(result, trigger, (report.state, report.reason))
+        return result, report
 
     def _run_scheduled(self, name: str) -> None:
         """One scheduled run of a check; the scheduler holds its slot."""
@@ -222,7 +226,7 @@ class Runner(RunnerOperations):
 
     def runs(self, name: str, limit: int = 20) -> list[dict[str, Any]]:
         self.registry.get(name)
-        rows = self.store.within_deadline(lambda: self.store.recent(name, limit))
+        rows = self.store.within_deadline(lambda: self.store.runs(name, limit))
         for r in rows:
             r["started_at"] = _iso(r["started_at"])
             r["finished_at"] = _iso(r["finished_at"])
@@ -252,7 +256,7 @@ class Runner(RunnerOperations):
     def probe(self, name: str, params: Any = None, budget_seconds: float = 10.0) -> dict[str, Any]:
         """Run `name` now within `budget_seconds` (waiting for a slot included); trigger `probe`.
 
-        Returns `{plugin, outcome, result, duration_seconds}`; outcome `saturated` when no slot freed within
+        Returns `{plugin, outcome, result, state, duration_seconds}`; outcome `saturated` when no slot freed within
         half the budget. A check runs with its configured params only; a plugin with `params`.
         """
         started = time.monotonic()
@@ -274,10 +278,10 @@ class Runner(RunnerOperations):
                     "duration_seconds": time.monotonic() - started}
         try:
             remaining = budget - (time.monotonic() - started)
-            result = self._run_in_slot(entry, {**entry.params, **(params or {})}, remaining, memory, "probe")
+            result, report = self._run_in_slot(entry, {**entry.params, **(params or {})}, remaining, memory, "probe")
         finally:
             self._slots.release()
-        return {"plugin": name, "outcome": result.outcome.value, "result": result.result,
+        return {"plugin": name, "outcome": result.outcome.value, "result": result.result, "state": report.state,
                 "duration_seconds": time.monotonic() - started}
 
     # -- reload (SIGHUP, POST /-/reload) -----------------------------------------------------------
@@ -328,7 +332,8 @@ class Runner(RunnerOperations):
 
     # -- the status page (GET /) -------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
-        """Everything the status page shows, in one call: each entry's health and recent execution times."""
+        """Everything the status page shows, in one call: each entry's health, recent execution times, and
+        what it last found (state, why, latest values)."""
         registry = self.registry
         listed = list(registry)
         history = self.store.within_deadline(
@@ -336,6 +341,7 @@ class Runner(RunnerOperations):
         entries = []
         for entry, (recent, totals) in zip(listed, history, strict=True):
             last10 = [r["execution_time_ms"] for r in recent[:AVERAGE_OVER]]
+            check = self.metrics.check(entry.name)
             entries.append({
                 "name": entry.name, "plugin": entry.plugin, "source": entry.source,
                 "description": entry.description, "interval_seconds": entry.interval_seconds,
@@ -347,5 +353,6 @@ class Runner(RunnerOperations):
                 "errors_by_type": {k: v for k, v in sorted(totals.items()) if k != "success"},
                 "recent_execution_ms": [r["execution_time_ms"] for r in reversed(recent)],
                 "problem": entry.metadata.problem,
+                "state": check["state"], "state_reason": check["reason"], "values": check["values"],
             })
         return {"entries": entries, "generated_at": _iso(time.time())}

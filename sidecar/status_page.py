@@ -1,5 +1,8 @@
 """The status page at `/`: every plugin and check at a glance, for a human without Grafana.
 
+Each row says what the check last found (its state, why when it is not ok, its latest values) beside how
+its runs went (health, last run and outcome, averages, errors, a sparkline).
+
 One self-contained HTML document (no scripts, styles or images from elsewhere), rendered from one
 runner call (`Runner.status`) and refreshed by the browser every `REFRESH_SECONDS`. The sparkline of
 recent execution times is inline SVG. Clients that do not ask for HTML get a JSON index of the API
@@ -39,6 +42,25 @@ def _ms(v: float | None) -> str:
     return "—" if v is None else f"{v:.1f} ms"
 
 
+#: Values of a check shown on its row; the rest are on /metrics.
+SHOWN_VALUES = 6
+
+
+def _check(e: dict[str, Any]) -> str:
+    """The check's state, why when it is not ok, and its latest values (from its last successful run)."""
+    esc = html.escape
+    state = str(e.get("state") or "unknown")
+    out = f'<span class="status {esc(state)}">{esc(state)}</span>'
+    if e.get("state_reason") and state != "ok":
+        out += f'<div class="sub why">{esc(str(e["state_reason"])[:300])}</div>'
+    values = list((e.get("values") or {}).items())
+    if values:
+        shown = " · ".join(f"{esc(k)} {v:g}" for k, v in values[:SHOWN_VALUES])
+        more = f" · +{len(values) - SHOWN_VALUES} more" if len(values) > SHOWN_VALUES else ""
+        out += f'<div class="sub values">{shown}{more}</div>'
+    return out
+
+
 def _row(e: dict[str, Any]) -> str:
     esc = html.escape
     errors = ", ".join(f"{esc(k)} {v}" for k, v in e["errors_by_type"].items() if v) or "—"
@@ -51,6 +73,7 @@ def _row(e: dict[str, Any]) -> str:
         sub += f' · problem: {esc(e["problem"])}'
     return (f'<tr data-name="{esc(e["name"])}"><td><div class="name">{esc(e["name"])}</div>'
             f'<div class="sub">{sub}</div></td>'
+            f"<td>{_check(e)}</td>"
             f'<td><span class="status {esc(e["status"])}">{esc(e["status"])}</span></td>'
             f"<td>{last}{outcome}</td><td class=\"num\">{_ms(e['avg_execution_time_ms'])}</td>"
             f'<td class="num">{e["success_count"]}</td><td>{errors}</td>'

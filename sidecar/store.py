@@ -29,6 +29,7 @@ one begun; a data directory that cannot be used stops start-up with `StoreUnavai
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import math
 import os
@@ -42,7 +43,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from .defaults import STORE_DEADLINE_SECONDS
+from .defaults import DEFAULT_MAX_OUTPUT_BYTES, STORE_DEADLINE_SECONDS
 from .errors import StoreUnavailable
 from .sandbox.result import PluginSandboxResult
 
@@ -88,6 +89,12 @@ CREATE TABLE IF NOT EXISTS totals (
 );
 CREATE TABLE IF NOT EXISTS probe (id INTEGER PRIMARY KEY CHECK (id = 1), at REAL NOT NULL);
 """
+#: Columns of `runs` added since its first form: added to an older history when it is opened (a history
+#: written by this version stays readable by the older one, which selects its own columns by name).
+_ADDED_COLUMNS = (("result_json", "TEXT"), ("result_truncated", "INTEGER NOT NULL DEFAULT 0"), ("state", "TEXT"),
+                  ("state_reason", "TEXT"), ("error_traceback", "TEXT"))
+#: Characters of a traceback kept in the history (the sandbox trims one to 8,000 already).
+TRACEBACK_LIMIT = 8000
 
 _DESCRIBE = {"disk_full": "disk full", "read_only": "read-only", "corrupt": "corrupt", "io": "I/O error",
              "stalled": "stalled"}
@@ -143,16 +150,35 @@ class BadRow(ValueError):
         self.reason = reason
 
 
-def row_values(result: PluginSandboxResult, trigger: str) -> tuple[Any, ...]:
+def _result_text(value: Any, limit: int) -> tuple[str | None, bool]:
+    """A result as JSON text for the history, and whether it was cut to its first `limit` characters."""
+    if value is None:
+        return None, False
+    try:
+        text = json.dumps(value, ensure_ascii=False)
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise BadRow("invalid", f"result not encodable as JSON: {exc}") from None
+    return (text, False) if len(text) <= limit else (text[:limit], True)
+
+
+def row_values(result: PluginSandboxResult, trigger: str, verdict: tuple[str | None, str | None] = (None, None),
+               result_limit: int = DEFAULT_MAX_OUTPUT_BYTES) -> tuple[Any, ...]:
     """The `runs` row of a result, checked against what SQLite can store (pure); raises BadRow.
+
+    `verdict` is the check's (state, reason) after the run; the result is kept as JSON up to `result_limit`
+    characters (its head beyond that, flagged), the error's traceback up to TRACEBACK_LIMIT.
 
     Checked here rather than left to SQLite so that a bad row is told from a bad disk: SQLite raises
     the same exception types for both (and Python's own UnicodeEncodeError or OverflowError for some).
     """
     err = result.error
+    result_json, truncated = _result_text(result.result, result_limit)
+    state, reason = verdict
     values = (result.plugin, result.outcome.value, result.started_at, result.finished_at,
               result.execution_time_ms, result.peak_memory_bytes, err.type if err else None,
-              err.message[:MESSAGE_LIMIT] if err else None, trigger)
+              err.message[:MESSAGE_LIMIT] if err else None, trigger, result_json, int(truncated), state,
+              reason[:MESSAGE_LIMIT] if reason else None,
+              err.traceback[-TRACEBACK_LIMIT:] if err and err.traceback else None)
     for v in values:
         if v is None:
             continue
@@ -210,6 +236,7 @@ class _Pending:
 
     result: PluginSandboxResult
     trigger: str
+    verdict: tuple[str | None, str | None] = (None, None)
     done: threading.Event = field(default_factory=threading.Event)
     run_id: int | None = None
     unwritable: bool = False
@@ -217,8 +244,11 @@ class _Pending:
 
 class Store:
     def __init__(self, data_dir: str, retention: int = 1000, *, pending_limit: int = PENDING_LIMIT,
-                 retry_seconds: float = RETRY_SECONDS, deadline: float = STORE_DEADLINE_SECONDS) -> None:
+                 retry_seconds: float = RETRY_SECONDS, deadline: float = STORE_DEADLINE_SECONDS,
+                 result_limit: int = DEFAULT_MAX_OUTPUT_BYTES) -> None:
+        """`result_limit`: characters of a run's result (as JSON) kept in the history, like its stdout."""
         self.data_dir = data_dir
+        self.result_limit = result_limit
         self.path = os.path.join(data_dir, "history.sqlite3")
         self.retention = retention
         self.retry_seconds = retry_seconds
@@ -269,6 +299,10 @@ class Store:
             if db.execute("PRAGMA quick_check").fetchone()[0] != "ok":
                 raise sqlite3.DatabaseError("database disk image is malformed (quick_check)")
             db.executescript(_SCHEMA)
+            present = {row[1] for row in db.execute("PRAGMA table_info(runs)")}
+            for column, declaration in _ADDED_COLUMNS:
+                if column not in present:
+                    db.execute(f"ALTER TABLE runs ADD COLUMN {column} {declaration}")
             st = os.stat(self.path)
         except BaseException:
             db.close()
@@ -419,12 +453,14 @@ class Store:
                     pass  # the failed statement may have rolled back already
             raise
 
-    def _write(self, result: PluginSandboxResult, trigger: str) -> int:
-        row = row_values(result, trigger)
+    def _write(self, result: PluginSandboxResult, trigger: str,
+               verdict: tuple[str | None, str | None] = (None, None)) -> int:
+        row = row_values(result, trigger, verdict, self.result_limit)
         with self._tx() as db:
             cur = db.execute(
                 "INSERT INTO runs (plugin, outcome, started_at, finished_at, execution_time_ms,"
-                " peak_memory_bytes, error_type, error_message, trigger) VALUES (?,?,?,?,?,?,?,?,?)", row)
+                " peak_memory_bytes, error_type, error_message, trigger, result_json, result_truncated, state,"
+                " state_reason, error_traceback) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)", row)
             db.execute(
                 "INSERT INTO totals (plugin, outcome, count) VALUES (?, ?, 1)"
                 " ON CONFLICT (plugin, outcome) DO UPDATE SET count = count + 1",
@@ -437,7 +473,8 @@ class Store:
             )
             return int(cur.lastrowid or 0)
 
-    def record(self, result: PluginSandboxResult, trigger: str = "api") -> int | None:
+    def record(self, result: PluginSandboxResult, trigger: str = "api",
+               verdict: tuple[str | None, str | None] = (None, None)) -> int | None:
         """Append one run, bump its totals and trim the plugin's history, atomically.
 
         Never raises and never waits longer than the deadline: the run id once written; None when
@@ -445,7 +482,7 @@ class Store:
         when its row cannot be written (dropped, counted and logged). Pending runs are written first,
         so history keeps the order runs finished in.
         """
-        item = _Pending(result, trigger)
+        item = _Pending(result, trigger, verdict)
         dropped = False
         with self._state:
             self._pending.append(item)
@@ -502,7 +539,7 @@ class Store:
                     break
                 item = self._pending[0]
             try:
-                last = self._write(item.result, item.trigger)
+                last = self._write(item.result, item.trigger, item.verdict)
             except Exception as exc:
                 reason = _row_reason(exc)
                 if reason is None:
@@ -608,10 +645,29 @@ class Store:
     def recent(self, plugin: str, limit: int = 10) -> list[dict[str, Any]]:
         rows = self._query(
             "SELECT id, plugin, outcome, started_at, finished_at, execution_time_ms, peak_memory_bytes,"
-            " error_type, error_message, trigger FROM runs WHERE plugin = ? ORDER BY id DESC LIMIT ?",
+            " error_type, error_message, trigger, state, state_reason FROM runs WHERE plugin = ?"
+            " ORDER BY id DESC LIMIT ?",
             (plugin, limit),
         )
         return [dict(r) for r in rows]
+
+    def runs(self, plugin: str, limit: int = 20) -> list[dict[str, Any]]:
+        """`recent` with what each run returned and its traceback: `result` (decoded; the head of its JSON
+        text, a string, when `result_truncated`) and `error_traceback`."""
+        rows = self._query(
+            "SELECT id, plugin, outcome, started_at, finished_at, execution_time_ms, peak_memory_bytes,"
+            " error_type, error_message, trigger, state, state_reason, result_json, result_truncated,"
+            " error_traceback FROM runs WHERE plugin = ? ORDER BY id DESC LIMIT ?",
+            (plugin, limit),
+        )
+        out = []
+        for r in rows:
+            run = dict(r)
+            text, truncated = run.pop("result_json"), bool(run["result_truncated"])
+            run["result_truncated"] = truncated
+            run["result"] = text if truncated or text is None else json.loads(text)
+            out.append(run)
+        return out
 
     def totals(self, plugin: str) -> dict[str, int]:
         rows = self._query("SELECT outcome, count FROM totals WHERE plugin = ?", (plugin,))

@@ -14,6 +14,7 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families 
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
 from sidecar import __version__
+from sidecar.check import DROP_REASONS, STATES
 from sidecar.metrics import (
     CONTENT_TYPE_TEXT,
     FAMILIES,
@@ -26,6 +27,7 @@ from sidecar.metrics import (
 from sidecar.sandbox.outcomes import ERROR_OUTCOMES
 from sidecar.sandbox.result import ErrorInfo, Outcome, PluginSandboxResult
 from sidecar.store import FAULT_REASONS, ROW_REASONS
+from sidecar.values import Report, Series
 
 BUCKETS = (0.01, 0.1, 1.0, 10.0)
 
@@ -253,8 +255,9 @@ def test_label_values_only_from_added_plugins(metrics: Metrics) -> None:
     metrics.finished(metrics.started("alpha"), _result("alpha", Outcome.VALUE))
     metrics.reject("beta", "saturated")
     allowed: dict[str, set[Any]] = {"plugin": {"alpha", "beta"}, "error_type": set(ERROR_OUTCOMES),
-                                    "reason": {*REJECT_REASONS, *FAULT_REASONS, *ROW_REASONS}, "version": {__version__},
-                                    "result": set(RELOAD_RESULTS)}
+                                    "reason": {*REJECT_REASONS, *FAULT_REASONS, *ROW_REASONS, *DROP_REASONS},
+                                    "version": {__version__},
+                                    "result": set(RELOAD_RESULTS), "state": set(STATES)}
     for openmetrics in (False, True):
         for fam in _families(metrics, openmetrics).values():
             if not fam.name.startswith("sidecar_"):
@@ -497,3 +500,82 @@ def test_in_flight_belongs_to_the_series_its_run_started_on(metrics: Metrics) ->
     assert metrics.snapshot("alpha")["success"] == 0
     metrics.finished(metrics.started("alpha"), _result("alpha"))
     assert in_flight() == 0 and metrics.snapshot("alpha")["success"] == 1
+
+
+def _report(**kw: Any) -> Report:
+    return Report(**{"succeeded": True, "state": "ok", **kw})
+
+
+def _state(fams: dict[str, Metric], plugin: str) -> str:
+    on = [s.labels["state"] for s in fams["sidecar_check_state"].samples if s.labels["plugin"] == plugin and s.value]
+    assert len(on) == 1, on  # one-hot: exactly one state is 1
+    return on[0]
+
+
+def test_a_check_is_unknown_until_its_first_run_then_what_it_found(metrics: Metrics) -> None:
+    fams = _families(metrics)
+    assert _state(fams, "alpha") == "unknown"
+    assert not fams["sidecar_check_last_success_timestamp_seconds"].samples  # no success yet: no series
+    metrics.finished(metrics.started("alpha"), _result("alpha"), _report(state="warning", fields=(("lines", 51.0),)))
+    fams = _families(metrics)
+    assert _state(fams, "alpha") == "warning"
+    assert _value(fams, "sidecar_check_value", "sidecar_check_value", plugin="alpha", field="lines") == 51
+    assert _value(fams, "sidecar_check_last_success_timestamp_seconds",
+                  "sidecar_check_last_success_timestamp_seconds", plugin="alpha") == 990.0
+
+
+def test_after_a_failed_run_the_last_good_values_stay_beside_their_time(metrics: Metrics) -> None:
+    good = _report(fields=(("lines", 51.0),), series=(Series("queue_length", (("queue", "mail"),), 3.0),))
+    metrics.finished(metrics.started("alpha"), _result("alpha", finished_at=990.0), good)
+    metrics.finished(metrics.started("alpha"), _result("alpha", Outcome.RUNTIME, finished_at=995.0),
+                     Report(False, "critical", "run failed (runtime): E: m"))
+    fams = _families(metrics)
+    assert _state(fams, "alpha") == "critical"
+    assert _value(fams, "sidecar_check_value", "sidecar_check_value", plugin="alpha", field="lines") == 51
+    assert _value(fams, "queue_length", "queue_length", plugin="alpha", queue="mail") == 3
+    assert _value(fams, "sidecar_check_last_success_timestamp_seconds",
+                  "sidecar_check_last_success_timestamp_seconds", plugin="alpha") == 990.0
+    assert _value(fams, "sidecar_plugin_last_run_timestamp_seconds",
+                  "sidecar_plugin_last_run_timestamp_seconds", plugin="alpha") == 995.0
+
+
+def test_a_value_no_longer_reported_disappears_and_a_removed_check_takes_its_series(metrics: Metrics) -> None:
+    metrics.finished(metrics.started("alpha"), _result("alpha"), _report(
+        fields=(("lines", 51.0), ("age", 2.0)), series=(Series("queue_length", (), 3.0),)))
+    metrics.finished(metrics.started("alpha"), _result("alpha"), _report(fields=(("lines", 52.0),)))
+    fams = _families(metrics)
+    assert [s.labels["field"] for s in fams["sidecar_check_value"].samples] == ["lines"]
+    assert "queue_length" not in fams
+    metrics.finished(metrics.started("beta"), _result("beta"), _report(series=(Series("queue_length", (), 1.0),)))
+    metrics.remove_plugin("beta")
+    fams = _families(metrics)
+    assert "queue_length" not in fams
+    assert {s.labels["plugin"] for f in fams.values() for s in f.samples if "plugin" in s.labels} == {"alpha"}
+
+
+def test_plugin_families_render_once_with_help_unit_and_escaped_labels(metrics: Metrics) -> None:
+    hostile = 'a"b\\c\nd'
+    metrics.finished(metrics.started("alpha"), _result("alpha"), _report(series=(
+        Series("wait_seconds", (("l", hostile),), 1.5, "Time \\ waited\nlong", "seconds"),)))
+    metrics.finished(metrics.started("beta"), _result("beta"), _report(series=(
+        Series("wait_seconds", (("l", "x"),), 2.5, "", "seconds"),)))
+    for openmetrics in (False, True):
+        fams = _families(metrics, openmetrics)  # parsed by prometheus-client: one family, both plugins
+        name = "wait_seconds"
+        assert fams[name].type == "gauge" and fams[name].documentation == "Time \\ waited\nlong"
+        assert _value(fams, name, name, plugin="alpha", l=hostile) == 1.5
+        assert _value(fams, name, name, plugin="beta", l="x") == 2.5
+        if openmetrics:
+            assert fams[name].unit == "seconds"
+
+
+def test_dropped_values_are_counted_per_plugin_and_reason(metrics: Metrics) -> None:
+    fams = _families(metrics)
+    assert {s.labels["reason"] for s in fams["sidecar_plugin_values_dropped"].samples
+            if s.labels["plugin"] == "alpha"} == set(DROP_REASONS)  # at 0 from the start
+    metrics.finished(metrics.started("alpha"), _result("alpha"), _report(dropped={"overflow": 7, "reserved": 1}))
+    metrics.finished(metrics.started("alpha"), _result("alpha"), _report(dropped={"overflow": 3}))
+    fams = _families(metrics)
+    total = "sidecar_plugin_values_dropped_total"
+    assert _value(fams, "sidecar_plugin_values_dropped", total, plugin="alpha", reason="overflow") == 10
+    assert _value(fams, "sidecar_plugin_values_dropped", total, plugin="alpha", reason="reserved") == 1

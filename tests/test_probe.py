@@ -268,3 +268,14 @@ def test_a_target_with_a_final_newline_is_refused_whole(client: FlaskClient) -> 
     status, doc = _probe(client, "target=echo%0A")
     assert (status, doc["error"]["code"]) == (400, "bad_request")
     assert "target must match" in doc["error"]["message"]
+
+
+def test_a_target_down_is_a_failed_probe_with_its_values() -> None:
+    """A check that ran and reports critical (the target is down) is sidecar_probe_success 0, like
+    blackbox_exporter's probe_success; its numbers still say what it saw."""
+    body = render({"outcome": "success", "state": "critical", "result": {"up": 0, "status": 503},
+                   "duration_seconds": 0.1}).decode()
+    assert "sidecar_probe_success 0.0" in body
+    assert 'sidecar_probe_value{field="up"} 0.0' in body and 'sidecar_probe_value{field="status"} 503.0' in body
+    assert "sidecar_probe_success 1.0" in render({"outcome": "success", "state": "warning", "result": {},
+                                                  "duration_seconds": 0.1}).decode()

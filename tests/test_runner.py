@@ -223,7 +223,7 @@ def test_settings_that_need_a_restart_are_named_not_applied(reloadable, tmp_path
     summary = runner.reload()
     assert summary["needs_restart"] == ["workers", "plugin_path", "api_token"]
     assert runner.settings.plugin_path == ()
-    assert (runner.settings.workers, runner.settings.api_token) == (2, None)
+    assert (runner.settings.workers, runner.settings.api_token) == (Settings().workers, None)
     assert runner.settings.default_timeout_seconds == 5.0  # reloadable: applied
 
 
@@ -375,9 +375,9 @@ def test_a_stalled_history_makes_history_routes_503_while_runs_and_metrics_answe
     store.deadline = 0.2
     real, release = store._write, threading.Event()
 
-    def stuck(result: Any, trigger: str) -> int:  # a write on a frozen file system
+    def stuck(result: Any, trigger: str, verdict: Any = (None, None)) -> int:  # a write on a frozen file system
         release.wait()
-        return int(real(result, trigger))
+        return int(real(result, trigger, verdict))
 
     monkeypatch.setattr(store, "_write", stuck)
     client = fresh_app.test_client()
@@ -437,3 +437,65 @@ def test_a_broken_plugin_file_is_refused_with_its_reason_and_the_sidecar_serves(
         assert why in next(p for p in runner.plugins() if p["name"] == "broken")["problem"]
     finally:
         runner.close()
+
+
+# -- what a check finds becomes a metric --------------------------------------------------------------------
+
+REPORTING = '''
+from sidecar.check import gauge, state
+
+def run(lines=51):
+    gauge("mail_queue_messages", 3, help="Messages waiting", queue="mail")
+    state("warning", "3 messages waiting")
+    return {"lines": lines, "age_seconds": 12.5, "name": "not a number"}
+'''
+
+
+def test_a_scheduled_checks_values_and_state_are_on_metrics_with_no_second_run(tmp_path: Path) -> None:
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "mailq.py").write_text(REPORTING)
+    checks = (CheckConfig("mail", "mailq", {"lines": 7}, interval_seconds=0.5),)
+    r = Runner(Settings(data_dir=str(tmp_path / "data"), checks=checks, entry_points=False,
+                        plugin_path=(str(plugins),)))
+    try:
+        _wait_for(lambda: r.health("mail")["success_count"] >= 1)
+        runs = r.runs("mail")
+        assert {run["trigger"] for run in runs} == {"schedule"}  # scheduled runs only, nothing else
+        # the history keeps what each run returned and what it meant for the check
+        assert runs[0]["result"] == {"lines": 7, "age_seconds": 12.5, "name": "not a number"}
+        assert (runs[0]["state"], runs[0]["state_reason"], runs[0]["result_truncated"]) == (
+            "warning", "3 messages waiting", False)
+        shown = next(e for e in r.status()["entries"] if e["name"] == "mail")
+        assert (shown["state"], shown["state_reason"]) == ("warning", "3 messages waiting")
+        assert shown["values"] == {"age_seconds": 12.5, "lines": 7.0}
+        assert _sample(r, "sidecar_check_value", plugin="mail", field="lines") == 7
+        assert _sample(r, "sidecar_check_value", plugin="mail", field="age_seconds") == 12.5
+        assert _sample(r, "mail_queue_messages", plugin="mail", queue="mail") == 3
+        assert _sample(r, "sidecar_check_state", plugin="mail", state="warning") == 1
+        assert _sample(r, "sidecar_check_state", plugin="mail", state="ok") == 0
+        assert _sample(r, "sidecar_check_last_success_timestamp_seconds", plugin="mail") > 0
+        # the API shows what the sidecar made of the report, not what the plugin sent
+        answer = r.run("mailq")
+        assert answer["check"] == {"state": "warning", "reason": "3 messages waiting",
+                                   "values": {"lines": 51.0, "age_seconds": 12.5}, "dropped": {},
+                                   "gauges": [{"name": "mail_queue_messages", "labels": {"queue": "mail"},
+                                               "value": 3.0}]}
+        assert "report" not in answer
+    finally:
+        r.close()
+
+
+def test_a_plugin_that_raises_is_a_failed_run_and_a_critical_check(tmp_path: Path) -> None:
+    r = Runner(Settings(data_dir=str(tmp_path), entry_points=False), start_scheduler=False)
+    try:
+        answer = r.run("sleep", {"seconds": "x"})
+        assert answer["outcome"] != "success"
+        assert answer["check"]["state"] == "critical" and answer["check"]["reason"].startswith("run failed (")
+        assert _sample(r, "sidecar_check_state", plugin="sleep", state="critical") == 1
+        (run,) = r.runs("sleep")
+        assert run["state"] == "critical" and "ValueError: seconds must be a number" in run["error_traceback"]
+        shown = next(e for e in r.status()["entries"] if e["name"] == "sleep")
+        assert shown["state"] == "critical" and shown["state_reason"] == answer["check"]["reason"]
+    finally:
+        r.close()

@@ -98,3 +98,17 @@ def test_json_clients_get_an_index_of_the_api(app: Flask, accept: str | None) ->
     doc = resp.get_json()
     assert doc["openapi"] == "/openapi.json"
     assert {"/", "/probe", "/-/reload", "/metrics", "/plugins/{name}/run"} <= set(doc["routes"])
+
+
+def test_each_row_shows_the_checks_state_why_and_latest_values() -> None:
+    status = {"generated_at": "2026-01-01T00:00:00.5Z", "entries": [
+        _entry("api", state="critical", state_reason="connection refused by 127.0.0.1:1 <b>",
+               values={"up": 0.0, "connect_seconds": 0.002}),
+        _entry("disk", state="ok", state_reason=None, values={f"v{i}": float(i) for i in range(8)}),
+        _entry("old", state="unknown", state_reason=None, values={})]}
+    page = render(status)
+    assert '<span class="status critical">critical</span>' in page
+    assert "connection refused by 127.0.0.1:1 &lt;b&gt;" in page  # why it fails, escaped
+    assert "up 0 · connect_seconds 0.002" in page
+    assert "v0 0 · v1 1" in page and "+2 more" in page
+    assert '<span class="status unknown">unknown</span>' in page

@@ -9,6 +9,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -50,7 +51,7 @@ def test_record_and_recent_newest_first(store: Store) -> None:
     assert [r["finished_at"] for r in rows] == [1002.0, 1001.0, 1000.0]
     assert [r["trigger"] for r in rows] == ["api", "schedule", "api"]
     assert set(rows[0]) == {"id", "plugin", "outcome", "started_at", "finished_at", "execution_time_ms",
-                            "peak_memory_bytes", "error_type", "error_message", "trigger"}
+                            "peak_memory_bytes", "error_type", "error_message", "trigger", "state", "state_reason"}
     assert rows[0]["plugin"] == "p" and rows[0]["outcome"] == "success"
     assert rows[0]["execution_time_ms"] == 12.5 and rows[0]["peak_memory_bytes"] == 4096
     assert rows[0]["error_type"] is None and rows[0]["error_message"] is None
@@ -174,10 +175,10 @@ class _Failing:
         self.real = store._write
         self.error: sqlite3.Error | None = None
 
-    def __call__(self, result: PluginSandboxResult, trigger: str) -> int:
+    def __call__(self, result: PluginSandboxResult, trigger: str, verdict: Any = (None, None)) -> int:
         if self.error is not None:
             raise self.error
-        return self.real(result, trigger)
+        return self.real(result, trigger, verdict)
 
 
 def _wait_for(predicate: Callable[[], bool], timeout: float = 30.0) -> None:
@@ -411,10 +412,10 @@ class _Stuck:
         self.entered = threading.Event()
         self.release = threading.Event()
 
-    def __call__(self, result: PluginSandboxResult, trigger: str) -> int:
+    def __call__(self, result: PluginSandboxResult, trigger: str, verdict: Any = (None, None)) -> int:
         self.entered.set()
         self.release.wait()
-        return self.real(result, trigger)
+        return self.real(result, trigger, verdict)
 
 
 def test_a_stalled_write_never_holds_a_run_reads_or_the_counters(tmp_path: Path,
@@ -469,3 +470,41 @@ def test_a_frozen_file_system_stalls_no_caller(tmp_path: Path) -> None:
             assert s.totals("p") == {"success": 4}
         finally:
             s.close()
+
+
+def test_a_run_keeps_its_result_state_and_traceback_bounded(tmp_path: Path) -> None:
+    s = Store(str(tmp_path), result_limit=40)
+    try:
+        s.record(PluginSandboxResult("p", Outcome.SUCCESS, result={"lines": 51, "name": "queue"}, finished_at=1.0),
+                 verdict=("warning", "51 lines"))
+        s.record(PluginSandboxResult("p", Outcome.SUCCESS, result={"blob": "x" * 100}, finished_at=2.0))
+        failed = PluginSandboxResult("p", Outcome.RUNTIME, finished_at=3.0,
+                                     error=ErrorInfo("RuntimeError", "down", "Traceback ...\nRuntimeError: down"))
+        s.record(failed, verdict=("critical", "run failed (runtime): RuntimeError: down"))
+        newest, big, first = s.runs("p")
+        assert (first["result"], first["result_truncated"]) == ({"lines": 51, "name": "queue"}, False)
+        assert (first["state"], first["state_reason"]) == ("warning", "51 lines")
+        assert big["result"] == '{"blob": "' + "x" * 30 and big["result_truncated"] is True  # the head, as text
+        assert newest["result"] is None and newest["state"] == "critical"
+        assert newest["error_traceback"] == "Traceback ...\nRuntimeError: down"
+    finally:
+        s.close()
+
+
+def test_an_older_history_gains_the_new_columns_and_keeps_its_runs(tmp_path: Path) -> None:
+    db = sqlite3.connect(tmp_path / "history.sqlite3")
+    db.executescript("CREATE TABLE runs (id INTEGER PRIMARY KEY AUTOINCREMENT, plugin TEXT NOT NULL, outcome TEXT NOT"
+                     " NULL, started_at REAL NOT NULL, finished_at REAL NOT NULL, execution_time_ms REAL NOT NULL,"
+                     " peak_memory_bytes INTEGER NOT NULL, error_type TEXT, error_message TEXT, trigger TEXT NOT NULL"
+                     " DEFAULT 'api');"
+                     "INSERT INTO runs (plugin, outcome, started_at, finished_at, execution_time_ms, peak_memory_bytes)"
+                     " VALUES ('p', 'success', 1, 2, 3, 4);")
+    db.close()
+    s = Store(str(tmp_path))
+    try:
+        s.record(PluginSandboxResult("p", Outcome.SUCCESS, result=[1, 2], finished_at=5.0), verdict=("ok", None))
+        newer, older = s.runs("p")
+        assert older["result"] is None and older["state"] is None and older["result_truncated"] is False
+        assert newer["result"] == [1, 2] and newer["state"] == "ok"
+    finally:
+        s.close()

@@ -167,7 +167,18 @@ def _execute(request: dict[str, Any], preloaded: Any = None) -> dict[str, Any]:
         return error_from(exc, classify_exception(exc))
     except BaseException as exc:  # noqa: B036 - SystemExit and KeyboardInterrupt are outcomes too
         return error_from(exc, classify_exception(exc))
-    return {"outcome": "success", "result": result}
+    return {"outcome": "success", "result": result, **_reported()}
+
+
+def _reported() -> dict[str, Any]:
+    """What the plugin reported through `sidecar.check` in this run, if it imported it (the runner
+    validates it; a report that cannot be taken is left out, never failing the run)."""
+    check = sys.modules.get("sidecar.check")
+    try:
+        report = check.take() if check is not None else None
+    except Exception:
+        return {}
+    return {} if report is None else {"report": report}
 
 
 def _payload(message: dict[str, Any], max_bytes: int) -> bytes:

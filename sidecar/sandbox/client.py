@@ -173,6 +173,7 @@ def build_result(request: RunRequest, header: dict[str, Any], message: bytes) ->
         "error": None if error is None else {"type": error.type, "message": error.message,
                                              "traceback": error.traceback},
         "peak_memory_bytes": peak,
+        "report": decoded.get("report") if decoded and outcome is Outcome.SUCCESS else None,
         **{k: header[k] for k in ("execution_time_ms", "started_at", "finished_at", "stdout", "stderr")},
     })
 

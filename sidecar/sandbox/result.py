@@ -188,6 +188,8 @@ class PluginSandboxResult:
     finished_at: float = 0.0
     stdout: CapturedStream = field(default_factory=CapturedStream)
     stderr: CapturedStream = field(default_factory=CapturedStream)
+    #: what a successful run reported through `sidecar.check`, as the child sent it (unvalidated)
+    report: Any = None
 
     @property
     def ok(self) -> bool:
@@ -218,4 +220,5 @@ class PluginSandboxResult:
             finished_at=float(d.get("finished_at", 0.0)),
             stdout=CapturedStream.from_dict(d.get("stdout") or {}),
             stderr=CapturedStream.from_dict(d.get("stderr") or {}),
+            report=d.get("report"),
         )

@@ -33,8 +33,8 @@ FAULTY = (
 )
 SLOW, HUNGRY, KILLED = range(3)
 #: Alerts a faulty sidecar may also fire, besides the one its fault is about (a check that always fails
-#: has an error ratio of 1).
-ALSO = {"SidecarPluginErrorRatioHigh"}
+#: has an error ratio of 1, and a failed run leaves its check critical).
+ALSO = {"SidecarPluginErrorRatioHigh", "SidecarCheckCritical"}
 
 
 

@@ -1,7 +1,8 @@
 """A real Prometheus scrapes a real sidecar and evaluates the shipped rules; every shipped PromQL expression runs.
 
-Stack: `sidecar serve` (2 gunicorn workers, hostile plugins on its path, one scheduled check) and Debian's
-`prometheus` on loopback ports, scraping and evaluating every second. The rule files are the repository's
+Stack: `sidecar serve` (2 gunicorn workers, hostile plugins on its path, three scheduled checks: a heartbeat, a
+probe of a port nobody listens on, a plugin reporting its own gauge) and Debian's `prometheus` on loopback ports,
+scraping and evaluating every second. The rule files are the repository's
 recording rules unchanged and its alerting rules with every `for:` cut to 0s, so alerts fire as soon as their
 expression returns data. The module drives every outcome family (success, timeout, memory, crash, value,
 import) plus both rejection reasons (saturated, invalid), waits until Prometheus has scraped the resulting
@@ -29,7 +30,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.conftest import LiveServer, ci, free_port, make_live_server, poll
+from tests.conftest import HOSTILE, LiveServer, ci, free_port, make_live_server, poll
 from tests.stack.contract import SAMPLE_NAMES
 from tests.stack.promql import ALERTS_FILE, RECORDING_FILE, all_expressions, load_rules
 
@@ -39,6 +40,17 @@ pytestmark = pytest.mark.integration
 #: The scheduled check of the sidecar's TOML config: exports `sidecar_plugin_interval_seconds`.
 HEARTBEAT = "heartbeat"
 HEARTBEAT_INTERVAL = 2.0
+#: A scheduled tcp_probe of a loopback port nobody listens on: its runs succeed and report state critical.
+TARGET_DOWN = "target_down"
+#: A scheduled check of a plugin that reports its own gauge through `sidecar.check`.
+MAIL_QUEUE = "mail_queue"
+MAIL_QUEUE_PLUGIN = """
+from sidecar.check import gauge
+
+def run():
+    gauge("mail_queue_messages", 3, help="Messages waiting to be sent", queue="outbound")
+    return {"oldest_seconds": 12.5}
+"""
 #: The sidecar's API token (the shipped probe job must send it).
 TOKEN = "prometheus-live-t0ken"
 #: Sandboxes at once; SATURATING concurrent `sleep` runs exceed it.
@@ -83,6 +95,7 @@ RUNBOOK_PLUGINS: dict[str, str] = {
     "SidecarPluginCrashes": "segfault",
     "SidecarPluginErrorRatioHigh": "raises",
     "SidecarPluginStale": HEARTBEAT,
+    "SidecarCheckCritical": TARGET_DOWN,
 }
 
 #: Alerts this module makes fire, with the `plugin` label each must carry (None: no plugin label).
@@ -92,6 +105,7 @@ FIRING: dict[str, str | None] = {
     "SidecarPluginCrashes": "segfault",
     "SidecarPluginImportErrors": "missing_dependency",
     "SidecarSaturated": None,  # aggregated `without (plugin, reason)`
+    "SidecarCheckCritical": TARGET_DOWN,
 }
 
 
@@ -163,13 +177,19 @@ def prometheus_binary() -> str:
 def sidecar(prometheus_binary: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     tmp = tmp_path_factory.mktemp("prom-sidecar")
     config = tmp / "sidecar.toml"
+    plugins = tmp / "plugins"
+    plugins.mkdir()
+    (plugins / "mailq.py").write_text(MAIL_QUEUE_PLUGIN)
     config.write_text(
         f'[checks.{HEARTBEAT}]\nplugin = "echo"\nparams = {{ beat = true }}\ninterval_seconds = {HEARTBEAT_INTERVAL}\n'
+        f'[checks.{TARGET_DOWN}]\nplugin = "tcp_probe"\nparams = {{ host = "127.0.0.1", port = {free_port()}, '
+        f"timeout = 0.5 }}\ninterval_seconds = {HEARTBEAT_INTERVAL}\n"
+        f'[checks.{MAIL_QUEUE}]\nplugin = "mailq"\ninterval_seconds = {HEARTBEAT_INTERVAL}\n'
     )
     # With a token, as the compose stack runs: the write routes and /probe need it, /metrics does not.
     server = make_live_server(
         tmp, default_memory_limit_mb="200", max_concurrent_runs=str(MAX_CONCURRENT_RUNS), config=str(config),
-        api_token=TOKEN,
+        api_token=TOKEN, plugin_path=os.pathsep.join((str(HOSTILE), str(plugins))),
     )
     server.token = TOKEN
     server.start()
@@ -300,8 +320,8 @@ def stack(sidecar: LiveServer, prometheus: Prometheus) -> Stack:
     result = Stack(sidecar, prometheus)
     # Prometheus applies discovered targets a few seconds after it is ready. Runs made before its first scrape
     # would be in that scrape's counters already, and increase() would see no increase: so wait until the
-    # zeros every plugin's series start at are in the TSDB (the scheduled check's own series aside).
-    others = f'job="sidecar",plugin!="{HEARTBEAT}"'
+    # zeros every plugin's series start at are in the TSDB (the scheduled checks' own series aside).
+    others = f'job="sidecar",plugin!~"{HEARTBEAT}|{TARGET_DOWN}|{MAIL_QUEUE}"'
     baseline = f"sum(sidecar_plugin_errors_total{{{others}}}) + sum(sidecar_plugin_success_total{{{others}}})"
 
     def scraped_zeros() -> tuple[bool, float | None]:
@@ -439,6 +459,27 @@ def test_alerts_fire_with_the_offending_plugin(stack: Stack) -> None:
     for name in ("SidecarPluginTimeouts", "SidecarPluginMemoryErrors", "SidecarPluginCrashes"):
         assert not found[name] & {"hello", "echo", HEARTBEAT}, found
     assert "SidecarDown" not in found, found
+    # "my check is critical" is one alert, for exactly the check in critical state: not the checks that are
+    # fine, not the plugins whose runs failed on demand (no schedule), and not SidecarPluginErrorRatioHigh
+    # for a probe whose target is down (its runs succeed).
+    assert found["SidecarCheckCritical"] == {TARGET_DOWN}, found
+    assert TARGET_DOWN not in found.get("SidecarPluginErrorRatioHigh", set()), found
+
+
+def test_what_checks_report_is_scraped_as_series(stack: Stack) -> None:
+    prom = stack.prometheus
+
+    def reported() -> tuple[bool, dict[str, float | None]]:
+        seen = {
+            "own gauge": prom.value(f'mail_queue_messages{{plugin="{MAIL_QUEUE}", queue="outbound"}}'),
+            "result field": prom.value(f'sidecar_check_value{{plugin="{MAIL_QUEUE}", field="oldest_seconds"}}'),
+            "probe down": prom.value(f'sidecar_check_value{{plugin="{TARGET_DOWN}", field="up"}}'),
+            "critical": prom.value(f'sidecar_check_state{{plugin="{TARGET_DOWN}", state="critical"}}'),
+        }
+        return None not in seen.values(), seen
+
+    assert poll("the checks' values in Prometheus", reported) == {
+        "own gauge": 3.0, "result field": 12.5, "probe down": 0.0, "critical": 1.0}
 
 
 def test_every_rule_group_is_loaded_and_healthy(stack: Stack) -> None:

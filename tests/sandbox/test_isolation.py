@@ -224,7 +224,7 @@ def test_strict_mode_sees_a_read_only_system_without_network(sidecars: tuple[Sid
     assert strict["network"].startswith("!")
     # a plugin whose metadata says network = true keeps it, in strict mode too
     probe = a.run_check("probe_strict", host="127.0.0.1", port=listener)
-    assert probe["outcome"] == "success", probe
+    assert probe["outcome"] == "success" and probe["result"]["up"] == 1, probe  # connected, not just ran
 
 
 def test_default_mode_keeps_the_network_for_plugins(sidecars: tuple[Sidecar, Sidecar], listener: int) -> None:

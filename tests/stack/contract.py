@@ -14,6 +14,8 @@ ERROR_TYPES: Final = frozenset({"timeout", "memory", "import", "value", "runtime
 REJECT_REASONS: Final = frozenset({"saturated", "overlap", "invalid"})
 STORE_FAULT_REASONS: Final = frozenset({"disk_full", "read_only", "corrupt", "io", "stalled"})
 STORE_ROW_REASONS: Final = frozenset({"encoding", "range", "invalid"})
+CHECK_STATES: Final = frozenset({"ok", "warning", "critical", "unknown"})
+VALUE_DROP_REASONS: Final = frozenset({"invalid", "reserved", "too_long", "not_finite", "overflow"})
 
 METRIC_TYPES: Final[Mapping[str, str]] = MappingProxyType(
     {
@@ -27,6 +29,10 @@ METRIC_TYPES: Final[Mapping[str, str]] = MappingProxyType(
         "sidecar_plugin_in_flight": "gauge",
         "sidecar_plugin_rejected_total": "counter",
         "sidecar_plugin_interval_seconds": "gauge",
+        "sidecar_check_state": "gauge",
+        "sidecar_check_last_success_timestamp_seconds": "gauge",
+        "sidecar_check_value": "gauge",
+        "sidecar_plugin_values_dropped_total": "counter",
         "sidecar_build_info": "gauge",
         "sidecar_scheduler_errors_total": "counter",
         "sidecar_metrics_render_errors_total": "counter",
@@ -58,6 +64,10 @@ METRIC_LABELS: Final[Mapping[str, frozenset[str]]] = MappingProxyType(
         "sidecar_plugin_in_flight": frozenset({"plugin"}),
         "sidecar_plugin_rejected_total": frozenset({"plugin", "reason"}),
         "sidecar_plugin_interval_seconds": frozenset({"plugin"}),
+        "sidecar_check_state": frozenset({"plugin", "state"}),
+        "sidecar_check_last_success_timestamp_seconds": frozenset({"plugin"}),
+        "sidecar_check_value": frozenset({"plugin", "field"}),
+        "sidecar_plugin_values_dropped_total": frozenset({"plugin", "reason"}),
         "sidecar_build_info": frozenset({"version"}),
         "sidecar_scheduler_errors_total": frozenset(),
         "sidecar_metrics_render_errors_total": frozenset(),
@@ -75,7 +85,8 @@ METRIC_LABELS: Final[Mapping[str, frozenset[str]]] = MappingProxyType(
 
 # Labels whose values are a closed set.
 LABEL_VALUES: Final[Mapping[str, frozenset[str]]] = MappingProxyType(
-    {"error_type": ERROR_TYPES, "reason": REJECT_REASONS | STORE_FAULT_REASONS}
+    {"error_type": ERROR_TYPES, "reason": REJECT_REASONS | STORE_FAULT_REASONS | VALUE_DROP_REASONS,
+     "state": CHECK_STATES}
 )
 
 TARGET_LABELS: Final = frozenset({"job", "instance"})
@@ -111,7 +122,7 @@ PROMETHEUS_SERIES: Final[Mapping[str, frozenset[str]]] = MappingProxyType(
         "up": TARGET_LABELS,
         "scrape_duration_seconds": TARGET_LABELS,
         "ALERTS": frozenset(
-            {"alertname", "alertstate", "severity", "plugin", "error_type", "reason"} | TARGET_LABELS
+            {"alertname", "alertstate", "severity", "plugin", "error_type", "reason", "state"} | TARGET_LABELS
         ),
     }
 )

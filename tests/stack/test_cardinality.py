@@ -22,7 +22,9 @@ from sidecar.config import CheckConfig, Settings
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 #: Series of one plugin with default settings, by family (histograms: buckets + `+Inf` + `_sum` + `_count`).
-#: The last two exist only once the plugin has run, and only for scheduled plugins and checks.
+#: The last three exist only once the plugin has run (succeeded), and only for scheduled plugins and checks.
+#: What a plugin reports (`sidecar_check_value` and its own gauges) comes on top: at most
+#: SIDECAR_MAX_PLUGIN_SERIES (default 100) per plugin, pinned by `test_reported_series_are_capped_per_plugin`.
 PER_PLUGIN: dict[str, int] = {
     "sidecar_plugin_success_total": 1,
     "sidecar_plugin_errors_total": 7,  # one per error outcome
@@ -32,7 +34,10 @@ PER_PLUGIN: dict[str, int] = {
     "sidecar_plugin_loaded_timestamp_seconds": 1,
     "sidecar_plugin_in_flight": 1,
     "sidecar_plugin_rejected_total": 3,  # reason: saturated, overlap, invalid
+    "sidecar_check_state": 4,  # one-hot: ok, warning, critical, unknown
+    "sidecar_plugin_values_dropped_total": 5,  # reason: invalid, reserved, too_long, not_finite, overflow
     "sidecar_plugin_last_run_timestamp_seconds": 1,  # after its first run
+    "sidecar_check_last_success_timestamp_seconds": 1,  # after its first successful run
     "sidecar_plugin_interval_seconds": 1,  # scheduled plugins and checks only
 }
 #: Series of a sidecar that carry no plugin label, by family.
@@ -103,15 +108,17 @@ def test_series_per_plugin_are_pinned(app: Flask) -> None:
 
     by_plugin, other = series(app)
     never_ran = {k: v for k, v in PER_PLUGIN.items() if k not in (
-        "sidecar_plugin_last_run_timestamp_seconds", "sidecar_plugin_interval_seconds")}  # fmt: skip
-    ran = {**never_ran, "sidecar_plugin_last_run_timestamp_seconds": 1}
+        "sidecar_plugin_last_run_timestamp_seconds", "sidecar_plugin_interval_seconds",
+        "sidecar_check_last_success_timestamp_seconds")}  # fmt: skip
+    ran = {**never_ran, "sidecar_plugin_last_run_timestamp_seconds": 1,
+           "sidecar_check_last_success_timestamp_seconds": 1}
     assert dict(by_plugin[RAN]) == ran
     assert dict(by_plugin["sleep"]) == never_ran
     # A check is scheduled: it also exports its interval (and it runs at start, so it has a last run).
     scheduled = dict(by_plugin[SCHEDULED])
     assert scheduled in ({**never_ran, "sidecar_plugin_interval_seconds": 1}, PER_PLUGIN), scheduled
     assert dict(other) == PER_SIDECAR
-    assert sum(PER_PLUGIN.values()) == 49
+    assert sum(PER_PLUGIN.values()) == 59
 
 
 def test_budget_follows_the_knobs(tmp_path: Path) -> None:
@@ -120,6 +127,31 @@ def test_budget_follows_the_knobs(tmp_path: Path) -> None:
     try:
         by_plugin, _ = series(flask_app)
         assert by_plugin["echo"]["sidecar_plugin_execution_seconds"] == 3 + 3
+    finally:
+        flask_app.extensions["sidecar_backend"].close()
+
+
+def test_reported_series_are_capped_per_plugin(tmp_path: Path) -> None:
+    """However many values a plugin reports, it exports at most SIDECAR_MAX_PLUGIN_SERIES; the rest are counted."""
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "chatty.py").write_text(
+        "from sidecar.check import gauge\n"
+        "def run():\n"
+        "    for i in range(100_000):\n"
+        "        gauge('chatty_items', i, item=str(i))\n"
+        "    return {f'field_{i}': i for i in range(30)}\n")
+    flask_app = create_app(Settings(data_dir=str(tmp_path / "data"), entry_points=False, plugin_path=(str(plugins),),
+                                    max_plugin_series=40))
+    try:
+        run = flask_app.test_client().post("/plugins/chatty/run", json={})
+        assert run.status_code == 200 and run.get_json()["outcome"] == "success", run.get_json()
+        by_plugin, _ = series(flask_app)
+        chatty = by_plugin["chatty"]
+        assert chatty["sidecar_check_value"] + chatty["chatty_items"] == 40
+        assert chatty["sidecar_check_value"] == 30  # the result's fields first, then the gauges in order
+        text = flask_app.test_client().get("/metrics").get_data(as_text=True)
+        assert 'sidecar_plugin_values_dropped_total{plugin="chatty",reason="overflow"} 99990.0' in text
     finally:
         flask_app.extensions["sidecar_backend"].close()
 

@@ -1,9 +1,10 @@
 """Report a filesystem's size, use and free space, and fail past a threshold.
 
 Useful to an operator because a full disk is among the most common causes of outages (logs, spools,
-databases): with `max_used_percent` or `min_free_bytes` set, the run fails (outcome `runtime`) before
-the disk fills, and the returned numbers show the trend. `used_percent` is computed like `df`: used /
-(used + space available to unprivileged users).
+databases): with `max_used_percent` or `min_free_bytes` set, the check turns **critical** (on a run that
+succeeded) before the disk fills, and the returned numbers (`total_bytes`, `used_bytes`, `free_bytes`,
+`used_percent`, exported as `sidecar_check_value{field}`) show the trend. `used_percent` is computed like
+`df`: used / (used + space available to unprivileged users). A path that cannot be read fails the run.
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ import math
 import os
 import shutil
 
-description = "Disk usage of the filesystem holding `path`; fails past max_used_percent or min_free_bytes"
+from sidecar.check import state
+
+description = "Disk usage of the filesystem holding `path`; critical past max_used_percent or min_free_bytes"
 version = "1.0.0"
 timeout_seconds = 30.0
 memory_limit_mb = 256
@@ -45,13 +48,11 @@ def run(
     used_percent = round(usage.used / visible * 100, 2) if visible else 0.0
 
     if max_used_percent is not None and used_percent > max_used_percent:
-        raise RuntimeError(
-            f"{path!r} is {used_percent}% used, above max_used_percent={max_used_percent:g} ({usage.free} bytes free)"
-        )
-    if min_free_bytes is not None and usage.free < min_free_bytes:
-        raise RuntimeError(
-            f"{path!r} has {usage.free} bytes free, below min_free_bytes={min_free_bytes} ({used_percent}% used)"
-        )
+        state("critical", f"{path!r} is {used_percent}% used, above max_used_percent={max_used_percent:g} "
+                          f"({usage.free} bytes free)")
+    elif min_free_bytes is not None and usage.free < min_free_bytes:
+        state("critical",
+              f"{path!r} has {usage.free} bytes free, below min_free_bytes={min_free_bytes} ({used_percent}% used)")
     return {
         "path": path,
         "total_bytes": usage.total,

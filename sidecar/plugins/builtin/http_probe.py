@@ -1,9 +1,12 @@
-"""Probe an HTTP(S) endpoint: status, optional body content, latency.
+"""Probe an HTTP(S) endpoint: status, optional body content, duration, TLS certificate expiry.
 
 Useful to an operator as a blackbox check of the service this sidecar sits next to (or any HTTP
 dependency it needs): a wrong status, a missing marker string, a refused connection or a timeout makes
-the run fail (outcome `runtime`), so `sidecar_plugin_errors_total` and the run history show when and
-why the endpoint went bad, and `latency_ms` shows how slow it was when it worked.
+the check **critical** (`sidecar_check_state`, with the reason on the status page and in the history)
+on a run that succeeded: the target is down, the probe is fine. Bad parameters fail the run (outcome
+`value`). The result's numbers are exported as `sidecar_check_value{field}`: `up` (1 or 0), `status`,
+`duration_seconds`, `bytes`, and for https with a verified certificate `tls_cert_expiry_timestamp_seconds`
+(the certificate's notAfter, unix time; alert on `… - time() < 14 * 86400`).
 
 Redirects are followed (at most 10); `final_url` is where they led. Proxies from the environment are
 ignored: the probe measures direct reachability. `timeout` bounds each socket operation and, roughly,
@@ -21,12 +24,15 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from http.client import HTTPException, HTTPMessage, HTTPResponse, HTTPSConnection
-from typing import IO, TYPE_CHECKING
+from typing import IO, TYPE_CHECKING, Any
+
+from sidecar.check import state
 
 if TYPE_CHECKING:
     from urllib.request import _UrlopenRet
 
-description = "HTTP(S) probe: fails on refusal, timeout, unexpected status or missing text; reports latency"
+description = ("HTTP(S) probe: critical on refusal, timeout, unexpected status or missing text; reports status, "
+               "duration and TLS certificate expiry")
 version = "1.0.0"
 timeout_seconds = 30.0
 memory_limit_mb = 256
@@ -98,8 +104,23 @@ class _TLS(urllib.request.HTTPSHandler):
                 self._tls_context.verify_mode = ssl.CERT_NONE
         return self._tls_context
 
+    #: notAfter of the last certificate seen (the final hop's, after redirects), unix time; None: unknown
+    not_after: float | None = None
+
     def https_open(self, req: urllib.request.Request) -> HTTPResponse:
-        return self.do_open(HTTPSConnection, req, context=self.context())
+        response = self.do_open(HTTPSConnection, req, context=self.context())
+        self.not_after = _not_after(response)
+        return response
+
+
+def _not_after(response: Any) -> float | None:
+    """The peer certificate's expiry, read before the body (the socket may close after it); a certificate
+    is only decoded when it was verified, so an unverified one reports none."""
+    try:
+        cert = response.fp.raw._sock.getpeercert()
+        return float(ssl.cert_time_to_seconds(cert["notAfter"]))
+    except Exception:
+        return None
 
 
 def _expected(expect_status: object) -> frozenset[int] | None:
@@ -198,6 +219,31 @@ def run(
         opener.add_handler(handler)
     request = urllib.request.Request(url, method=method, headers=request_headers)
 
+    found: dict[str, object] = {"url": url, "up": 0}
+    try:
+        status, final_url, body, truncated, seconds = _exchange(opener, request, url, timeout, max_body_bytes)
+    except RuntimeError as exc:  # the target is down: the probe ran, the check is critical
+        state("critical", str(exc))
+        return found
+    found.update(status=status, duration_seconds=seconds, bytes=len(body), final_url=final_url, truncated=truncated)
+    if tls.not_after is not None:
+        found["tls_cert_expiry_timestamp_seconds"] = tls.not_after
+    ok = 200 <= status <= 399 if expected is None else status in expected
+    if not ok:
+        wanted = "2xx or 3xx" if expected is None else ", ".join(str(c) for c in sorted(expected))
+        state("critical", f"unexpected status {status} from {final_url} (expected {wanted})")
+        return found
+    if contains is not None and contains.encode("utf-8") not in body:
+        where = f"the first {len(body)} bytes of the body" if truncated else "the body"
+        state("critical", f"{contains!r} not found in {where} of {final_url} (status {status})")
+        return found
+    found["up"] = 1
+    return found
+
+
+def _exchange(opener: urllib.request.OpenerDirector, request: urllib.request.Request, url: str, timeout: float,
+              max_body_bytes: int) -> tuple[int, str, bytes, bool, float]:
+    """(status, final url, body, truncated, seconds) of one exchange; RuntimeError when the target is down."""
     started = time.perf_counter()
     deadline = time.monotonic() + timeout
     response: HTTPResponse | urllib.error.HTTPError | None = None
@@ -225,20 +271,4 @@ def run(
         raise RuntimeError(f"timed out after {timeout:g}s waiting for {url}") from None
     except (OSError, HTTPException) as exc:
         raise RuntimeError(f"HTTP exchange with {url} failed: {type(exc).__name__}: {exc}") from None
-    latency_ms = round((time.perf_counter() - started) * 1000, 3)
-
-    ok = 200 <= status <= 399 if expected is None else status in expected
-    if not ok:
-        wanted = "2xx or 3xx" if expected is None else ", ".join(str(c) for c in sorted(expected))
-        raise RuntimeError(f"unexpected status {status} from {final_url} (expected {wanted})")
-    if contains is not None and contains.encode("utf-8") not in body:
-        where = f"the first {len(body)} bytes of the body" if truncated else "the body"
-        raise RuntimeError(f"{contains!r} not found in {where} of {final_url} (status {status})")
-    return {
-        "url": url,
-        "status": status,
-        "latency_ms": latency_ms,
-        "bytes": len(body),
-        "final_url": final_url,
-        "truncated": truncated,
-    }
+    return status, final_url, body, truncated, round(time.perf_counter() - started, 6)

@@ -1,9 +1,11 @@
 """Check that a process is running: by name, or by the pid in a pid file.
 
 Useful to an operator to catch a daemon that died or never started (the classic "port open but worker
-gone", or a crashed cron-style agent): too few matching processes, a stale pid file or a zombie fails
-the run (outcome `runtime`). On success it reports how many processes matched, their pids and their
-total resident memory, so a leak or a fork storm shows up in the run history.
+gone", or a crashed cron-style agent): too few matching processes, a stale pid file or a zombie makes
+the check **critical** on a run that succeeded (an unreadable pid file fails the run). It reports how
+many processes matched (`count`), their pids, their total resident memory (`rss_bytes`) and CPU time
+(`cpu_seconds`, user + system), exported as `sidecar_check_value{field}`, so a leak or a fork storm
+shows on a graph.
 
 By name, a process matches when `psutil.Process.name()` or the basename of its `cmdline[0]` equals
 `name`; zombies and the probe's own process are not counted.
@@ -15,7 +17,9 @@ import os
 
 import psutil
 
-description = "Process check by name or pid file; fails when fewer than min_count are running (or a zombie)"
+from sidecar.check import state
+
+description = "Process check by name or pid file; critical when fewer than min_count are running (or a zombie)"
 version = "1.0.0"
 timeout_seconds = 30.0
 memory_limit_mb = 256
@@ -23,11 +27,20 @@ memory_limit_mb = 256
 host_processes = True
 
 
-def _by_name(name: str) -> tuple[list[int], int]:
+class _Down(Exception):
+    """The process is not there (stale pid file, zombie): the check is critical, the run succeeded."""
+
+
+def _cpu(times: object) -> float:
+    return float(getattr(times, "user", 0.0) + getattr(times, "system", 0.0)) if times is not None else 0.0
+
+
+def _by_name(name: str) -> tuple[list[int], int, float]:
     me = os.getpid()
     pids: list[int] = []
     rss = 0
-    for proc in psutil.process_iter(["name", "cmdline", "status", "memory_info"], ad_value=None):
+    cpu = 0.0
+    for proc in psutil.process_iter(["name", "cmdline", "status", "memory_info", "cpu_times"], ad_value=None):
         info = proc.info
         if proc.pid == me or info["status"] == psutil.STATUS_ZOMBIE:
             continue
@@ -38,7 +51,8 @@ def _by_name(name: str) -> tuple[list[int], int]:
         pids.append(proc.pid)
         if info["memory_info"] is not None:
             rss += int(info["memory_info"].rss)
-    return sorted(pids), rss
+        cpu += _cpu(info["cpu_times"])
+    return sorted(pids), rss, cpu
 
 
 def _read_pid(pid_file: str) -> int:
@@ -46,7 +60,7 @@ def _read_pid(pid_file: str) -> int:
         with open(pid_file, encoding="ascii", errors="replace") as handle:
             text = handle.read(64).strip()
     except FileNotFoundError:
-        raise RuntimeError(f"pid file {pid_file!r} does not exist (is the process running?)") from None
+        raise _Down(f"pid file {pid_file!r} does not exist (is the process running?)") from None
     except OSError as exc:
         raise RuntimeError(f"cannot read pid file {pid_file!r}: {exc.strerror or exc}") from None
     first = text.split()[0] if text.split() else ""
@@ -55,22 +69,23 @@ def _read_pid(pid_file: str) -> int:
     return int(first)
 
 
-def _by_pid_file(pid_file: str) -> tuple[list[int], int]:
+def _by_pid_file(pid_file: str) -> tuple[list[int], int, float]:
     pid = _read_pid(pid_file)
     try:
         proc = psutil.Process(pid)
         with proc.oneshot():
             status = proc.status()
             rss = int(proc.memory_info().rss) if status != psutil.STATUS_ZOMBIE else 0
+            cpu = _cpu(proc.cpu_times()) if status != psutil.STATUS_ZOMBIE else 0.0
     except psutil.ZombieProcess:  # a NoSuchProcess subclass: test it first
         status = psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
-        raise RuntimeError(f"process {pid} from pid file {pid_file!r} is not running (stale pid file)") from None
+        raise _Down(f"process {pid} from pid file {pid_file!r} is not running (stale pid file)") from None
     except psutil.AccessDenied:
-        return [pid], 0  # it exists; its memory is someone else's business
+        return [pid], 0, 0.0  # it exists; its memory is someone else's business
     if status == psutil.STATUS_ZOMBIE:
-        raise RuntimeError(f"process {pid} from pid file {pid_file!r} is a zombie (exited, not reaped)")
-    return [pid], rss
+        raise _Down(f"process {pid} from pid file {pid_file!r} is a zombie (exited, not reaped)")
+    return [pid], rss, cpu
 
 
 def run(name: str | None = None, pid_file: str | None = None, min_count: int = 1) -> dict[str, object]:
@@ -84,12 +99,16 @@ def run(name: str | None = None, pid_file: str | None = None, min_count: int = 1
         raise ValueError(f"min_count must be an integer >= 0, got {min_count!r}")
 
     if name is not None:
-        pids, rss = _by_name(name)
+        pids, rss, cpu = _by_name(name)
         what = f"processes named {name!r}"
     else:
         assert pid_file is not None
-        pids, rss = _by_pid_file(pid_file)
+        try:
+            pids, rss, cpu = _by_pid_file(pid_file)
+        except _Down as down:
+            state("critical", str(down))
+            return {"count": 0, "pids": [], "rss_bytes": 0, "cpu_seconds": 0.0}
         what = f"processes from pid file {pid_file!r}"
     if len(pids) < min_count:
-        raise RuntimeError(f"found {len(pids)} {what}, expected at least {min_count}")
-    return {"count": len(pids), "pids": pids, "rss_bytes": rss}
+        state("critical", f"found {len(pids)} {what}, expected at least {min_count}")
+    return {"count": len(pids), "pids": pids, "rss_bytes": rss, "cpu_seconds": round(cpu, 3)}

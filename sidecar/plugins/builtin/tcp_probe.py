@@ -1,9 +1,10 @@
 """Check that a TCP port accepts connections, and how fast.
 
 Useful to an operator for dependencies that do not speak HTTP (databases, caches, brokers, SMTP): a
-refused connection, an unresolvable name or a timeout fails the run (outcome `runtime`), and
-`connect_ms` tracks the handshake time when it works. The connection is closed right away; nothing is
-sent.
+refused connection, an unresolvable name or a timeout makes the check **critical** on a run that
+succeeded (the target is down, not the probe), and `connect_seconds` tracks the handshake time when it
+works; `up` is 1 or 0. Bad parameters fail the run (outcome `value`). The connection is closed right
+away; nothing is sent.
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ import math
 import socket
 import time
 
-description = "TCP connect probe: fails when the port refuses, times out or the host does not resolve"
+from sidecar.check import state
+
+description = "TCP connect probe: critical when the port refuses, times out or the host does not resolve"
 version = "1.0.0"
 timeout_seconds = 30.0
 memory_limit_mb = 256
@@ -38,14 +41,19 @@ def run(host: str, port: int, timeout: float = 3.0) -> dict[str, object]:
     try:
         sock = socket.create_connection((host, port), timeout=timeout)
     except socket.gaierror as exc:
-        raise RuntimeError(f"cannot resolve {host!r}: {exc.strerror or exc}") from None
+        return _down(host, port, f"cannot resolve {host!r}: {exc.strerror or exc}")
     except TimeoutError:
-        raise RuntimeError(f"timed out after {timeout:g}s connecting to {target}") from None
+        return _down(host, port, f"timed out after {timeout:g}s connecting to {target}")
     except ConnectionRefusedError:
-        raise RuntimeError(f"connection refused by {target}") from None
+        return _down(host, port, f"connection refused by {target}")
     except OSError as exc:
-        raise RuntimeError(f"cannot connect to {target}: {exc.strerror or exc}") from None
-    connect_ms = round((time.perf_counter() - started) * 1000, 3)
+        return _down(host, port, f"cannot connect to {target}: {exc.strerror or exc}")
+    connect_seconds = round(time.perf_counter() - started, 6)
     with sock:
         address = str(sock.getpeername()[0])
-    return {"host": host, "port": port, "connect_ms": connect_ms, "address": address}
+    return {"host": host, "port": port, "up": 1, "connect_seconds": connect_seconds, "address": address}
+
+
+def _down(host: str, port: int, why: str) -> dict[str, object]:
+    state("critical", why)
+    return {"host": host, "port": port, "up": 0}

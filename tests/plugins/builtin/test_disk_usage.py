@@ -8,6 +8,8 @@ import pytest
 
 from sidecar.plugins.builtin import disk_usage
 
+from .reported import critical
+
 GIB = 1 << 30
 
 
@@ -57,20 +59,17 @@ def test_used_percent_like_df(tmp_path: Path) -> None:
 
 
 @pytest.mark.usefixtures("fake_usage")
-def test_max_used_percent_breach_raises(tmp_path: Path) -> None:
-    with pytest.raises(RuntimeError, match=r"84\.21% used, above max_used_percent=80"):
-        disk_usage.run(str(tmp_path), max_used_percent=80)
+def test_max_used_percent_breach_is_critical(tmp_path: Path) -> None:
+    critical(r"84\.21% used, above max_used_percent=80", lambda: disk_usage.run(str(tmp_path), max_used_percent=80))
 
 
 @pytest.mark.usefixtures("fake_usage")
-def test_min_free_bytes_breach_raises(tmp_path: Path) -> None:
-    with pytest.raises(RuntimeError, match=f"below min_free_bytes={16 * GIB}"):
-        disk_usage.run(str(tmp_path), min_free_bytes=16 * GIB)
+def test_min_free_bytes_breach_is_critical(tmp_path: Path) -> None:
+    critical(f"below min_free_bytes={16 * GIB}", lambda: disk_usage.run(str(tmp_path), min_free_bytes=16 * GIB))
 
 
 def test_min_free_bytes_breach_on_real_filesystem(tmp_path: Path) -> None:
-    with pytest.raises(RuntimeError, match="below min_free_bytes"):
-        disk_usage.run(str(tmp_path), min_free_bytes=1 << 62)
+    critical("below min_free_bytes", lambda: disk_usage.run(str(tmp_path), min_free_bytes=1 << 62))
 
 
 def test_os_error_raises_runtime_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -78,7 +77,7 @@ def test_os_error_raises_runtime_error(tmp_path: Path, monkeypatch: pytest.Monke
         raise OSError(5, "Input/output error")
 
     monkeypatch.setattr(shutil, "disk_usage", broken)
-    with pytest.raises(RuntimeError, match="Input/output error"):
+    with pytest.raises(RuntimeError, match="Input/output error"):  # the check cannot see: a failed run
         disk_usage.run(str(tmp_path))
 
 

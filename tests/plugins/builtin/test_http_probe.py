@@ -5,12 +5,15 @@ import socket
 import ssl
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 from sidecar.plugins.builtin import http_probe
+
+from .reported import critical
 
 BODY = b"hello from the sidecar test server\n"
 
@@ -90,16 +93,16 @@ def test_ok(server: str) -> None:
     assert result["status"] == 200
     assert result["bytes"] == len(BODY)
     assert result["truncated"] is False
-    assert isinstance(result["latency_ms"], float) and result["latency_ms"] >= 0
+    assert isinstance(result["duration_seconds"], float) and result["duration_seconds"] >= 0
+    assert result["up"] == 1 and "tls_cert_expiry_timestamp_seconds" not in result  # plain http: no certificate
 
 
 def test_contains_found(server: str) -> None:
     assert http_probe.run(f"{server}/ok", contains="sidecar test")["status"] == 200
 
 
-def test_contains_missing_raises(server: str) -> None:
-    with pytest.raises(RuntimeError, match="'nope' not found in the body"):
-        http_probe.run(f"{server}/ok", contains="nope")
+def test_contains_missing_is_critical(server: str) -> None:
+    critical("'nope' not found in the body", lambda: http_probe.run(f"{server}/ok", contains="nope"))
 
 
 def test_head_and_post(server: str) -> None:
@@ -109,15 +112,13 @@ def test_head_and_post(server: str) -> None:
 
 
 def test_headers_sent_with_default_user_agent(server: str) -> None:
-    with pytest.raises(RuntimeError, match="not found"):  # the body echoes what the server saw
-        http_probe.run(f"{server}/headers", headers={"X-Probe": "1"}, contains="probe=2")
+    critical("not found", lambda: http_probe.run(f"{server}/headers", headers={"X-Probe": "1"}, contains="probe=2"))
     http_probe.run(f"{server}/headers", headers={"X-Probe": "1"}, contains="probe=1;ua=sidecar-http-probe/")
     http_probe.run(f"{server}/headers", headers={"User-Agent": "mine"}, contains="ua=mine")
 
 
-def test_server_error_raises(server: str) -> None:
-    with pytest.raises(RuntimeError, match=r"unexpected status 500 .*/error \(expected 2xx or 3xx\)"):
-        http_probe.run(f"{server}/error")
+def test_server_error_is_critical(server: str) -> None:
+    critical(r"unexpected status 500 .*/error \(expected 2xx or 3xx\)", lambda: http_probe.run(f"{server}/error"))
 
 
 def test_expected_error_status_is_success(server: str) -> None:
@@ -126,8 +127,8 @@ def test_expected_error_status_is_success(server: str) -> None:
 
 
 def test_unexpected_status_against_explicit_list(server: str) -> None:
-    with pytest.raises(RuntimeError, match=r"unexpected status 200 .*\(expected 201, 204\)"):
-        http_probe.run(f"{server}/ok", expect_status=[204, 201])
+    critical(r"unexpected status 200 .*\(expected 201, 204\)",
+             lambda: http_probe.run(f"{server}/ok", expect_status=[204, 201]))
 
 
 def test_redirects_are_followed(server: str) -> None:
@@ -139,54 +140,48 @@ def test_redirects_are_followed(server: str) -> None:
     assert head["final_url"] == f"{server}/ok" and head["bytes"] == 0
 
 
-def test_redirect_loop_raises(server: str) -> None:
-    with pytest.raises(RuntimeError, match="cannot follow the 302 redirect .*infinite loop"):
-        http_probe.run(f"{server}/loop")
+def test_redirect_loop_is_critical(server: str) -> None:
+    critical("cannot follow the 302 redirect .*infinite loop", lambda: http_probe.run(f"{server}/loop"))
 
 
 @pytest.mark.parametrize("path", ["/redirect-ftp", "/redirect-file"])
-def test_redirect_to_other_scheme_raises(server: str, path: str) -> None:
-    with pytest.raises(RuntimeError):
-        http_probe.run(f"{server}{path}")
+def test_redirect_to_other_scheme_is_critical(server: str, path: str) -> None:
+    critical("", lambda: http_probe.run(f"{server}{path}"))
 
 
 def test_redirect_without_location_is_reported_as_its_status(server: str) -> None:
     assert http_probe.run(f"{server}/no-location")["status"] == 302
-    with pytest.raises(RuntimeError, match="unexpected status 302"):
-        http_probe.run(f"{server}/no-location", expect_status=200)
+    critical("unexpected status 302", lambda: http_probe.run(f"{server}/no-location", expect_status=200))
 
 
 def test_body_is_capped(server: str) -> None:
     result = http_probe.run(f"{server}/big", max_body_bytes=1000)
     assert result["bytes"] == 1000 and result["truncated"] is True
-    with pytest.raises(RuntimeError, match="not found in the first 1000 bytes"):
-        http_probe.run(f"{server}/big", max_body_bytes=1000, contains="MARKER")
+    critical("not found in the first 1000 bytes",
+             lambda: http_probe.run(f"{server}/big", max_body_bytes=1000, contains="MARKER"))
     assert http_probe.run(f"{server}/big", contains="MARKER")["truncated"] is False
     assert http_probe.run(f"{server}/big", max_body_bytes=0)["bytes"] == 0
 
 
 def test_slow_server_times_out(server: str) -> None:
-    with pytest.raises(RuntimeError, match="timed out after 0.2s"):
-        http_probe.run(f"{server}/slow", timeout=0.2)
+    critical("timed out after 0.2s", lambda: http_probe.run(f"{server}/slow", timeout=0.2))
 
 
-def test_server_hanging_up_raises(server: str) -> None:
-    with pytest.raises(RuntimeError, match=f"{server}/hangup"):
-        http_probe.run(f"{server}/hangup")
+def test_server_hanging_up_is_critical(server: str) -> None:
+    critical(f"{server}/hangup", lambda: http_probe.run(f"{server}/hangup"))
 
 
-def test_connection_refused_raises() -> None:
+def test_connection_refused_is_critical() -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    with pytest.raises(RuntimeError, match="connection refused"):
-        http_probe.run(f"http://127.0.0.1:{port}/", timeout=2)
+    critical("connection refused", lambda: http_probe.run(f"http://127.0.0.1:{port}/", timeout=2))
 
 
 @pytest.mark.parametrize("verify_tls", [True, False])
-def test_tls_against_plain_http_raises(server: str, verify_tls: bool) -> None:
-    with pytest.raises(RuntimeError, match="cannot reach https://"):
-        http_probe.run(server.replace("http://", "https://") + "/ok", verify_tls=verify_tls, timeout=2)
+def test_tls_against_plain_http_is_critical(server: str, verify_tls: bool) -> None:
+    critical("cannot reach https://",
+             lambda: http_probe.run(server.replace("http://", "https://") + "/ok", verify_tls=verify_tls, timeout=2))
 
 
 @pytest.mark.parametrize(
@@ -223,8 +218,7 @@ def test_bad_params_raise_value_error(params: dict[str, object], match: str) -> 
 
 
 def test_redirect_to_an_error_reports_the_final_status(server: str) -> None:
-    with pytest.raises(RuntimeError, match=r"unexpected status 500 from .*/error"):
-        http_probe.run(f"{server}/redirect-error")
+    critical(r"unexpected status 500 from .*/error", lambda: http_probe.run(f"{server}/redirect-error"))
     result = http_probe.run(f"{server}/redirect-error", expect_status=500)
     assert result["final_url"] == f"{server}/error"
 
@@ -258,10 +252,9 @@ def tls_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, 
         thread.join()
 
 
-def test_tls_self_signed_fails_verification(tls_server: tuple[str, str]) -> None:
+def test_tls_self_signed_is_critical_verification(tls_server: tuple[str, str]) -> None:
     base, _ = tls_server
-    with pytest.raises(RuntimeError, match="CERTIFICATE_VERIFY_FAILED"):
-        http_probe.run(f"{base}/ok", timeout=2)
+    critical("CERTIFICATE_VERIFY_FAILED", lambda: http_probe.run(f"{base}/ok", timeout=2))
 
 
 def test_tls_without_verification(tls_server: tuple[str, str]) -> None:
@@ -273,4 +266,7 @@ def test_tls_without_verification(tls_server: tuple[str, str]) -> None:
 def test_tls_verified_against_trusted_ca(tls_server: tuple[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
     base, cert = tls_server
     monkeypatch.setenv("SSL_CERT_FILE", cert)  # OpenSSL's default verify paths honour it
-    assert http_probe.run(f"{base}/redirect", timeout=2)["final_url"] == f"{base}/ok"
+    result = http_probe.run(f"{base}/redirect", timeout=2)
+    assert result["final_url"] == f"{base}/ok" and result["up"] == 1
+    # the certificate was made to last one day: its expiry is about a day from now (unix time)
+    assert 0 < float(str(result["tls_cert_expiry_timestamp_seconds"])) - time.time() <= 86400 + 60

@@ -10,6 +10,8 @@ import pytest
 
 from sidecar.plugins.builtin import process_check
 
+from .reported import critical, state_of
+
 
 @pytest.fixture
 def child() -> Iterator[subprocess.Popen[bytes]]:
@@ -40,14 +42,13 @@ def test_pid_file_with_trailing_text(tmp_path: Path) -> None:
     assert process_check.run(pid_file=_pid_file(tmp_path, f"  {os.getpid()} extra\n"))["count"] == 1
 
 
-def test_pid_file_min_count_above_one_fails(tmp_path: Path) -> None:
-    with pytest.raises(RuntimeError, match="found 1 processes from pid file .*at least 2"):
-        process_check.run(pid_file=_pid_file(tmp_path, str(os.getpid())), min_count=2)
+def test_pid_file_min_count_above_one_is_critical(tmp_path: Path) -> None:
+    critical("found 1 processes from pid file .*at least 2",
+             lambda: process_check.run(pid_file=_pid_file(tmp_path, str(os.getpid())), min_count=2))
 
 
-def test_missing_pid_file_raises(tmp_path: Path) -> None:
-    with pytest.raises(RuntimeError, match="does not exist"):
-        process_check.run(pid_file=str(tmp_path / "nope.pid"))
+def test_missing_pid_file_is_critical(tmp_path: Path) -> None:
+    critical("does not exist", lambda: process_check.run(pid_file=str(tmp_path / "nope.pid")))
 
 
 def test_unreadable_pid_file_raises(tmp_path: Path) -> None:
@@ -61,20 +62,19 @@ def test_garbage_pid_file_raises(tmp_path: Path, content: str) -> None:
         process_check.run(pid_file=_pid_file(tmp_path, content))
 
 
-def test_stale_pid_file_raises(tmp_path: Path) -> None:
+def test_stale_pid_file_is_critical(tmp_path: Path) -> None:
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
     proc.wait()  # reaped: the pid is gone
-    with pytest.raises(RuntimeError, match=f"process {proc.pid} .* is not running"):
-        process_check.run(pid_file=_pid_file(tmp_path, str(proc.pid)))
+    critical(f"process {proc.pid} .* is not running",
+             lambda: process_check.run(pid_file=_pid_file(tmp_path, str(proc.pid))))
 
 
 @pytest.mark.skipif(not hasattr(os, "waitid"), reason="needs os.waitid")
-def test_zombie_pid_file_raises(tmp_path: Path) -> None:
+def test_zombie_pid_file_is_critical(tmp_path: Path) -> None:
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
     try:
         os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)  # wait for the exit, leave it unreaped
-        with pytest.raises(RuntimeError, match="zombie"):
-            process_check.run(pid_file=_pid_file(tmp_path, str(proc.pid)))
+        critical("zombie", lambda: process_check.run(pid_file=_pid_file(tmp_path, str(proc.pid))))
     finally:
         proc.wait()
 
@@ -90,18 +90,18 @@ def test_by_name_finds_child(child: subprocess.Popen[bytes]) -> None:
 
 def test_by_name_min_count(child: subprocess.Popen[bytes]) -> None:
     name = os.path.basename(sys.executable)
-    with pytest.raises(RuntimeError, match=f"processes named {name!r}, expected at least 100000"):
-        process_check.run(name=name, min_count=100_000)
+    critical(f"processes named {name!r}, expected at least 100000",
+             lambda: process_check.run(name=name, min_count=100_000))
 
 
-def test_unknown_name_raises() -> None:
-    with pytest.raises(RuntimeError, match="found 0 processes named 'no-such-process-sidecar-test'"):
-        process_check.run(name="no-such-process-sidecar-test")
+def test_unknown_name_is_critical() -> None:
+    critical("found 0 processes named 'no-such-process-sidecar-test'",
+             lambda: process_check.run(name="no-such-process-sidecar-test"))
 
 
 def test_min_count_zero_accepts_none() -> None:
-    result = process_check.run(name="no-such-process-sidecar-test", min_count=0)
-    assert result == {"count": 0, "pids": [], "rss_bytes": 0}
+    state, result = state_of(lambda: process_check.run(name="no-such-process-sidecar-test", min_count=0))
+    assert state is None and result == {"count": 0, "pids": [], "rss_bytes": 0, "cpu_seconds": 0.0}
 
 
 @pytest.mark.parametrize(

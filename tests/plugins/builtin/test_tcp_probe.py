@@ -7,6 +7,8 @@ import pytest
 
 from sidecar.plugins.builtin import tcp_probe
 
+from .reported import critical
+
 
 @pytest.fixture
 def listening_port() -> Iterator[int]:
@@ -27,7 +29,8 @@ def test_connects_to_listening_port(listening_port: int) -> None:
     assert result["host"] == "127.0.0.1"
     assert result["port"] == listening_port
     assert result["address"] == "127.0.0.1"
-    assert isinstance(result["connect_ms"], float) and result["connect_ms"] >= 0
+    assert isinstance(result["connect_seconds"], float) and result["connect_seconds"] >= 0
+    assert result["up"] == 1
 
 
 def test_ipv6_loopback_in_brackets() -> None:
@@ -44,36 +47,32 @@ def test_ipv6_loopback_in_brackets() -> None:
     assert result["host"] == "::1"
 
 
-def test_refused_port_raises_runtime_error(closed_port: int) -> None:
-    with pytest.raises(RuntimeError, match="refused"):
-        tcp_probe.run("127.0.0.1", closed_port, timeout=2)
+def test_refused_port_is_critical(closed_port: int) -> None:
+    critical("refused", lambda: tcp_probe.run("127.0.0.1", closed_port, timeout=2))
 
 
-def test_unresolvable_host_raises_runtime_error(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_unresolvable_host_is_critical(monkeypatch: pytest.MonkeyPatch) -> None:
     def fail(*args: object, **kwargs: object) -> object:
         raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
 
     monkeypatch.setattr(socket, "getaddrinfo", fail)  # no real DNS: loopback only
-    with pytest.raises(RuntimeError, match="cannot resolve 'nowhere.invalid'"):
-        tcp_probe.run("nowhere.invalid", 80)
+    critical("cannot resolve 'nowhere.invalid'", lambda: tcp_probe.run("nowhere.invalid", 80))
 
 
-def test_timeout_raises_runtime_error(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_timeout_is_critical(monkeypatch: pytest.MonkeyPatch) -> None:
     def slow(*args: object, **kwargs: object) -> object:
         raise TimeoutError("timed out")
 
     monkeypatch.setattr(socket, "create_connection", slow)
-    with pytest.raises(RuntimeError, match="timed out after 0.5s connecting to 127.0.0.1:9"):
-        tcp_probe.run("127.0.0.1", 9, timeout=0.5)
+    critical("timed out after 0.5s connecting to 127.0.0.1:9", lambda: tcp_probe.run("127.0.0.1", 9, timeout=0.5))
 
 
-def test_other_os_error_raises_runtime_error(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_other_os_error_is_critical(monkeypatch: pytest.MonkeyPatch) -> None:
     def unreachable(*args: object, **kwargs: object) -> object:
         raise OSError(101, "Network is unreachable")
 
     monkeypatch.setattr(socket, "create_connection", unreachable)
-    with pytest.raises(RuntimeError, match="cannot connect to \\[::1\\]:80: Network is unreachable"):
-        tcp_probe.run("::1", 80)
+    critical("cannot connect to \\[::1\\]:80: Network is unreachable", lambda: tcp_probe.run("::1", 80))
 
 
 @pytest.mark.parametrize(
