@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -15,6 +18,8 @@ from sidecar.config import CheckConfig, Settings
 from sidecar.errors import ConfigError, Saturated
 from sidecar.plugins import Entry
 from sidecar.runner import Runner, health_status
+
+from .conftest import poll
 
 
 @pytest.fixture
@@ -121,6 +126,8 @@ def test_a_check_whose_scheduling_raises_does_not_stop_the_others(tmp_path: Path
     (["success"] * 10, "healthy"),
     (["success", "value"], "degraded"),
     (["timeout", "success"], "failing"),
+    (["aborted", "success"], "healthy"),  # the sidecar's doing (a stop, a replaced launcher) blames nobody
+    (["aborted"], "unknown"),
 ])
 def test_health_status_rules(outcomes, status):
     assert health_status(outcomes) == status
@@ -304,5 +311,49 @@ def test_a_plugin_cannot_read_the_config_file_that_holds_the_token(tmp_path: Pat
         assert out["outcome"] == "success", out
         assert "s3cret-in-config" not in str(out["result"])
         assert "containment" in runner.ready()
+    finally:
+        runner.close()
+
+
+def _launcher_process(root: int) -> int:
+    """The launcher's pid: `root` itself, or (under bubblewrap) the descendant running the launcher."""
+    frontier = [root]
+    while frontier:
+        pid = frontier.pop()
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            argv = f.read().split(b"\0")
+        if b"sidecar.sandbox.launcher" in argv and not argv[0].endswith(b"bwrap"):
+            return pid
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{tid}/children") as f:
+                frontier.extend(int(k) for k in f.read().split())
+    raise AssertionError("no launcher process found")
+
+
+def test_a_stopped_launcher_makes_the_sidecar_unready_until_it_is_replaced(tmp_path: Path):
+    runner = Runner(Settings(data_dir=str(tmp_path), entry_points=False), start_scheduler=False)
+    try:
+        assert runner.run("echo")["outcome"] == "success"
+        launcher_pid = runner.sandbox.launcher_pid
+        assert launcher_pid is not None
+        launcher = _launcher_process(launcher_pid)
+        done: dict[str, dict[str, Any]] = {}
+        caller = threading.Thread(target=lambda: done.update(r=runner.run("sleep", {"seconds": 30},
+                                                                         timeout_seconds=1)))
+        caller.start()
+        poll("the run to be in flight", lambda: (runner.metrics.snapshot("sleep").get("in_flight") == 1, None))
+        os.kill(launcher, signal.SIGSTOP)
+        try:
+            state = poll("/readyz to report the launcher", lambda: (not runner.ready()["ready"], runner.ready()))
+            assert not state["checks"]["launcher_answers"]
+            assert "launcher" in state["reason"]
+            poll("/readyz to recover", lambda: (runner.ready()["ready"], runner.ready()))
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(launcher, signal.SIGCONT)
+        caller.join()
+        assert done["r"]["outcome"] == "timeout", done["r"]
+        assert runner.run("echo")["outcome"] == "success"
+        assert [r["outcome"] for r in runner.runs("sleep")] == ["timeout"]
     finally:
         runner.close()

@@ -37,6 +37,8 @@ class Outcome(StrEnum):
     RUNTIME = "runtime"
     EXCEPTION = "exception"
     CRASH = "crash"
+    #: the sidecar ended the run for a reason of its own (stopping, its launcher died or was replaced)
+    ABORTED = "aborted"
 
 
 def classify_exception(exc: BaseException, *, during_import: bool = False) -> Outcome:
