@@ -142,6 +142,7 @@ def build_result(request: RunRequest, header: dict[str, Any], message: bytes) ->
         wait_status=0 if status is None else int(status),
         timed_out=bool(header["timed_out"]),
         memory_killed=bool(header["memory_killed"]),
+        memory_by=str(header.get("memory_by") or ""),
         message=decoded,
         protocol_error=protocol_error,
     )
@@ -382,6 +383,13 @@ def _kill(pidfd: int) -> None:
         pass
 
 
+def _signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+
+
 def made_up(request: RunRequest, outcome: Outcome, error_type: str, message: str, started_at: float,
             t0: float) -> PluginSandboxResult:
     """A result the sandbox makes up (the launcher died or was replaced, a template hung, the sidecar is
@@ -486,7 +494,8 @@ def _drive(channel: _Channel, request: RunRequest, pid: int, fds: list[int], t0:
         _kill(pidfd)
         return _unreported(channel.launcher, request, header, frames, protocol_error, t0, str(lost), stalled)
     header.update(wait_status=report["status"], timed_out=bool(report["timed_out"]) or backstop,
-                  memory_killed=report["memory_killed"], peak_memory_bytes=report["maxrss"])
+                  memory_killed=report["memory_killed"], memory_by=report.get("memory_by", ""),
+                  peak_memory_bytes=report["maxrss"])
     if frames and protocol_error is None:
         return build_result(request, header, frames[0])
     if protocol_error is None and len(result):
@@ -777,16 +786,21 @@ class Sandbox:
                            f"importing the plugin did not finish within the run's timeout of {timeout:g} s: its "
                            "template was killed", started_at, t0)
         message = msg.get("message")
+        if not message:  # it died importing the plugin (a crash at import, or killed): say which
+            status = int(msg.get("status") or 0)
+            how = (f"killed by {_signal_name(os.WTERMSIG(status))}" if os.WIFSIGNALED(status)
+                   else f"exited with status {os.WEXITSTATUS(status) if os.WIFEXITED(status) else status}")
+            return made_up(request, Outcome.CRASH, "TemplateDied",
+                           f"the plugin's template {how} while importing the plugin", started_at, t0)
         finished = time.monotonic()
         header: dict[str, Any] = {
-            "wait_status": msg.get("status"), "timed_out": False, "memory_killed": False,
-            "protocol_error": None if message else "its template died while importing it",
+            "wait_status": msg.get("status"), "timed_out": False, "memory_killed": False, "protocol_error": None,
             "execution_time_ms": (finished - t0) * 1000.0, "peak_memory_bytes": 0,
             "started_at": started_at, "finished_at": started_at + (finished - t0),
             "stdout": Capture(request.max_output_bytes).to_dict(),
             "stderr": Capture(request.max_output_bytes).to_dict(),
         }
-        return build_result(request, header, json.dumps(message).encode() if message else b"")
+        return build_result(request, header, json.dumps(message).encode())
 
     def template_stats(self) -> dict[str, int]:
         """Templates alive, built and evicted, and their resident memory, summed over the launchers."""

@@ -23,7 +23,7 @@ it exits, and, when the launcher runs as root, an identity of its own.
 Wire (JSON frames, `framing`): caller → launcher `{"t": "start", "pid", "t0", "timeout_seconds",
 "memory_limit_mb"}`; launcher → caller `{"t": "ticket", "pid"}` + 5 fds (request, result,
 stdout, stderr, pidfd), `{"t": "exit", "pid",
-"status", "maxrss", "timed_out", "memory_killed"}`, `{"t": "error", "message"}`. On the control socket,
+"status", "maxrss", "timed_out", "memory_killed", "memory_by"}`, `{"t": "error", "message"}`. On the control socket,
 `b"p"` (the runner's watchdog) is answered `b"P"`. Sends never block the loop: what a caller does not read
 waits in a bounded buffer, and a caller past it is dropped.
 """
@@ -63,7 +63,8 @@ except (OSError, AttributeError):  # pragma: no cover - non-glibc platforms
 
 
 class _Child:
-    __slots__ = ("pid", "pidfd", "conn", "deadline", "rss_limit", "started", "timed_out", "memory_killed", "tmp",
+    __slots__ = ("pid", "pidfd", "conn", "deadline", "rss_limit", "started", "timed_out", "memory_killed", "memory_by",
+                 "tmp",
                  "owner", "ticket_fds", "unit")
 
     def __init__(self, pid: int, pidfd: int, conn: _Conn | None, tmp: str, owner: int = 0) -> None:
@@ -80,6 +81,8 @@ class _Child:
         self.started = False
         self.timed_out = False
         self.memory_killed = False
+        #: what measured it: "cgroup" (the whole tree's memory.max) or "rss" (the leader's resident set)
+        self.memory_by = ""
         #: its unit of containment (session, cgroup): set once the launcher placed it
         self.unit: Unit | None = None
 
@@ -441,7 +444,7 @@ class Launcher:
             self._settle_unit(unit)
             peak = unit.peak() or peak
             if child.started and unit.oom_killed():
-                child.memory_killed = True
+                child.memory_killed, child.memory_by = True, child.memory_by or "cgroup"
         del self.children[child.pid]
         self.epoll.unregister(child.pidfd)
         os.close(child.pidfd)
@@ -457,6 +460,7 @@ class Launcher:
             conn.children.discard(child.pid)
             if self._send(conn, {"t": "exit", "pid": child.pid, "status": status, "maxrss": peak,
                                  "timed_out": child.timed_out, "memory_killed": child.memory_killed,
+                                 "memory_by": child.memory_by,
                                  "started": child.started}) and child.owner == child.pid:
                 self.want_ticket.append(conn)  # a spare was used: fork the next (a template's run was not one)
         shutil.rmtree(child.tmp, ignore_errors=True)  # after the report: nobody waits for this
@@ -767,7 +771,7 @@ class Launcher:
             except (OSError, IndexError, ValueError):
                 continue
             if resident > child.rss_limit:
-                child.memory_killed = True
+                child.memory_killed, child.memory_by = True, "rss"
                 self._kill(child.pid)
 
     def _our_children(self) -> dict[int, int]:

@@ -93,3 +93,31 @@ def test_a_closed_sandbox_aborts_a_run_saying_the_sidecar_is_stopping():
     assert r.outcome is Outcome.ABORTED
     assert r.error is not None and r.error.type == "SidecarStopping"
     assert r.started_at > 0 and r.finished_at >= r.started_at
+
+
+def test_a_template_that_dies_importing_its_plugin_is_named_with_the_runs_real_times():
+    with Sandbox(templates=True) as sb:
+        r = _run(sb, "import_segfault")
+    assert r.outcome is Outcome.CRASH, r
+    assert r.error is not None and r.error.type == "TemplateDied", r.error
+    assert "SIGSEGV" in r.error.message and "importing" in r.error.message
+    assert r.started_at > 0 and r.finished_at > r.started_at and r.execution_time_ms > 0
+
+
+def test_a_run_whose_launcher_dies_is_aborted_naming_it_not_blamed_on_the_plugin(tmp_path: Path):
+    with Sandbox(templates=False) as sb:
+        assert _run(sb, "hello").outcome is Outcome.SUCCESS
+        launcher = sb.launcher_pid
+        assert launcher is not None
+        mark = tmp_path / "started"
+        done: dict[str, PluginSandboxResult] = {}
+        caller = threading.Thread(target=lambda: done.update(r=_run(sb, "mark_then_sleep", path=str(mark))))
+        caller.start()
+        poll("the run to start", lambda: (mark.exists(), None))
+        os.kill(launcher, signal.SIGKILL)
+        caller.join()
+        r = done["r"]
+        assert r.outcome is Outcome.ABORTED, r
+        assert r.error is not None and r.error.type == "LauncherDied", r.error
+        assert r.started_at > 0 and r.finished_at > r.started_at
+        assert _run(sb, "hello").outcome is Outcome.SUCCESS  # the next run starts a new launcher

@@ -54,3 +54,11 @@ def test_no_message_is_a_crash_that_says_why():
 def test_result_round_trips_through_a_dict():
     r = PluginSandboxResult("p", Outcome.VALUE, None, None, 1.5, 10, 1.0, 2.0)
     assert PluginSandboxResult.from_dict(r.to_dict()) == r
+
+
+def test_a_memory_kill_says_what_was_measured():
+    _o, _r, by_cgroup = decide_outcome(ExitFacts(9, memory_killed=True, memory_by="cgroup"), 1.0, 256)
+    _o, _r, by_rss = decide_outcome(ExitFacts(9, memory_killed=True, memory_by="rss"), 1.0, 256)
+    assert by_cgroup is not None and "all its processes together" in by_cgroup.message and "256 MB" in by_cgroup.message
+    assert by_rss is not None and "resident memory" in by_rss.message
+    assert "process group" not in by_cgroup.message + by_rss.message  # the unit is a session or a cgroup
