@@ -357,3 +357,53 @@ def test_a_stopped_launcher_makes_the_sidecar_unready_until_it_is_replaced(tmp_p
         assert [r["outcome"] for r in runner.runs("sleep")] == ["timeout"]
     finally:
         runner.close()
+
+
+def test_a_plugin_cannot_read_the_token_file_the_data_directory_or_the_runners_socket(tmp_path: Path):
+    if os.geteuid() != 0:
+        pytest.skip("isolation hides files through namespaces entered as root here")
+    import socket
+
+    plugins = tmp_path / "plugins"
+    plugins.mkdir(mode=0o755)
+    (plugins / "reach.py").write_text(
+        "import os, socket\n"
+        "def run(token, data, sock):\n"
+        "    out = {}\n"
+        "    for key, what in (('token', lambda: open(token).read()), ('data', lambda: os.listdir(data)),\n"
+        "                      ('control', lambda: open(os.path.join(os.path.dirname(token), 'control')).read()),\n"
+        "                      ('sock', lambda: socket.socket(socket.AF_UNIX).connect(sock))):\n"
+        "        try:\n"
+        "            out[key] = what()\n"
+        "        except OSError as exc:\n"
+        "            out[key] = type(exc).__name__\n"
+        "    return out\n")
+    (plugins / "reach.py").chmod(0o644)
+    for d in (tmp_path, plugins):
+        d.chmod(0o755)  # the plugin's directory must be reachable by the run's uid
+    # Beside the plugin, which the run must be able to read: only their covering hides them.
+    token = plugins / "token"
+    token.write_text("s3cret-token-file")
+    token.chmod(0o644)
+    (plugins / "control").write_text("visible")  # a file beside them that nothing hides
+    (plugins / "control").chmod(0o644)
+    data = plugins / "data"
+    sock_dir = plugins / "run"
+    sock_dir.mkdir(mode=0o755)
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(str(sock_dir / "runner.sock"))
+    listener.listen()
+    os.chmod(sock_dir / "runner.sock", 0o777)
+    runner = Runner(Settings(data_dir=str(data), plugin_path=(str(plugins),), entry_points=False,
+                             api_token_file=str(token)), start_scheduler=False, hidden=(str(sock_dir),))
+    try:
+        data.chmod(0o755)
+        out = runner.run("reach", {"token": str(token), "data": str(data), "sock": str(sock_dir / "runner.sock")})
+        assert out["outcome"] == "success", out
+        assert out["result"]["control"] == "visible", out["result"]  # so what fails below is hidden, not unreachable
+        assert out["result"]["token"] != "s3cret-token-file"
+        assert "history.sqlite3" not in str(out["result"]["data"]), out["result"]
+        assert out["result"]["sock"] in ("FileNotFoundError", "PermissionError", "ConnectionRefusedError"), out
+    finally:
+        runner.close()
+        listener.close()
