@@ -66,3 +66,11 @@ MAX_LABELS = 8
 MAX_LABEL_NAME_CHARS = 64
 MAX_LABEL_VALUE_CHARS = 128
 MAX_STATE_REASON_CHARS = 1000
+
+#: How long the runner waits for the sandbox launcher to answer (a ticket, a run's exit report, the watchdog's
+#: ping) before it declares it stalled and replaces it (its runs in flight end with it).
+LAUNCHER_ANSWER_SECONDS = 3.0
+#: The watchdog pings each launcher this often; `/readyz` reports one whose ping is older than this.
+LAUNCHER_PING_SECONDS = 1.0
+#: Past a run's deadline, how long the runner waits for the launcher to end it before killing it itself.
+RUN_BACKSTOP_SECONDS = 1.0

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 
 from . import __version__
 from .check import DROP_REASONS, STATES
-from .sandbox.outcomes import ERROR_OUTCOMES
+from .sandbox.outcomes import ABORTED, ERROR_OUTCOMES
 from .sandbox.result import PluginSandboxResult
 from .store import FAULT_REASONS, ROW_REASONS, StoreStats
 from .values import Report, Series
@@ -374,6 +374,8 @@ class Metrics:
             p.in_flight -= 1
             if self._plugins.get(p.name) is not p:
                 return  # its series is gone (removed by a reload): nothing else to count
+            if result.outcome.value == ABORTED:
+                return  # the sidecar ended it (stopping, launcher replaced): not the plugin's run to count
             if result.ok:
                 p.success += 1
             else:

@@ -22,6 +22,7 @@ from .operations import RunnerOperations
 from .plugins import Entry, Registry, discover
 from .sandbox.client import RunRequest, Sandbox
 from .sandbox.isolation import Isolation
+from .sandbox.outcomes import ABORTED, ERROR_OUTCOMES
 from .sandbox.result import ErrorInfo, Outcome, PluginSandboxResult, iso_utc
 from .scheduler import Scheduler, Slots
 from .store import Store
@@ -48,7 +49,9 @@ def _iso(ts: float | None) -> str | None:
 
 
 def health_status(recent_outcomes: list[str]) -> str:
-    """unknown: never ran; failing: the last run failed; degraded: a failure among the last 10; else healthy."""
+    """unknown: never ran; failing: the last run failed; degraded: a failure among the last 10; else healthy.
+    Runs the sidecar aborted (it was stopping, its launcher was replaced) say nothing of the plugin: left out."""
+    recent_outcomes = [o for o in recent_outcomes if o != ABORTED]
     if not recent_outcomes:
         return "unknown"
     if recent_outcomes[0] != "success":
@@ -196,7 +199,7 @@ class Runner(RunnerOperations):
         return {
             "status": health_status([r["outcome"] for r in recent]),
             "success_count": totals.get("success", 0),
-            "error_count": sum(v for k, v in totals.items() if k != "success"),
+            "error_count": sum(v for k, v in totals.items() if k in ERROR_OUTCOMES),
             "last_used": _iso(recent[0]["finished_at"]) if recent else None,
         }
 
@@ -210,8 +213,8 @@ class Runner(RunnerOperations):
             "plugin": name,
             "status": health_status([r["outcome"] for r in recent]),
             "success_count": totals.get("success", 0),
-            "error_count": sum(v for k, v in totals.items() if k != "success"),
-            "errors_by_type": {k: v for k, v in sorted(totals.items()) if k != "success"},
+            "error_count": sum(v for k, v in totals.items() if k in ERROR_OUTCOMES),
+            "errors_by_type": {k: v for k, v in sorted(totals.items()) if k in ERROR_OUTCOMES},
             "uptime_seconds": max(0.0, time.time() - entry.loaded_at),
             "last_used": _iso(recent[0]["finished_at"]) if recent else None,
             "execution_time_ms": times[0] if times else None,
@@ -243,10 +246,14 @@ class Runner(RunnerOperations):
             log.exception("the readiness probe of the history store failed")
             writable, why = False, f"probe failed: {type(exc).__name__}: {exc}"
         checks = {"plugins_discovered": len(self.registry) > 0, "store_writable": writable}
+        stalled = self.sandbox.problem()  # a launcher that stopped answering guards no run
+        checks["launcher_answers"] = stalled is None
         state: dict[str, Any] = {"ready": all(checks.values()), "checks": checks,
                                  "containment": self.sandbox.containment}
         if not writable:
             state["reason"] = f"history store: {why}"
+        elif stalled is not None:
+            state["reason"] = stalled
         return state
 
     def ping(self) -> bool:
@@ -350,7 +357,7 @@ class Runner(RunnerOperations):
                 "last_outcome": recent[0]["outcome"] if recent else None,
                 "avg_execution_time_ms": sum(last10) / len(last10) if last10 else None,
                 "success_count": totals.get("success", 0),
-                "errors_by_type": {k: v for k, v in sorted(totals.items()) if k != "success"},
+                "errors_by_type": {k: v for k, v in sorted(totals.items()) if k in ERROR_OUTCOMES},
                 "recent_execution_ms": [r["execution_time_ms"] for r in reversed(recent)],
                 "problem": entry.metadata.problem,
                 "state": check["state"], "state_reason": check["reason"], "values": check["values"],

@@ -22,6 +22,7 @@ from typing import Any
 from . import defaults
 from .check import DROP_REASONS, STATES, problem
 from .probe import numeric_fields_by_reason
+from .sandbox.outcomes import ABORTED
 from .sandbox.result import PluginSandboxResult
 
 __all__ = ["Report", "Series", "judge"]
@@ -68,6 +69,8 @@ def _failure_reason(result: PluginSandboxResult) -> str:
 
 def judge(result: PluginSandboxResult, max_series: int) -> Report:
     """The state and values of a finished run (see the module docstring)."""
+    if result.outcome.value == ABORTED:  # the sidecar ended it (stopping, launcher replaced): it found nothing
+        return Report(False, "unknown", _failure_reason(result))
     if not result.ok:
         return Report(False, "critical", _failure_reason(result))
     dropped = dict.fromkeys(DROP_REASONS, 0)

@@ -145,7 +145,8 @@ def test_readyz_ready(client: FlaskClient) -> None:
     assert resp.status_code == 200
     body = resp.get_json()
     assert body.pop("containment")  # what bounds a run on this host, said by the sandbox
-    assert body == {"ready": True, "checks": {"plugins_discovered": True, "store_writable": True}}
+    assert body == {"ready": True, "checks": {"plugins_discovered": True, "store_writable": True,
+                                              "launcher_answers": True}}
 
 
 def test_plugins_list(client: FlaskClient) -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -17,6 +19,8 @@ from sidecar.config import CheckConfig, Settings
 from sidecar.errors import BadRequest, ConfigError, Saturated
 from sidecar.plugins import Entry
 from sidecar.runner import Runner, health_status
+
+from .conftest import poll
 
 
 @pytest.fixture
@@ -123,6 +127,8 @@ def test_a_check_whose_scheduling_raises_does_not_stop_the_others(tmp_path: Path
     (["success"] * 10, "healthy"),
     (["success", "value"], "degraded"),
     (["timeout", "success"], "failing"),
+    (["aborted", "success"], "healthy"),  # the sidecar's doing (a stop, a replaced launcher) blames nobody
+    (["aborted"], "unknown"),
 ])
 def test_health_status_rules(outcomes, status):
     assert health_status(outcomes) == status
@@ -439,6 +445,50 @@ def test_a_broken_plugin_file_is_refused_with_its_reason_and_the_sidecar_serves(
         runner.close()
 
 
+def _launcher_process(root: int) -> int:
+    """The launcher's pid: `root` itself, or (under bubblewrap) the descendant running the launcher."""
+    frontier = [root]
+    while frontier:
+        pid = frontier.pop()
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            argv = f.read().split(b"\0")
+        if b"sidecar.sandbox.launcher" in argv and not argv[0].endswith(b"bwrap"):
+            return pid
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{tid}/children") as f:
+                frontier.extend(int(k) for k in f.read().split())
+    raise AssertionError("no launcher process found")
+
+
+def test_a_stopped_launcher_makes_the_sidecar_unready_until_it_is_replaced(tmp_path: Path):
+    runner = Runner(Settings(data_dir=str(tmp_path), entry_points=False), start_scheduler=False)
+    try:
+        assert runner.run("echo")["outcome"] == "success"
+        launcher_pid = runner.sandbox.launcher_pid
+        assert launcher_pid is not None
+        launcher = _launcher_process(launcher_pid)
+        done: dict[str, dict[str, Any]] = {}
+        caller = threading.Thread(target=lambda: done.update(r=runner.run("sleep", {"seconds": 30},
+                                                                         timeout_seconds=1)))
+        caller.start()
+        poll("the run to be in flight", lambda: (runner.metrics.snapshot("sleep").get("in_flight") == 1, None))
+        os.kill(launcher, signal.SIGSTOP)
+        try:
+            state = poll("/readyz to report the launcher", lambda: (not runner.ready()["ready"], runner.ready()))
+            assert not state["checks"]["launcher_answers"]
+            assert "launcher" in state["reason"]
+            poll("/readyz to recover", lambda: (runner.ready()["ready"], runner.ready()))
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(launcher, signal.SIGCONT)
+        caller.join()
+        assert done["r"]["outcome"] == "timeout", done["r"]
+        assert runner.run("echo")["outcome"] == "success"
+        assert [r["outcome"] for r in runner.runs("sleep")] == ["timeout"]
+    finally:
+        runner.close()
+
+
 # -- what a check finds becomes a metric --------------------------------------------------------------------
 
 REPORTING = '''
@@ -499,3 +549,53 @@ def test_a_plugin_that_raises_is_a_failed_run_and_a_critical_check(tmp_path: Pat
         assert shown["state"] == "critical" and shown["state_reason"] == answer["check"]["reason"]
     finally:
         r.close()
+
+
+def test_a_plugin_cannot_read_the_token_file_the_data_directory_or_the_runners_socket(tmp_path: Path):
+    if os.geteuid() != 0:
+        pytest.skip("isolation hides files through namespaces entered as root here")
+    import socket
+
+    plugins = tmp_path / "plugins"
+    plugins.mkdir(mode=0o755)
+    (plugins / "reach.py").write_text(
+        "import os, socket\n"
+        "def run(token, data, sock):\n"
+        "    out = {}\n"
+        "    for key, what in (('token', lambda: open(token).read()), ('data', lambda: os.listdir(data)),\n"
+        "                      ('control', lambda: open(os.path.join(os.path.dirname(token), 'control')).read()),\n"
+        "                      ('sock', lambda: socket.socket(socket.AF_UNIX).connect(sock))):\n"
+        "        try:\n"
+        "            out[key] = what()\n"
+        "        except OSError as exc:\n"
+        "            out[key] = type(exc).__name__\n"
+        "    return out\n")
+    (plugins / "reach.py").chmod(0o644)
+    for d in (tmp_path, plugins):
+        d.chmod(0o755)  # the plugin's directory must be reachable by the run's uid
+    # Beside the plugin, which the run must be able to read: only their covering hides them.
+    token = plugins / "token"
+    token.write_text("s3cret-token-file")
+    token.chmod(0o644)
+    (plugins / "control").write_text("visible")  # a file beside them that nothing hides
+    (plugins / "control").chmod(0o644)
+    data = plugins / "data"
+    sock_dir = plugins / "run"
+    sock_dir.mkdir(mode=0o755)
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(str(sock_dir / "runner.sock"))
+    listener.listen()
+    os.chmod(sock_dir / "runner.sock", 0o777)
+    runner = Runner(Settings(data_dir=str(data), plugin_path=(str(plugins),), entry_points=False,
+                             api_token_file=str(token)), start_scheduler=False, hidden=(str(sock_dir),))
+    try:
+        data.chmod(0o755)
+        out = runner.run("reach", {"token": str(token), "data": str(data), "sock": str(sock_dir / "runner.sock")})
+        assert out["outcome"] == "success", out
+        assert out["result"]["control"] == "visible", out["result"]  # so what fails below is hidden, not unreachable
+        assert out["result"]["token"] != "s3cret-token-file"
+        assert "history.sqlite3" not in str(out["result"]["data"]), out["result"]
+        assert out["result"]["sock"] in ("FileNotFoundError", "PermissionError", "ConnectionRefusedError"), out
+    finally:
+        runner.close()
+        listener.close()

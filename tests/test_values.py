@@ -146,3 +146,11 @@ def test_label_values_with_quotes_backslashes_and_newlines_are_exported_exactly(
             assert lint.returncode == 0, lint.stdout.decode() + lint.stderr.decode()
     finally:
         runner.close()
+
+
+def test_a_run_the_sidecar_aborted_says_nothing_of_the_check() -> None:
+
+    aborted = PluginSandboxResult("c", Outcome("aborted"), error=ErrorInfo("SidecarStopping", "the sidecar stopped"))
+    report = judge(aborted, 100)
+    assert (report.succeeded, report.state) == (False, "unknown")
+    assert report.reason is not None and "the sidecar stopped" in report.reason

@@ -1,13 +1,14 @@
 """Caller side of the sandbox: starts the launcher, drives each run, turns what it saw into a result.
 
 `Sandbox` is thread-safe: runner threads and the scheduler run plugins concurrently, each on a
-channel of its own (a connection to the launcher holding pre-forked children). If the launcher
-dies, runs in flight end as `crash` and the next run starts a fresh launcher.
+channel of its own (a connection to the launcher holding pre-forked children). A launcher that
+dies or stops answering is replaced (see `Sandbox`); the results of its runs in flight say so.
 """
 
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import json
 import logging
 import math
@@ -30,13 +31,16 @@ from ..defaults import (
     DEFAULT_MAX_RESULT_BYTES,
     DEFAULT_MEMORY_LIMIT_MB,
     DEFAULT_TIMEOUT_SECONDS,
+    LAUNCHER_ANSWER_SECONDS,
+    LAUNCHER_PING_SECONDS,
     MAX_PROCESSES,
     MAX_TEMPLATES,
+    RUN_BACKSTOP_SECONDS,
     TEMPLATES,
 )
 from ..framing import FrameError, FrameReader, encode, send_frame, write_all
 from .capture import Capture
-from .containment import Cgroups, describe, detect, release, set_memory_limit
+from .containment import Cgroups, describe, detect, kill_launcher_units, release, set_memory_limit
 from .environment import plugin_environment
 from .isolation import Confinement, Isolation, bwrap_command, namespaces_unavailable, needed_paths
 from .result import ErrorInfo, ExitFacts, Outcome, PluginSandboxResult, decide_outcome, encodable, recorded_peak
@@ -159,6 +163,7 @@ def build_result(request: RunRequest, header: dict[str, Any], message: bytes) ->
         wait_status=0 if status is None else int(status),
         timed_out=bool(header["timed_out"]),
         memory_killed=bool(header["memory_killed"]),
+        memory_by=str(header.get("memory_by") or ""),
         message=decoded,
         protocol_error=protocol_error,
     )
@@ -188,6 +193,13 @@ class _LauncherProcess:
     def __init__(self, env: dict[str, str], prefix: list[str], drop_privileges: bool,
                  max_templates: int = MAX_TEMPLATES, cgroups: Cgroups | None = None) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.cgroups = cgroups
+        #: the launcher's directory in each cgroup hierarchy: ours to end if it stops answering
+        self.units_tag = f"l-{os.getpid()}-{os.urandom(4).hex()}"
+        #: why it was replaced (it stopped answering), once it was
+        self.replaced: str | None = None
+        #: when the watchdog's unanswered ping was sent (None: none outstanding)
+        self.ping_sent: float | None = None
         try:
             self.proc = subprocess.Popen(
                 # -P: `-m` would put the working directory first on sys.path (a planted `sidecar/` would run);
@@ -195,7 +207,8 @@ class _LauncherProcess:
                 [*prefix, sys.executable, "-S", "-P", "-m", "sidecar.sandbox.launcher", str(theirs.fileno()),
                  json.dumps([p for p in sys.path if os.path.isabs(p)]),
                  json.dumps({"drop_privileges": drop_privileges, "max_templates": max_templates,
-                             "cgroups": (cgroups or Cgroups()).to_wire(), "max_processes": MAX_PROCESSES})],
+                             "cgroups": (cgroups or Cgroups()).to_wire(), "max_processes": MAX_PROCESSES,
+                             "units_tag": self.units_tag})],
                 pass_fds=(theirs.fileno(),),
                 env=env,
                 stdin=subprocess.DEVNULL,
@@ -210,13 +223,51 @@ class _LauncherProcess:
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             with self.lock:
+                self.ctrl.settimeout(LAUNCHER_ANSWER_SECONDS)
                 socket.send_fds(self.ctrl, [b"c"], [theirs.fileno()])
+        except OSError as exc:
+            mine.close()
+            raise LauncherLost(f"launcher connection failed: {exc}") from None
         finally:
             theirs.close()
         return mine
 
     def alive(self) -> bool:
         return self.proc.poll() is None
+
+    def ping(self, timeout: float) -> str | None:
+        """None when the launcher's loop answered within `timeout`, else why not (the watchdog's only reader)."""
+        self.ping_sent = time.monotonic()
+        try:
+            with self.lock:
+                self.ctrl.settimeout(timeout)
+                self.ctrl.send(b"p")
+            self.ctrl.settimeout(max(0.001, self.ping_sent + timeout - time.monotonic()))
+            answer = self.ctrl.recv(64)
+        except TimeoutError:
+            return f"it did not answer a ping within {timeout:g} s (stopped or hung)"
+        except OSError as exc:
+            return f"its control socket failed: {exc}"
+        if not answer:
+            return "it exited"
+        self.ping_sent = None
+        return None
+
+    def kill(self) -> None:
+        """End it and everything it started, now: it stopped answering, so it cannot end its runs itself.
+        Its children die with it (their death signal; in bubblewrap the PID namespace); its units' cgroups
+        are killed from here."""
+        kill_launcher_units(self.cgroups, self.units_tag)
+        self.proc.kill()
+        try:
+            self.ctrl.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.ctrl.close()
+        try:
+            self.proc.wait(timeout=LAUNCHER_ANSWER_SECONDS)
+        except subprocess.TimeoutExpired:
+            _log.error("launcher %d did not exit after SIGKILL", self.proc.pid)
 
     def stop(self) -> None:
         try:
@@ -286,7 +337,7 @@ class _Channel:
         return msg
 
     def ask(self, msg: dict[str, Any]) -> None:
-        self.sock.settimeout(10)
+        self.sock.settimeout(LAUNCHER_ANSWER_SECONDS)
         try:
             send_frame(self.sock, json.dumps(msg).encode())
         except OSError as exc:
@@ -304,14 +355,14 @@ class _Channel:
             if msg.get("t") in ("fallback", "template_failed", "error"):
                 return msg
 
-    def stats(self, timeout: float = 10.0) -> dict[str, Any]:
+    def stats(self, timeout: float = LAUNCHER_ANSWER_SECONDS) -> dict[str, Any]:
         self.ask({"t": "stats"})
         while True:
             msg = self._receive(timeout)
             if msg.get("t") == "stats":
                 return msg
 
-    def ticket(self, timeout: float = 30.0) -> tuple[int, list[int]]:
+    def ticket(self, timeout: float = LAUNCHER_ANSWER_SECONDS) -> tuple[int, list[int]]:
         while not self.tickets:
             msg = self._receive(timeout)
             if msg.get("t") == "error":
@@ -326,14 +377,14 @@ class _Channel:
 
     def end(self, pid: int) -> None:
         """The result is in: the launcher ends the run's unit and reports its exit."""
-        self.sock.settimeout(10)
+        self.sock.settimeout(LAUNCHER_ANSWER_SECONDS)
         try:
             send_frame(self.sock, json.dumps({"t": "end", "pid": pid}).encode())
         except OSError as exc:
             raise LauncherLost(f"launcher connection failed: {exc}") from None
 
     def start(self, pid: int, request: RunRequest, t0: float) -> None:
-        self.sock.settimeout(10)
+        self.sock.settimeout(LAUNCHER_ANSWER_SECONDS)
         try:
             send_frame(self.sock, json.dumps({"t": "start", "pid": pid, "t0": t0,
                                               "timeout_seconds": request.timeout_seconds,
@@ -342,8 +393,6 @@ class _Channel:
             raise LauncherLost(f"launcher connection failed: {exc}") from None
 
 
-#: How long a caller waits, past a run's own deadline, for the launcher to report the end of its unit.
-REPORT_SECONDS = 3.0
 
 
 def _kill(pidfd: int) -> None:
@@ -355,12 +404,30 @@ def _kill(pidfd: int) -> None:
         pass
 
 
-def _drive(channel: _Channel, request: RunRequest, pid: int, fds: list[int],
-           grace: float) -> PluginSandboxResult:
-    """Run one request on a ticket: write it into the child, read its result and output directly."""
+def _signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+
+
+def made_up(request: RunRequest, outcome: Outcome, error_type: str, message: str, started_at: float,
+            t0: float) -> PluginSandboxResult:
+    """A result the sandbox makes up (the launcher died or was replaced, a template hung, the sidecar is
+    stopping): the run's real start and end, and an error naming what happened."""
+    elapsed = time.monotonic() - t0
+    return PluginSandboxResult(request.plugin.name, outcome, error=ErrorInfo(error_type, message),
+                               execution_time_ms=elapsed * 1000.0, started_at=started_at,
+                               finished_at=started_at + elapsed)
+
+
+def _drive(channel: _Channel, request: RunRequest, pid: int, fds: list[int], t0: float, started_at: float,
+           stalled: Any) -> PluginSandboxResult:
+    """Run one request on a ticket: write it into the child, read its result and output directly.
+
+    `t0`/`started_at` are when the run was asked for (its deadline counts from there, waits for a template
+    included); `stalled(launcher, why)` replaces a launcher that did not report the run's end in time."""
     req_w, res_r, out_r, err_r, pidfd = fds
-    started_at = time.time()
-    t0 = time.monotonic()
     unit = channel.units.pop(pid, None)
     if unit:  # the whole tree's bound, in force before the run reads its request
         set_memory_limit(unit.get("memory"), bool(unit.get("memory_v2")), request.memory_limit_mb * 1024 * 1024)
@@ -384,7 +451,8 @@ def _drive(channel: _Channel, request: RunRequest, pid: int, fds: list[int],
     poller.register(pidfd, select.POLLIN)
     protocol_error: str | None = None
     exited = False
-    deadline = t0 + request.timeout_seconds + grace
+    backstop = False
+    deadline = t0 + request.timeout_seconds + RUN_BACKSTOP_SECONDS
 
     def drain(fd: int, budget: int = 1 << 62) -> bool:
         """Read what is there; False at end-of-file."""
@@ -413,6 +481,7 @@ def _drive(channel: _Channel, request: RunRequest, pid: int, fds: list[int],
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             _kill(pidfd)  # backstop: the launcher should have killed it at the deadline
+            backstop = True
             break
         for fd, _ev in poller.poll(remaining * 1000):
             if fd == pidfd:
@@ -420,28 +489,34 @@ def _drive(channel: _Channel, request: RunRequest, pid: int, fds: list[int],
             elif not drain(fd):
                 poller.unregister(fd)
     finished = time.monotonic()
+    header: dict[str, Any] = {
+        "wait_status": None, "timed_out": backstop, "memory_killed": False, "protocol_error": protocol_error,
+        "execution_time_ms": (finished - t0) * 1000.0, "peak_memory_bytes": 0, "started_at": started_at,
+        "finished_at": started_at + (finished - t0), "stdout": out.to_dict(), "stderr": err.to_dict(),
+    }
     # The run is over: the launcher ends its unit (everything it started) and then reports its exit, so
     # nothing of the run is alive once its result is returned.
     try:
         channel.end(pid)
-    except LauncherLost:
-        _kill(pidfd)
-        raise
+        lost: LauncherLost | None = None
+    except LauncherLost as exc:
+        lost = exc
     for fd in (res_r, out_r, err_r):  # whatever was written before the end is in the pipes
         if not frames or fd != res_r:
             drain(fd, budget=4 << 20)
-    header: dict[str, Any] = {
-        "wait_status": None, "timed_out": False, "memory_killed": False, "protocol_error": protocol_error,
-        "execution_time_ms": (finished - t0) * 1000.0, "peak_memory_bytes": 0, "started_at": started_at,
-        "finished_at": started_at + (finished - t0), "stdout": out.to_dict(), "stderr": err.to_dict(),
-    }
-    try:
-        report = channel.exit_of(pid, timeout=max(0.0, deadline - time.monotonic()) + REPORT_SECONDS)
-    except LauncherLost:
+    header.update(stdout=out.to_dict(), stderr=err.to_dict())
+    report: dict[str, Any] | None = None
+    if lost is None:
+        try:
+            report = channel.exit_of(pid, timeout=LAUNCHER_ANSWER_SECONDS)
+        except LauncherLost as exc:
+            lost = exc
+    if report is None:
         _kill(pidfd)
-        raise
-    header.update(wait_status=report["status"], timed_out=report["timed_out"],
-                  memory_killed=report["memory_killed"], peak_memory_bytes=report["maxrss"])
+        return _unreported(channel.launcher, request, header, frames, protocol_error, t0, str(lost), stalled)
+    header.update(wait_status=report["status"], timed_out=bool(report["timed_out"]) or backstop,
+                  memory_killed=report["memory_killed"], memory_by=report.get("memory_by", ""),
+                  peak_memory_bytes=report["maxrss"])
     if frames and protocol_error is None:
         return build_result(request, header, frames[0])
     if protocol_error is None and len(result):
@@ -449,17 +524,45 @@ def _drive(channel: _Channel, request: RunRequest, pid: int, fds: list[int],
     return build_result(request, header, b"")
 
 
+def _unreported(launcher: _LauncherProcess, request: RunRequest, header: dict[str, Any], frames: list[bytes],
+                protocol_error: str | None, t0: float, lost: str, stalled: Any) -> PluginSandboxResult:
+    """The launcher did not report the run's end: say what happened, honestly, with the run's real times."""
+    died = launcher.replaced is None and not launcher.alive()
+    if not died and launcher.replaced is None:
+        stalled(launcher, f"it did not report the end of a run within {LAUNCHER_ANSWER_SECONDS:g} s ({lost})")
+    if frames and protocol_error is None:  # the plugin's own answer: its outcome stands (its peak is its own)
+        return build_result(request, header, frames[0])
+    elapsed = header["execution_time_ms"] / 1000.0
+    if header["timed_out"] or elapsed >= request.timeout_seconds:
+        error = ErrorInfo("LauncherStalled", f"run exceeded its timeout of {request.timeout_seconds:g} s and the "
+                                             f"sandbox launcher did not end it ({launcher.replaced or lost}): "
+                                             "the sidecar killed the run and replaced the launcher")
+        outcome = Outcome.TIMEOUT
+    elif died:
+        error = ErrorInfo("LauncherDied", f"the sandbox launcher exited (status {launcher.proc.returncode}) "
+                                          "while this run was in flight; the run ended with it")
+        outcome = Outcome.ABORTED
+    else:
+        error = ErrorInfo("LauncherReplaced", f"the sandbox launcher was replaced while this run was in flight "
+                                              f"({launcher.replaced or lost}); the run ended with it")
+        outcome = Outcome.ABORTED
+    return dataclasses.replace(PluginSandboxResult.from_dict({**header, "plugin": request.plugin.name,
+                                                              "outcome": outcome.value}), error=error)
+
+
 class Sandbox:
     """Runs plugins through one launcher process; thread-safe, one channel per run in flight.
 
     A run takes an idle channel (a connection to the launcher holding tickets: pre-forked
     children and their pipes) and talks to the child directly, so a run costs two process
-    wake-ups, not four. If the launcher dies, runs in flight end as
-    `crash` and the next run starts a fresh launcher.
-    """
+    wake-ups, not four.
 
-    #: extra seconds a caller waits beyond a run's timeout before declaring the launcher wedged
-    GRACE_SECONDS = 10.0
+    Nobody waits on a launcher that stopped answering: a watchdog pings each launcher every
+    `LAUNCHER_PING_SECONDS`; one that does not answer within `LAUNCHER_ANSWER_SECONDS` (stopped,
+    hung), or does not report a run's end in that time, is killed with everything it started and
+    replaced. Runs past their deadline then end `timeout`, the others `aborted`, each saying so;
+    a run that had not started yet runs on the new launcher.
+    """
 
     def __init__(self, *, environ: Mapping[str, str] | None = None, extra_env: Iterable[str] = (),
                  isolation: Isolation | None = None, templates: bool = TEMPLATES == "on",
@@ -480,6 +583,11 @@ class Sandbox:
         self._idle: list[_Channel] = []
         self._channels: set[_Channel] = set()
         self._closed = False
+        #: launchers replaced because they stopped answering, and the last reason (until a new one answered)
+        self.replacements = 0
+        self._replacing: str | None = None
+        self._watch_stop = threading.Event()
+        self._watchdog: threading.Thread | None = None
         #: what bounds a run here, detected once (see `containment`)
         self.cgroups: Cgroups = detect(disabled=not cgroups)
         self.containment = describe(self.cgroups)
@@ -517,7 +625,66 @@ class Sandbox:
                     launcher.stop()
                 launcher = self._launchers[confinement] = _LauncherProcess(self._env, *self._command(confinement),
                                                                            self.max_templates, self.cgroups)
+                if self._watchdog is None:
+                    self._watchdog = threading.Thread(target=self._watch, name="sandbox-watchdog", daemon=True)
+                    self._watchdog.start()
             return launcher
+
+    # -- the watchdog --------------------------------------------------------------------------
+    def _watch(self) -> None:
+        """Ping every launcher; replace one that does not answer (the launcher never gets waited on)."""
+        while not self._watch_stop.wait(LAUNCHER_PING_SECONDS):
+            with self._lock:
+                launchers = list(self._launchers.values())
+            for launcher in launchers:
+                if self._watch_stop.is_set():
+                    return
+                why = launcher.ping(LAUNCHER_ANSWER_SECONDS)
+                if why is None:
+                    with self._lock:
+                        if self._replacing is not None and launcher.replaced is None:
+                            _log.info("sandbox launcher %d answers: runs are guarded again", launcher.proc.pid)
+                            self._replacing = None
+                elif not self._watch_stop.is_set():
+                    self._replace(launcher, why)
+
+    def _replace(self, launcher: _LauncherProcess, why: str) -> None:
+        """Kill a launcher that stopped answering (and everything it started); start its successor."""
+        with self._lock:
+            if launcher.replaced is not None or self._closed:
+                return
+            launcher.replaced = why
+            confinement = next((c for c, held in self._launchers.items() if held is launcher), None)
+            current = self._launchers.get(confinement) is launcher
+            if current:
+                del self._launchers[confinement]
+            idle = [c for c in self._idle if c.launcher is launcher]
+            for channel in idle:
+                self._idle.remove(channel)
+                self._channels.discard(channel)
+            self.replacements += 1
+            self._replacing = f"the sandbox launcher was replaced: {why}"
+        _log.error("sandbox launcher %d: %s; killing it and everything it started, starting another",
+                   launcher.proc.pid, why)
+        for channel in idle:
+            channel.close()
+        launcher.kill()
+        if current:
+            try:
+                self._current(confinement)
+            except (OSError, RuntimeError):
+                _log.exception("could not start a new sandbox launcher (the next run tries again)")
+
+    def problem(self) -> str | None:
+        """Why runs are not guarded right now (for /readyz): a launcher late to answer, or being replaced."""
+        now = time.monotonic()
+        with self._lock:
+            late = [now - launcher.ping_sent for launcher in self._launchers.values()
+                    if launcher.ping_sent is not None and now - launcher.ping_sent > LAUNCHER_PING_SECONDS]
+            if late:
+                return (f"the sandbox launcher has not answered for {max(late):.1f} s (stopped or hung); it is "
+                        f"replaced after {LAUNCHER_ANSWER_SECONDS:g} s")
+            return self._replacing
 
     def _checkout(self, confinement: Confinement | None) -> _Channel:
         """An idle channel to the current launcher, or a new one: as many as runs in flight."""
@@ -550,29 +717,47 @@ class Sandbox:
 
     def run(self, request: RunRequest) -> PluginSandboxResult:
         """Run one request; never raises for what the plugin does."""
-        channel: _Channel | None = None
-        fds: list[int] = []
-        try:
-            channel = self._checkout(self.confinement(request))
-            if self.templates and request.plugin.preload and request.mode == "run":
-                ticket = self._template_ticket(channel, request)
-                if isinstance(ticket, PluginSandboxResult):
-                    self._checkin(channel)
-                    return ticket
-                pid, fds = ticket
-            else:
-                pid, fds = channel.ticket()
-        except (LauncherLost, OSError) as exc:
-            if channel is not None:
-                self._discard(channel)
-            return PluginSandboxResult(request.plugin.name, Outcome.CRASH, error=ErrorInfo("LauncherDied", str(exc)))
-        try:
-            result = _drive(channel, request, pid, fds, self.GRACE_SECONDS)
+        started_at, t0 = time.time(), time.monotonic()
+        for attempt in (1, 2):  # a run that never started runs once more, on a fresh launcher
+            channel: _Channel | None = None
+            try:
+                channel = self._checkout(self.confinement(request))
+                ticket = self._ticket(channel, request, t0, started_at)
+                break
+            except (LauncherLost, OSError) as exc:
+                launcher = channel.launcher if channel is not None else None
+                if channel is not None:
+                    self._discard(channel)
+                if launcher is not None and launcher.replaced is None and launcher.alive():
+                    self._replace(launcher, f"it did not hand out a child within {LAUNCHER_ANSWER_SECONDS:g} s "
+                                            f"({exc})")
+                if attempt == 1 and time.monotonic() - t0 < request.timeout_seconds:
+                    continue
+                if time.monotonic() - t0 >= request.timeout_seconds:
+                    return made_up(request, Outcome.TIMEOUT, "LauncherStalled",
+                                   f"run exceeded its timeout of {request.timeout_seconds:g} s before the sandbox "
+                                   f"launcher could start it ({exc})", started_at, t0)
+                return made_up(request, Outcome.ABORTED, "LauncherUnavailable",
+                               f"the sandbox launcher could not start the run ({exc})", started_at, t0)
+            except RuntimeError as exc:  # the sandbox is closed: the sidecar is stopping
+                return made_up(request, Outcome.ABORTED, "SidecarStopping", f"the run was not started: {exc}",
+                               started_at, t0)
+        assert channel is not None  # the loop either broke with a ticket or returned
+        if isinstance(ticket, PluginSandboxResult):
             self._checkin(channel)
+            return ticket
+        pid, fds = ticket
+        try:
+            result = _drive(channel, request, pid, fds, t0, started_at, self._replace)
+            if channel.launcher.replaced is None and channel.launcher.alive():
+                self._checkin(channel)
+            else:
+                self._discard(channel)
             return result
         except (LauncherLost, OSError) as exc:
             self._discard(channel)
-            return PluginSandboxResult(request.plugin.name, Outcome.CRASH, error=ErrorInfo("LauncherDied", str(exc)))
+            return made_up(request, Outcome.ABORTED, "LauncherDied",
+                           f"the run's connection to the sandbox launcher failed: {exc}", started_at, t0)
         except BaseException:
             _kill(fds[4])  # whatever went wrong here, the child must not outlive the call
             self._discard(channel)
@@ -582,31 +767,61 @@ class Sandbox:
                 if fd >= 0:
                     os.close(fd)
 
-    def _template_ticket(self, channel: _Channel,
-                         request: RunRequest) -> tuple[int, list[int]] | PluginSandboxResult:
+    def _ticket(self, channel: _Channel, request: RunRequest, t0: float,
+                started_at: float) -> tuple[int, list[int]] | PluginSandboxResult:
+        if self.templates and request.plugin.preload and request.mode == "run":
+            return self._template_ticket(channel, request, t0, started_at)
+        return channel.ticket()
+
+    def _template_ticket(self, channel: _Channel, request: RunRequest, t0: float,
+                         started_at: float) -> tuple[int, list[int]] | PluginSandboxResult:
         """A child forked from the plugin's template; a spare when the plugin cannot have one; or the
         outcome of the waiting run when the template's import failed or hung (as a run's would)."""
-        started_at, t0 = time.time(), time.monotonic()
-        msg = channel.template_ticket(request, t0, request.timeout_seconds + self.GRACE_SECONDS)
+        wait = max(0.0, t0 + request.timeout_seconds - time.monotonic()) + LAUNCHER_ANSWER_SECONDS
+        msg = channel.template_ticket(request, t0, wait)
         kind = msg.get("t")
         if kind == "ticket":
             return channel.template_tickets.popleft()
         if kind == "template_failed":
-            finished = time.monotonic()
-            header: dict[str, Any] = {
-                "wait_status": msg.get("status"), "timed_out": bool(msg.get("timed_out")), "memory_killed": False,
-                "protocol_error": None, "execution_time_ms": (finished - t0) * 1000.0, "peak_memory_bytes": 0,
-                "started_at": started_at, "finished_at": started_at + (finished - t0),
-                "stdout": Capture(request.max_output_bytes).to_dict(),
-                "stderr": Capture(request.max_output_bytes).to_dict(),
-            }
-            message = msg.get("message")
-            return build_result(request, header, json.dumps(message).encode() if message else b"")
+            return self._template_failed(request, msg, t0, started_at)
         if kind == "fallback" and msg.get("reason") == "threads" and request.plugin.name not in self._per_run_logged:
             self._per_run_logged.add(request.plugin.name)
             _log.warning("plugin %s starts %s threads when imported: it is imported per run (a template "
                          "holding threads is unsafe to fork)", request.plugin.name, msg.get("threads", "some"))
         return channel.ticket()
+
+    @staticmethod
+    def _template_failed(request: RunRequest, msg: dict[str, Any], t0: float,
+                         started_at: float) -> PluginSandboxResult:
+        """The run waited on its plugin's template, which failed it: the import's own outcome, or what the
+        launcher saw (it hung in a fork, its import passed the run's deadline, it died importing)."""
+        timeout = request.timeout_seconds
+        if msg.get("hung"):
+            late = time.monotonic() - t0 >= timeout
+            return made_up(request, Outcome.TIMEOUT if late else Outcome.IMPORT, "TemplateHung",
+                           f"the plugin's template did not answer a fork request within {msg.get('waited', 0):g} s "
+                           "(an at-fork hook that blocks, or its state hangs a fork): it was killed, and the "
+                           "plugin's next runs import it per run for a while", started_at, t0)
+        if msg.get("timed_out"):
+            return made_up(request, Outcome.TIMEOUT, "ImportTimeout",
+                           f"importing the plugin did not finish within the run's timeout of {timeout:g} s: its "
+                           "template was killed", started_at, t0)
+        message = msg.get("message")
+        if not message:  # it died importing the plugin (a crash at import, or killed): say which
+            status = int(msg.get("status") or 0)
+            how = (f"killed by {_signal_name(os.WTERMSIG(status))}" if os.WIFSIGNALED(status)
+                   else f"exited with status {os.WEXITSTATUS(status) if os.WIFEXITED(status) else status}")
+            return made_up(request, Outcome.CRASH, "TemplateDied",
+                           f"the plugin's template {how} while importing the plugin", started_at, t0)
+        finished = time.monotonic()
+        header: dict[str, Any] = {
+            "wait_status": msg.get("status"), "timed_out": False, "memory_killed": False, "protocol_error": None,
+            "execution_time_ms": (finished - t0) * 1000.0, "peak_memory_bytes": 0,
+            "started_at": started_at, "finished_at": started_at + (finished - t0),
+            "stdout": Capture(request.max_output_bytes).to_dict(),
+            "stderr": Capture(request.max_output_bytes).to_dict(),
+        }
+        return build_result(request, header, json.dumps(message).encode())
 
     def template_stats(self) -> dict[str, int]:
         """Templates alive, built and evicted, and their resident memory, summed over the launchers."""
@@ -630,6 +845,7 @@ class Sandbox:
 
     def close(self) -> None:
         """Stop the launcher; it kills whatever runs are still in flight."""
+        self._watch_stop.set()
         with self._lock:
             self._closed = True
             launchers, self._launchers = list(self._launchers.values()), {}

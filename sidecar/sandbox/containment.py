@@ -30,7 +30,7 @@ import signal
 import time
 from typing import Any
 
-__all__ = ["Cgroups", "Unit", "Units", "describe", "detect", "release"]
+__all__ = ["Cgroups", "Unit", "Units", "describe", "detect", "kill_launcher_units", "release"]
 
 _CGROUP_ROOT_PREFIX = "sidecar-"
 
@@ -268,6 +268,31 @@ def release(cg: Cgroups | None) -> None:
         _remove_tree(d)
 
 
+def kill_launcher_units(cg: Cgroups | None, tag: str) -> None:
+    """From the runner: SIGKILL every process in the units of the launcher whose directory is `tag` (it stopped
+    answering and is being replaced; it cannot end them itself)."""
+    if cg is None:
+        return
+    if cg.kill:
+        with contextlib.suppress(OSError):
+            _write(os.path.join(cg.kill, tag, "cgroup.kill"), "1")
+    for parent in (cg.pids, cg.memory):
+        if not parent or parent == cg.kill:
+            continue
+        for _ in range(16):  # v1: a forking tree refills cgroup.procs; pids.max bounds how long
+            found = False
+            for root, _dirs, _files in os.walk(os.path.join(parent, tag)):
+                try:
+                    pids = [int(p) for p in _read(os.path.join(root, "cgroup.procs")).split()]
+                except (OSError, ValueError):
+                    continue
+                for pid in pids:
+                    found = True
+                    _signal(pid, signal.SIGKILL)
+            if not found:
+                break
+
+
 # -- units (in the launcher) ------------------------------------------------------------------------
 
 def _proc_stat(proc_pid: int) -> list[bytes] | None:
@@ -401,10 +426,12 @@ def set_memory_limit(memory_dir: str | None, v2: bool, limit_bytes: int) -> None
 class Units:
     """The launcher's side: its own directory in each hierarchy, a unit per run and per template."""
 
-    def __init__(self, cg: Cgroups, max_processes: int) -> None:
+    def __init__(self, cg: Cgroups, max_processes: int, tag: str | None = None) -> None:
+        """`tag`: the name of the launcher's directory, chosen by the runner so that it can end every unit
+        of a launcher that stopped answering (`kill_launcher_units`)."""
         self.cg = cg
         self.max_processes = max_processes
-        tag = f"l{os.getpid()}-{os.urandom(4).hex()}"
+        tag = tag or f"l{os.getpid()}-{os.urandom(4).hex()}"
         self.kill_dir = _make(cg.kill, tag)
         self.memory_dir = self.kill_dir if cg.memory == cg.kill and cg.memory else _make(cg.memory, tag)
         self.pids_dir = (self.kill_dir if cg.pids == cg.kill and cg.pids

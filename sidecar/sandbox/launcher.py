@@ -23,7 +23,9 @@ it exits, and, when the launcher runs as root, an identity of its own.
 Wire (JSON frames, `framing`): caller → launcher `{"t": "start", "pid", "t0", "timeout_seconds",
 "memory_limit_mb"}`; launcher → caller `{"t": "ticket", "pid"}` + 5 fds (request, result,
 stdout, stderr, pidfd), `{"t": "exit", "pid",
-"status", "maxrss", "timed_out", "memory_killed"}`, `{"t": "error", "message"}`.
+"status", "maxrss", "timed_out", "memory_killed", "memory_by"}`, `{"t": "error", "message"}`. On the control socket,
+`b"p"` (the runner's watchdog) is answered `b"P"`. Sends never block the loop: what a caller does not read
+waits in a bounded buffer, and a caller past it is dropped.
 """
 
 from __future__ import annotations
@@ -61,7 +63,8 @@ except (OSError, AttributeError):  # pragma: no cover - non-glibc platforms
 
 
 class _Child:
-    __slots__ = ("pid", "pidfd", "conn", "deadline", "rss_limit", "started", "timed_out", "memory_killed", "tmp",
+    __slots__ = ("pid", "pidfd", "conn", "deadline", "rss_limit", "started", "timed_out", "memory_killed", "memory_by",
+                 "tmp",
                  "owner", "ticket_fds", "unit")
 
     def __init__(self, pid: int, pidfd: int, conn: _Conn | None, tmp: str, owner: int = 0) -> None:
@@ -78,17 +81,27 @@ class _Child:
         self.started = False
         self.timed_out = False
         self.memory_killed = False
+        #: what measured it: "cgroup" (the whole tree's memory.max) or "rss" (the leader's resident set)
+        self.memory_by = ""
         #: its unit of containment (session, cgroup): set once the launcher placed it
         self.unit: Unit | None = None
 
 
 class _Conn:
-    __slots__ = ("sock", "reader", "children")
+    __slots__ = ("sock", "reader", "children", "out", "queued")
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self.reader = FrameReader(limit=1 << 20)
         self.children: set[int] = set()
+        #: what the caller has not read yet: (bytes, fds to pass with their first byte; ours, closed once sent)
+        self.out: list[tuple[bytes, list[int]]] = []
+        self.queued = 0
+
+
+#: Bytes a caller may leave unread before the launcher drops it: a peer that does not read never blocks
+#: the loop that guards every run.
+_SEND_BUFFER_BYTES = 1 << 20
 
 
 #: How long a template may take to answer a fork request before it is killed and replaced (runs meanwhile
@@ -119,16 +132,19 @@ class _Template:
         self.answered = False
         self.deadline = deadline
         self.timed_out = False
-        #: connections waiting for the import to finish, then for a fork
-        self.waiting: list[_Conn] = []
+        #: connections waiting for the import to finish, then for a fork (with their run's deadline)
+        self.waiting: list[tuple[_Conn, float]] = []
         #: fork requests in flight, in order: who gets the child (None: kept as a spare), the caller's
-        #: ends of its pipes and its private directory
-        self.forking: list[tuple[_Conn | None, tuple[int, ...], str]] = []
+        #: ends of its pipes, its private directory and by when the template must answer it
+        self.forking: list[tuple[_Conn | None, tuple[int, ...], str, float]] = []
         #: children forked ahead of need, handed to the next runs of this plugin
         self.spares: list[_Child] = []
         self.unit: Unit | None = None
-        #: by when it must answer its oldest fork request (a stopped or hung template is replaced)
+        #: by when it must answer its fork requests (a stopped or hung template is replaced)
         self.fork_deadline = float("inf")
+
+    def asked(self) -> None:
+        self.fork_deadline = min((d for *_rest, d in self.forking), default=float("inf"))
 
 
 def _signature(path: str | None) -> tuple[int, ...] | None:
@@ -150,9 +166,9 @@ def _signal(pid: int, sig: int) -> None:
 
 class Launcher:
     def __init__(self, ctrl: socket.socket, drop_privileges: bool = False, max_templates: int = 32,
-                 cgroups: Cgroups | None = None, max_processes: int = 512) -> None:
+                 cgroups: Cgroups | None = None, max_processes: int = 512, units_tag: str | None = None) -> None:
         self.ctrl = ctrl
-        self.units = Units(cgroups or Cgroups(), max_processes)
+        self.units = Units(cgroups or Cgroups(), max_processes, units_tag)
         self.drop_privileges = drop_privileges
         self.max_templates = max_templates
         self.templates: OrderedDict[str, _Template] = OrderedDict()  # least recently used first
@@ -211,14 +227,18 @@ class Launcher:
         if self.want_ticket:
             timeout = 0.0  # fork tickets as soon as nothing else is waiting
         events = self.epoll.poll(timeout)
-        for fd, _ev in events:
+        for fd, ev in events:
             if fd == self.ctrl.fileno():
                 if not self._on_ctrl():
                     return False
                 continue
             try:
                 if fd in self.conns:
-                    self._on_conn(self.conns[fd])
+                    conn = self.conns[fd]
+                    if ev & select.EPOLLOUT and not self._flush(conn):
+                        continue
+                    if ev & ~select.EPOLLOUT:
+                        self._on_conn(conn)
                 elif fd in self.by_pidfd:
                     self._on_exit(self.by_pidfd[fd])
                 elif fd in self.template_fds:
@@ -236,8 +256,10 @@ class Launcher:
             self.next_rss_poll = now + _RSS_POLL_SECONDS
             self._poll_rss(running)
         for tpl in [t for t in self.templates.values() if t.forking and now >= t.fork_deadline]:
-            self._back_off(tpl)  # it did not answer: its runs import per run, the plugin backs off
-            self._drop_template(tpl)
+            # It did not answer: the plugin backs off (its next runs import per run). Stopped (by a run of its
+            # plugin), its waiting runs import per run now; hung (an at-fork hook), they end saying so.
+            self._back_off(tpl)
+            self._drop_template(tpl, hung=not self._stopped(tpl.pid))
         for tpl in building:
             if now >= tpl.deadline:
                 tpl.timed_out = True  # its exit ends the runs waiting for it as `timeout`
@@ -257,6 +279,11 @@ class Launcher:
             return True
         if not msg and not fds:
             return False
+        for _ in range(msg.count(b"p")):  # the runner's watchdog: a loop that answers is a loop that guards
+            try:
+                self.ctrl.send(b"P", socket.MSG_DONTWAIT)
+            except OSError:
+                pass
         for fd in fds:
             sock = socket.socket(fileno=fd)
             sock.setblocking(False)
@@ -305,31 +332,65 @@ class Launcher:
         self.epoll.unregister(fd)
         del self.conns[fd]
         for tpl in self.templates.values():
-            if conn in tpl.waiting:
-                tpl.waiting.remove(conn)
+            tpl.waiting = [(c, d) for c, d in tpl.waiting if c is not conn]
         for pid in conn.children:
             if pid in self.children:
                 self.children[pid].conn = None
                 self._kill(pid)
         conn.children.clear()
+        for _data, fds in conn.out:
+            for queued in fds:
+                os.close(queued)
+        conn.out.clear()
         conn.sock.close()
 
     def _send(self, conn: _Conn, msg: dict[str, Any], fds: list[int] | None = None) -> bool:
+        """Queue a message (and fds) for the caller and send what its socket takes now; never blocks. A
+        caller that leaves more than `_SEND_BUFFER_BYTES` unread is dropped (its runs are killed)."""
+        if self.conns.get(conn.sock.fileno()) is not conn:
+            return False
         data = encode(json.dumps(msg).encode())
         try:
-            conn.sock.setblocking(True)
-            conn.sock.settimeout(10)
-            if fds:
-                sent = socket.send_fds(conn.sock, [data], fds)
-                if sent < len(data):
-                    conn.sock.sendall(data[sent:])
-            else:
-                conn.sock.sendall(data)
-            conn.sock.setblocking(False)
-            return True
+            ours = [os.dup(fd) for fd in fds or ()]
         except OSError:
             self._drop_conn(conn)
             return False
+        was_idle = not conn.out
+        conn.out.append((data, ours))
+        conn.queued += len(data)
+        if not self._flush(conn):
+            return False
+        if conn.out and was_idle:
+            self.epoll.modify(conn.sock.fileno(), select.EPOLLIN | select.EPOLLOUT)
+        return True
+
+    def _flush(self, conn: _Conn) -> bool:
+        """Send what the caller's socket takes; False when the caller was dropped."""
+        try:
+            while conn.out:
+                data, fds = conn.out[0]
+                if fds:
+                    sent = socket.send_fds(conn.sock, [data], fds, socket.MSG_DONTWAIT)
+                    for fd in fds:
+                        os.close(fd)
+                else:
+                    sent = conn.sock.send(data, socket.MSG_DONTWAIT)
+                conn.queued -= sent
+                if sent < len(data):
+                    conn.out[0] = (data[sent:], [])
+                    break
+                conn.out.pop(0)
+        except BlockingIOError:
+            pass
+        except OSError:
+            self._drop_conn(conn)
+            return False
+        if conn.queued > _SEND_BUFFER_BYTES:
+            self._drop_conn(conn)
+            return False
+        if not conn.out:
+            self.epoll.modify(conn.sock.fileno(), select.EPOLLIN)
+        return True
 
     # -- children ------------------------------------------------------------------------------
     def _issue_ticket(self, conn: _Conn) -> None:
@@ -383,7 +444,7 @@ class Launcher:
             self._settle_unit(unit)
             peak = unit.peak() or peak
             if child.started and unit.oom_killed():
-                child.memory_killed = True
+                child.memory_killed, child.memory_by = True, child.memory_by or "cgroup"
         del self.children[child.pid]
         self.epoll.unregister(child.pidfd)
         os.close(child.pidfd)
@@ -399,6 +460,7 @@ class Launcher:
             conn.children.discard(child.pid)
             if self._send(conn, {"t": "exit", "pid": child.pid, "status": status, "maxrss": peak,
                                  "timed_out": child.timed_out, "memory_killed": child.memory_killed,
+                                 "memory_by": child.memory_by,
                                  "started": child.started}) and child.owner == child.pid:
                 self.want_ticket.append(conn)  # a spare was used: fork the next (a template's run was not one)
         shutil.rmtree(child.tmp, ignore_errors=True)  # after the report: nobody waits for this
@@ -432,6 +494,12 @@ class Launcher:
                 self._send(conn, {"t": "fallback", "reason": "fork"})
                 return
         self.templates.move_to_end(key)
+        if tpl.ready and self._stopped(tpl.pid):  # a run of its plugin stopped it: replaced, never waited on
+            self._back_off(tpl)
+            self._drop_template(tpl)
+            self._send(conn, {"t": "fallback", "reason": "stopped"})
+            return
+        run_deadline = float(msg.get("t0") or time.monotonic()) + float(msg["timeout_seconds"])
         spare = tpl.spares.pop(0) if tpl.ready and tpl.spares else None
         if spare is not None and self._stopped(spare.pid):
             self._kill(spare.pid)  # another run of the plugin (same uid) stopped it: never hand it out
@@ -440,9 +508,9 @@ class Launcher:
             self._hand_out(spare, conn)
             self._fork_from(tpl, None)  # the next run's, while nobody waits
         elif tpl.ready:
-            self._fork_from(tpl, conn)
+            self._fork_from(tpl, conn, run_deadline)
         else:
-            tpl.waiting.append(conn)
+            tpl.waiting.append((conn, run_deadline))
 
     def _stopped(self, pid: int) -> bool:
         proc_pid = self._proc_pid(pid)
@@ -484,6 +552,7 @@ class Launcher:
             mine.close()
             template_main(theirs.fileno(), _prctl, tmp, self.drop_privileges, msg)
         theirs.close()
+        mine.setblocking(False)  # a template that does not read never blocks the loop: its fork request fails
         pidfd = os.pidfd_open(pid)
         deadline = float(msg.get("t0") or time.monotonic()) + float(msg["timeout_seconds"])
         tpl = _Template(key, pid, pidfd, mine, tmp, signature, deadline)
@@ -499,7 +568,7 @@ class Launcher:
         self.builds += 1
         return tpl
 
-    def _fork_from(self, tpl: _Template, conn: _Conn | None) -> None:
+    def _fork_from(self, tpl: _Template, conn: _Conn | None, run_deadline: float = float("inf")) -> None:
         """Ask the template for a child: for `conn`'s run, or (None) a spare for the next run."""
         if conn is not None and conn.sock.fileno() not in self.conns:
             return
@@ -533,9 +602,8 @@ class Launcher:
         finally:
             for fd in (res_w, out_w, err_w, req_r):
                 os.close(fd)
-        if not tpl.forking:
-            tpl.fork_deadline = time.monotonic() + _FORK_ANSWER_SECONDS
-        tpl.forking.append((conn, ours, tmp))
+        tpl.forking.append((conn, ours, tmp, min(time.monotonic() + _FORK_ANSWER_SECONDS, run_deadline)))
+        tpl.asked()
 
     def _on_template(self, tpl: _Template, fd: int) -> None:
         if fd == tpl.pidfd:
@@ -558,25 +626,25 @@ class Launcher:
                 self._origins[tpl.key] = msg["origin"]
             self.backoff.pop(tpl.key, None)
             waiting, tpl.waiting = tpl.waiting, []
-            for conn in waiting:
-                self._fork_from(tpl, conn)
+            for conn, run_deadline in waiting:
+                self._fork_from(tpl, conn, run_deadline)
             self._fork_from(tpl, None)
         elif kind == "failed":
             tpl.answered = True
             self._back_off(tpl)
             waiting, tpl.waiting = tpl.waiting, []
-            for conn in waiting:
+            for conn, _d in waiting:
                 self._send(conn, {"t": "template_failed", "message": msg.get("message"), "status": 0,
                                   "timed_out": False})
         elif kind == "threads":
             tpl.answered = True
             self.per_run[tpl.key] = tpl.signature
             waiting, tpl.waiting = tpl.waiting, []
-            for conn in waiting:
+            for conn, _d in waiting:
                 self._send(conn, {"t": "fallback", "reason": "threads", "threads": msg.get("count")})
         elif kind == "forked" and tpl.forking:
-            to, ours, tmp = tpl.forking.pop(0)
-            tpl.fork_deadline = time.monotonic() + _FORK_ANSWER_SECONDS if tpl.forking else float("inf")
+            to, ours, tmp, _deadline = tpl.forking.pop(0)
+            tpl.asked()
             self._ticket_from(tpl, to, int(msg.get("pid") or 0), ours, tmp)
 
     def _ticket_from(self, tpl: _Template, conn: _Conn | None, pid: int, ours: tuple[int, ...], tmp: str) -> None:
@@ -627,7 +695,7 @@ class Launcher:
         if not tpl.ready and not tpl.answered:
             self._back_off(tpl)  # died (or was killed at its deadline) while importing
         if tpl.waiting:  # the runs waiting for it end the same way
-            for conn in tpl.waiting:
+            for conn, _d in tpl.waiting:
                 self._send(conn, {"t": "template_failed", "message": None, "status": status,
                                   "timed_out": tpl.timed_out})
             tpl.waiting = []
@@ -639,23 +707,31 @@ class Launcher:
         self.backoff[tpl.key] = (time.monotonic() + min(_MAX_BACKOFF_SECONDS, 2.0 ** failures), failures + 1,
                                  tpl.signature)
 
-    def _drop_template(self, tpl: _Template, wait: bool = False) -> None:
-        """Retire a template (evicted, stale or shutting down); its runs are ours and go on."""
+    def _drop_template(self, tpl: _Template, wait: bool = False, hung: bool = False) -> None:
+        """Retire a template (evicted, stale, stopped, hung or shutting down); its runs are ours and go on.
+        `hung`: it did not answer a fork request in time: the runs that asked end saying so."""
         self._kill(tpl.pid)
         if wait:
             try:
                 os.waitpid(tpl.pid, 0)
             except ChildProcessError:
                 pass
-        for conn in tpl.waiting:
+        for conn, _d in tpl.waiting:
             self._send(conn, {"t": "fallback", "reason": "retired"})
         tpl.waiting = []
-        self._forget_template(tpl, reaped=wait)
+        self._forget_template(tpl, reaped=wait, hung=hung)
 
-    def _forget_template(self, tpl: _Template, reaped: bool) -> None:
+    def _forget_template(self, tpl: _Template, reaped: bool, hung: bool = False) -> None:
         forking, tpl.forking = tpl.forking, []
-        for conn, ours, tmp in forking:  # fork requests it will never answer
-            self._ticket_from(tpl, conn, 0, ours, tmp)
+        for conn, ours, tmp, _deadline in forking:  # fork requests it will never answer
+            if hung and conn is not None and self.conns.get(conn.sock.fileno()) is conn:
+                for fd in ours:
+                    os.close(fd)
+                shutil.rmtree(tmp, ignore_errors=True)
+                self._send(conn, {"t": "template_failed", "hung": True, "message": None, "status": 0,
+                                  "timed_out": False, "waited": _FORK_ANSWER_SECONDS})
+            else:
+                self._ticket_from(tpl, conn, 0, ours, tmp)
         for child in tpl.spares:  # reaped (and their fds closed) when their exit is seen
             self._kill(child.pid)
         tpl.spares = []
@@ -695,7 +771,7 @@ class Launcher:
             except (OSError, IndexError, ValueError):
                 continue
             if resident > child.rss_limit:
-                child.memory_killed = True
+                child.memory_killed, child.memory_by = True, "rss"
                 self._kill(child.pid)
 
     def _our_children(self) -> dict[int, int]:
@@ -909,7 +985,7 @@ def main(argv: list[str] | None = None) -> None:
     options = json.loads(args[2]) if len(args) > 2 else {}
     Launcher(ctrl, drop_privileges=bool(options.get("drop_privileges")),
              max_templates=int(options.get("max_templates", 32)), cgroups=Cgroups.from_wire(options.get("cgroups")),
-             max_processes=int(options.get("max_processes", 512))).serve()
+             max_processes=int(options.get("max_processes", 512)), units_tag=options.get("units_tag")).serve()
 
 
 if __name__ == "__main__":

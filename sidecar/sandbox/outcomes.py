@@ -6,11 +6,16 @@ child starts with, can use it cheaply. `result.Outcome` is the typed face of the
 
 from __future__ import annotations
 
-__all__ = ["ERROR_OUTCOMES", "OUTCOMES", "classify_exception"]
+__all__ = ["ABORTED", "ERROR_OUTCOMES", "OUTCOMES", "classify_exception"]
 
-OUTCOMES: tuple[str, ...] = ("success", "timeout", "memory", "import", "value", "runtime", "exception", "crash")
-#: Every outcome but success: the `error_type` label values of `sidecar_plugin_errors_total`.
-ERROR_OUTCOMES: tuple[str, ...] = OUTCOMES[1:]
+OUTCOMES: tuple[str, ...] = ("success", "timeout", "memory", "import", "value", "runtime", "exception", "crash",
+                             "aborted")
+#: The plugin's failures: every outcome but success and `aborted` (the sidecar ended the run for a reason of its
+#: own: it was stopping, or its launcher died or was replaced). The `error_type` label values of
+#: `sidecar_plugin_errors_total`; an aborted run counts in none of the plugin's counters.
+ERROR_OUTCOMES: tuple[str, ...] = OUTCOMES[1:-1]
+#: Not the plugin's doing: no health verdict, no plugin error.
+ABORTED = "aborted"
 
 
 def classify_exception(exc: BaseException, *, during_import: bool = False) -> str:

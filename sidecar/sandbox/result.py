@@ -46,6 +46,8 @@ class Outcome(StrEnum):
     RUNTIME = "runtime"
     EXCEPTION = "exception"
     CRASH = "crash"
+    #: the sidecar ended the run for a reason of its own (stopping, its launcher died or was replaced)
+    ABORTED = "aborted"
 
 
 def classify_exception(exc: BaseException, *, during_import: bool = False) -> Outcome:
@@ -89,6 +91,9 @@ class ExitFacts:
     wait_status: int
     timed_out: bool = False
     memory_killed: bool = False
+    #: what measured the memory: "cgroup" (the run's whole tree against memory.max) or "rss" (the run's
+    #: leader's resident set, watched from outside); "" when unknown
+    memory_by: str = ""
     #: the child's own report, decoded; None when it sent nothing usable
     message: dict[str, Any] | None = None
     protocol_error: str | None = None
@@ -146,12 +151,14 @@ def decide_outcome(facts: ExitFacts, timeout_seconds: float, memory_limit_mb: in
     """(outcome, result, error) for a finished child. Guards win over whatever the child said."""
     if facts.timed_out:
         return Outcome.TIMEOUT, None, ErrorInfo(
-            "Timeout", f"run exceeded its timeout of {timeout_seconds:g} s; process group killed"
+            "Timeout", f"run exceeded its timeout of {timeout_seconds:g} s; everything it started was killed"
         )
     if facts.memory_killed:
+        measured = ("the memory of all its processes together (its cgroup, /tmp included)"
+                    if facts.memory_by == "cgroup" else "its process's resident memory (watched every 100 ms)")
         return Outcome.MEMORY, None, ErrorInfo(
             "MemoryLimitExceeded",
-            f"resident memory exceeded the limit of {memory_limit_mb} MB; process group killed",
+            f"{measured} exceeded the limit of {memory_limit_mb} MB; everything the run started was killed",
         )
     msg = facts.message
     if msg is not None:

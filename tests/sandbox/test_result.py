@@ -88,3 +88,11 @@ def test_an_error_record_that_is_not_an_object_is_kept_as_text():
     info = ErrorInfo.from_dict(["not", "a", "dict"])
     assert info.type == "InvalidErrorRecord" and "['not', 'a', 'dict']" in info.message
     assert ErrorInfo.from_dict({"type": "E", "message": "m", "traceback": 5}).traceback is None
+
+
+def test_a_memory_kill_says_what_was_measured():
+    _o, _r, by_cgroup = decide_outcome(ExitFacts(9, memory_killed=True, memory_by="cgroup"), 1.0, 256)
+    _o, _r, by_rss = decide_outcome(ExitFacts(9, memory_killed=True, memory_by="rss"), 1.0, 256)
+    assert by_cgroup is not None and "all its processes together" in by_cgroup.message and "256 MB" in by_cgroup.message
+    assert by_rss is not None and "resident memory" in by_rss.message
+    assert "process group" not in by_cgroup.message + by_rss.message  # the unit is a session or a cgroup

@@ -1,0 +1,34 @@
+"""The launcher's loop never blocks on a peer (`sidecar.sandbox.launcher`)."""
+
+from __future__ import annotations
+
+import select
+import socket
+
+from sidecar.sandbox.launcher import Launcher, _Conn
+
+
+def test_a_caller_that_does_not_read_never_blocks_the_launcher_and_is_dropped():
+    ctrl, peer = socket.socketpair()
+    launcher = Launcher(ctrl)
+    mine, theirs = socket.socketpair()
+    theirs.setblocking(False)
+    conn = _Conn(theirs)
+    launcher.conns[theirs.fileno()] = conn
+    launcher.epoll.register(theirs.fileno(), select.EPOLLIN)
+    big = {"t": "stats", "pad": "x" * 60_000}
+    try:
+        # More than the socket takes, less than the launcher's buffer: queued at once, nothing blocks.
+        assert all(launcher._send(conn, big) for _ in range(8))
+        assert conn.out, "nothing was left queued: the socket took it all"
+        while theirs.fileno() in launcher.conns and len(conn.out) < 100:
+            launcher._send(conn, big)
+        assert conn not in launcher.conns.values(), "a peer that does not read was never dropped"
+        mine.settimeout(5)
+        while mine.recv(1 << 20):  # what it had sent, then the end
+            pass
+    finally:
+        mine.close()
+        launcher.epoll.close()
+        ctrl.close()
+        peer.close()
