@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import platform
 import statistics
@@ -48,3 +49,19 @@ def table(rows: list[dict[str, Any]], cols: list[str]) -> str:
     for r in rows:
         lines.append("| " + " | ".join(f"{r[c]:.2f}" if isinstance(r[c], float) else str(r[c]) for c in cols) + " |")
     return "\n".join(lines)
+
+
+def timed_get(port: int, path: str, timeout: float) -> float | None:
+    """Milliseconds for one GET of a loopback `path` on a new connection; None when it failed or timed out."""
+    t = time.perf_counter()
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        resp.read()
+        conn.close()
+        if resp.status != 200:
+            return None
+    except OSError:
+        return None
+    return (time.perf_counter() - t) * 1000.0

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import errno
-import http.client
 import multiprocessing
 import resource
 import selectors
@@ -30,7 +29,7 @@ from typing import Any
 
 from tests.conftest import make_live_server
 
-from .common import summary, table, write
+from .common import summary, table, timed_get, write
 
 
 def _connect(port: int) -> socket.socket:
@@ -88,22 +87,6 @@ def _churn(port: int, n: int, send: bytes, stop: Event, reopened: Any) -> None:
         key.fileobj.close()  # type: ignore[union-attr]
 
 
-def _get(port: int, path: str, timeout: float) -> float | None:
-    """Milliseconds for one GET on a new connection, or None when it failed or timed out."""
-    t = time.perf_counter()
-    try:
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-        conn.request("GET", path)
-        resp = conn.getresponse()
-        resp.read()
-        conn.close()
-        if resp.status != 200:
-            return None
-    except OSError:
-        return None
-    return (time.perf_counter() - t) * 1000.0
-
-
 SENDS = {"silent": b"", "one byte": b"G"}
 WORKERS = {"shipped": None, "stock gevent (before)": "--worker-class gevent"}
 
@@ -119,7 +102,7 @@ def measure(port: int, idle: int, sends: str, requests: int, timeout: float,
         start_count, t0 = reopened.value, time.monotonic()
         rows = []
         for path in ("/healthz", "/metrics"):
-            got = [_get(port, path, timeout) for _ in range(requests)]
+            got = [timed_get(port, path, timeout) for _ in range(requests)]
             ok = [ms for ms in got if ms is not None]
             row: dict[str, Any] = {"idle_connections": idle, "idle_sends": sends, "route": path,
                                    "failed": len(got) - len(ok)}

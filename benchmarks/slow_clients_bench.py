@@ -11,7 +11,6 @@ benchmarks/results/slow_clients.json.
 from __future__ import annotations
 
 import argparse
-import http.client
 import socket
 import tempfile
 import threading
@@ -20,7 +19,7 @@ from pathlib import Path
 
 from tests.conftest import make_live_server
 
-from .common import summary, table, write
+from .common import summary, table, timed_get, write
 
 WORKERS = {"gevent (shipped)": None, "gthread 2x8 (before)": "--worker-class gthread --threads 8"}
 
@@ -42,22 +41,6 @@ def _drip(socks: list[socket.socket], stop: threading.Event) -> None:
                 s.send(b"X")
             except OSError:
                 pass
-
-
-def _get(port: int, path: str, timeout: float) -> float | None:
-    """Milliseconds for one GET on a new connection, or None when it timed out."""
-    t = time.perf_counter()
-    try:
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-        conn.request("GET", path)
-        resp = conn.getresponse()
-        resp.read()
-        conn.close()
-        if resp.status != 200:
-            return None
-    except OSError:
-        return None
-    return (time.perf_counter() - t) * 1000.0
 
 
 def main() -> None:
@@ -83,7 +66,7 @@ def main() -> None:
                     # fewer tries where each may wait the whole timeout
                     n = args.requests if cmd_args is None or slow == 0 else max(3, args.requests // 10)
                     for path in ("/healthz", "/metrics"):
-                        got = [_get(server.port, path, args.timeout) for _ in range(n)]
+                        got = [timed_get(server.port, path, args.timeout) for _ in range(n)]
                         ok = [ms for ms in got if ms is not None]
                         row = {"worker": worker, "slow_connections": slow, "route": path,
                                "timeouts": len(got) - len(ok)}
