@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import http.server
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -24,7 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from sidecar import defaults
 from sidecar.app import create_app
-from sidecar.config import CheckConfig, Settings
+from sidecar.config import CheckConfig, Settings, load_settings
 from sidecar.plugins.builtin import nagios
 
 from ...conftest import ci, poll
@@ -333,3 +334,32 @@ def test_a_flood_of_output_is_cut_and_drained() -> None:
 def test_stderr_is_not_the_message() -> None:
     state, result = state_of(lambda: nagios.run(["/bin/sh", "-c", "echo oops >&2; echo 'WARNING - slow'; exit 1"]))
     assert state == "warning" and result["message"] == "WARNING - slow"
+
+
+def test_the_readmes_check_disk_example_runs_as_documented(tmp_path: Path) -> None:
+    """The README's `[checks.root_disk]` table, run once: its state and the series it shows are on /metrics."""
+    _require_plugins()
+    readme = (Path(__file__).resolve().parents[3] / "README.md").read_text()
+    section = readme[readme.index("### Monitoring plugins as checks"):]
+    table = re.search(r"```toml\n(\[checks\.root_disk\].*?)```", section, re.S)
+    shown = re.search(r"```\n(sidecar_check_state\{plugin=\"root_disk\".*?)```", section, re.S)
+    assert table and shown
+    (tmp_path / "sidecar.toml").write_text(table.group(1))
+    settings = load_settings({"config": str(tmp_path / "sidecar.toml"), "data_dir": str(tmp_path / "data"),
+                              "entry_points": False})
+    flask_app = create_app(settings)
+    try:
+        client = flask_app.test_client()
+        assert client.get("/plugins/root_disk").get_json()["interval_seconds"] == 60
+        assert _run(client, "root_disk")["outcome"] == "success"  # now, rather than at its first tick
+        samples = _metrics(client)
+    finally:
+        flask_app.extensions["sidecar_backend"].close()
+    states = {dict(labels)["state"]: v for (name, labels), v in samples.items()
+              if name == "sidecar_check_state" and dict(labels)["plugin"] == "root_disk"}
+    assert sum(states.values()) == 1 and states["unknown"] == 0
+    for line in shown.group(1).splitlines():
+        name, labels = re.match(r"(\w+)\{(.*)\}", line).groups()  # type: ignore[union-attr]
+        if name != "sidecar_check_state":
+            key = (name, tuple(sorted(re.findall(r'(\w+)="([^"]*)"', labels))))
+            assert key in samples, line
