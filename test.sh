@@ -41,6 +41,13 @@ if ! command -v bwrap >/dev/null; then
         echo "test.sh: bubblewrap (bwrap) missing: the isolation tests will be skipped" >&2
 fi
 
+# The `nagios` built-in is tested with Debian's monitoring plugins (`monitoring-plugins-basic`): check_disk,
+# check_procs, check_http, ... Without them those tests skip, except under CI, where they fail.
+if [ ! -x /usr/lib/nagios/plugins/check_dummy ]; then
+    apt_install "nagios built-in tests" monitoring-plugins-basic ||
+        echo "test.sh: monitoring-plugins-basic missing and cannot apt-get install it; the nagios tests will skip" >&2
+fi
+
 .venv/bin/ruff check .
 .venv/bin/mypy
 .venv/bin/python -m pytest "$@"

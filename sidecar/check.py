@@ -32,7 +32,7 @@ from typing import Any
 
 from . import defaults as _d
 
-__all__ = ["DROP_REASONS", "STATES", "gauge", "problem", "state", "take"]
+__all__ = ["DROP_REASONS", "STATES", "dropped", "gauge", "problem", "state", "take"]
 
 #: A check's states, best first; `unknown` until its first run ends.
 STATES = ("ok", "warning", "critical", "unknown")
@@ -128,6 +128,12 @@ def gauge(name: str, value: float, help: str = "", unit: str = "", **labels: Any
     run["seen"].add(key)
     run["gauges"].append({"name": name, "value": float(value), "labels": labels, "help": help_text,
                           "unit": unit_text})
+
+
+def dropped(reason: str, count: int = 1) -> None:
+    """Count `count` values this run could not report (one of DROP_REASONS; e.g. perfdata that did not parse)."""
+    run = _current()
+    run["dropped"]["invalid" if reason not in DROP_REASONS else reason] += max(0, int(count))
 
 
 def state(value: str, reason: str = "") -> None:

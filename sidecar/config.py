@@ -97,6 +97,8 @@ class CheckConfig:
     isolation: str | None = None
     #: strict mode: the check may use the network
     network: bool | None = None
+    #: the check reads the host's processes (None: as its plugin's metadata says)
+    host_processes: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -258,7 +260,8 @@ def _checks(table: Any, path: str) -> tuple[CheckConfig, ...]:
         out.append(CheckConfig(name=name, plugin=check.plugin, params=check.params,
                                interval_seconds=check.interval_seconds, timeout_seconds=check.timeout_seconds,
                                memory_limit_mb=check.memory_limit_mb, description=check.description,
-                               isolation=check.isolation, network=check.network))
+                               isolation=check.isolation, network=check.network,
+                               host_processes=check.host_processes))
     return tuple(out)
 
 

@@ -66,6 +66,8 @@ MAX_LABELS = 8
 MAX_LABEL_NAME_CHARS = 64
 MAX_LABEL_VALUE_CHARS = 128
 MAX_STATE_REASON_CHARS = 1000
+#: Output of a monitoring-plugins executable (the `nagios` built-in) kept per run; the rest is read and dropped.
+NAGIOS_MAX_OUTPUT_BYTES = 64 * 1024
 
 #: How long the runner waits for the sandbox launcher to answer (a ticket, a run's exit report, the watchdog's
 #: ping) before it declares it stalled and replaces it (its runs in flight end with it).

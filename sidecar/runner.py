@@ -69,6 +69,15 @@ def _own_params_only(entry: Entry, params: Any, given_as: str) -> None:
                          f"plugins (run plugin {entry.plugin!r} to choose your own)")
 
 
+def _not_check_only(entry: Entry, how: str) -> None:
+    """A `check_only` plugin runs only as a configured check: its params say what it executes (the `nagios`
+    built-in's command), so a request that could run the bare plugin would be remote command execution."""
+    if entry.check_only:
+        raise BadRequest(f"plugin {entry.name!r} runs only as a configured check: {how} may not run it, because "
+                         f"its params (what it executes) come from a [checks.NAME] table with plugin = "
+                         f"{entry.name!r}; run that check instead")
+
+
 class Runner(RunnerOperations):
     def __init__(self, settings: Settings, *, start_scheduler: bool = True, hidden: tuple[str, ...] = (),
                  reload_source: Callable[[], Settings] = load_settings) -> None:
@@ -116,6 +125,7 @@ class Runner(RunnerOperations):
             if not isinstance(params, dict) or not all(isinstance(k, str) for k in params):
                 raise BadRequest("params must be a JSON object")
             _own_params_only(entry, params, "params")
+            _not_check_only(entry, "a request")
             timeout, memory = self.registry.limits(entry, timeout_seconds)
         except BadRequest:
             self.metrics.reject(name, "invalid")
@@ -270,6 +280,7 @@ class Runner(RunnerOperations):
         entry = self.registry.get(name)
         try:
             _own_params_only(entry, params, "param.*")
+            _not_check_only(entry, "/probe")
             if not isinstance(params or {}, dict):
                 raise BadRequest("params must be a JSON object")
         except BadRequest:

@@ -108,6 +108,8 @@ class PluginMetadata(Limits, forbid_unknown_fields=True, kw_only=True, frozen=Tr
     host_processes: bool = False
     #: false: import the plugin in every run instead of forking runs from a template that imported it once
     preload: bool = True
+    #: only a configured check runs it (with the check's params): a request may not run the bare plugin
+    check_only: bool = False
 
 
 class CheckTable(Limits, forbid_unknown_fields=True, kw_only=True, frozen=True):
@@ -117,6 +119,8 @@ class CheckTable(Limits, forbid_unknown_fields=True, kw_only=True, frozen=True):
     params: Params = msgspec.field(default_factory=dict)
     #: this check's runs in "default" or "strict" isolation (else the sidecar's)
     isolation: Literal["default", "strict"] | None = None
+    #: read the host's processes (`/proc`) under isolation (else as its plugin's metadata says)
+    host_processes: bool | None = None
 
     def __post_init__(self) -> None:
         names((self.plugin,), "plugin")

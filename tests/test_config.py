@@ -106,8 +106,8 @@ def test_bad_check_values_name_file_table_key_and_value(tmp_path, line, key, val
 @pytest.mark.parametrize(("toml", "needle"), [
     ('[checks.c]\nplugin = "Echo"\n', "plugin = 'Echo' is invalid"),
     ('[checks.c]\nplugin = "echo"\nbogus = 1\n',
-     "unknown key 'bogus'; allowed: description, interval_seconds, isolation, memory_limit_mb, network, params, "
-     "plugin, timeout_seconds"),
+     "unknown key 'bogus'; allowed: description, host_processes, interval_seconds, isolation, memory_limit_mb, "
+     "network, params, plugin, timeout_seconds"),
     ('[checks.Bad-Name]\nplugin = "echo"\n', "the name 'Bad-Name' is invalid"),
     # `$` matches before a final newline and msgspec's pattern searches: names are matched whole
     ('[checks."nlcheck\\n"]\nplugin = "echo"\n', "the name 'nlcheck\\n' is invalid"),

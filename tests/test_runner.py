@@ -7,7 +7,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -327,6 +327,27 @@ def test_a_checks_params_cannot_be_changed_by_a_caller(reloadable):
     assert runner.store.recent("keep", 10) == []
     assert runner.run("keep")["result"] == {"v": 1}
     assert runner.run("echo", {"v": 99})["result"] == {"v": 99}  # plugins take a caller's params
+
+
+def test_a_check_only_plugin_is_refused_to_any_request_and_its_checks_run(tmp_path: Path):
+    """The `nagios` built-in executes what its params name: only a configured check runs it; a request (run or
+    /probe, with or without params) is a 400 naming why, counted `invalid`, and nothing runs."""
+    runner = Runner(Settings(data_dir=str(tmp_path), entry_points=False, checks=(
+        CheckConfig("truth", "nagios", {"command": ["/bin/sh", "-c", "echo 'OK - fine'"]}),)),
+        start_scheduler=False)
+    try:
+        calls: list[Callable[[], Any]] = [
+            lambda: runner.run("nagios", {"command": ["/bin/sh", "-c", "id"]}), lambda: runner.run("nagios"),
+            lambda: runner.probe("nagios", {"command": ["/bin/id"]}), lambda: runner.probe("nagios")]
+        for call in calls:
+            with pytest.raises(BadRequest, match="runs only as a configured check"):
+                call()
+        assert runner.metrics.snapshot("nagios")["rejected_invalid"] == 4
+        assert runner.store.recent("nagios", 10) == []
+        done = runner.run("truth")
+        assert (done["outcome"], done["check"]["state"], done["result"]["message"]) == ("success", "ok", "OK - fine")
+    finally:
+        runner.close()
 
 
 # -- the history cannot silence the sidecar -----------------------------------------------------------------

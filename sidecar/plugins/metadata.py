@@ -39,6 +39,8 @@ class Metadata:
     host_processes: bool = False
     #: runs are forked from a template that imported the plugin once (`preload = false`: import per run)
     preload: bool = True
+    #: only a configured check may run it: requests may not run the bare plugin (it would choose its params)
+    check_only: bool = False
 
     @property
     def issues(self) -> str | None:
@@ -89,4 +91,5 @@ def read_metadata(source: str, filename: str = "<plugin>") -> Metadata:
         network=bool(meta.network),
         host_processes=meta.host_processes,
         preload=meta.preload,
+        check_only=meta.check_only,
     )

@@ -62,12 +62,17 @@ class Entry:
     isolation: str | None = None
     #: strict isolation keeps the network for this entry (plugin metadata or check says `network = true`)
     network: bool = False
-    #: the plugin's metadata asks to read the host's processes
+    #: the plugin's metadata (or, for a check, its table) asks to read the host's processes
     host_processes: bool = False
 
     @property
     def description(self) -> str:
         return self.metadata.description
+
+    @property
+    def check_only(self) -> bool:
+        """A plugin that only a configured check may run (a check of it is not: it has its params)."""
+        return self.metadata.check_only and self.source != "check"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -214,7 +219,7 @@ def _check_entry(check: CheckConfig, registry: Registry, now: float) -> Entry | 
         timeout_seconds=check.timeout_seconds or base.timeout_seconds,
         memory_limit_mb=check.memory_limit_mb or base.memory_limit_mb,
         isolation=check.isolation, network=base.network if check.network is None else check.network,
-        host_processes=base.host_processes,
+        host_processes=base.host_processes if check.host_processes is None else check.host_processes,
     )
 
 

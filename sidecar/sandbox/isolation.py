@@ -47,7 +47,7 @@ class Confinement:
 
     strict: bool = False
     network: bool = True
-    #: the host's /proc stays visible (reading only: the PID namespace still keeps signals inside)
+    #: the host's /proc stays visible; as root also the host's PID namespace (see `bwrap_command`)
     host_processes: bool = False
 
 
@@ -132,8 +132,16 @@ def needed_paths(readable: Iterable[str] = ()) -> list[str]:
 
 def bwrap_command(bwrap: str, confinement: Confinement, needed: Iterable[str], hidden: Iterable[str],
                   as_root: bool, writable: Iterable[str] = ()) -> list[str]:
-    """bubblewrap's arguments for a launcher (pure: decided from the paths' modes, nothing started)."""
-    args = [bwrap, "--unshare-pid", "--unshare-ipc", "--unshare-uts"]
+    """bubblewrap's arguments for a launcher (pure: decided from the paths' modes, nothing started).
+
+    `host_processes` as root shares the host's PID namespace: `ps` (hence `check_procs`) reads
+    `/proc/<getpid()>` and fails ("lookup self") when a namespace's pid names nobody in the host's /proc.
+    Signals stay in all the same (each run has a uid of its own) and runs stay in their units. Not as root,
+    the runs share the sidecar's uid, so the PID namespace is what keeps their signals in: it stays.
+    """
+    args = [bwrap, "--unshare-ipc", "--unshare-uts"]
+    if not (confinement.host_processes and as_root):
+        args.insert(1, "--unshare-pid")
     if not as_root:
         args.append("--unshare-user")
     if confinement.strict and not confinement.network:

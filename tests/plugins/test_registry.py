@@ -182,3 +182,20 @@ def test_a_newline_plugin_file_added_before_a_reload_is_refused_and_the_scrape_p
         assert "fine" in plugins_seen and "evil\n" not in plugins_seen
     finally:
         runner.close()
+
+
+def test_a_check_table_may_say_host_processes_else_its_plugin_decides(tmp_path):
+    (tmp_path / "s.toml").write_text('[checks.procs]\nplugin = "echo"\nhost_processes = true\n'
+                                     '[checks.narrow]\nplugin = "process_check"\nhost_processes = false\n'
+                                     '[checks.as_plugin]\nplugin = "process_check"\n')
+    from sidecar.config import load_settings
+
+    reg = discover(load_settings({"config": str(tmp_path / "s.toml"), "entry_points": False}))
+    assert reg.get("echo").host_processes is False and reg.get("procs").host_processes is True
+    assert reg.get("narrow").host_processes is False and reg.get("as_plugin").host_processes is True
+
+
+def test_check_only_holds_for_the_bare_plugin_not_for_its_checks():
+    reg = discover(Settings(checks=(CheckConfig("disk", "nagios", {"command": ["/bin/true"]}),), entry_points=False))
+    assert reg.get("nagios").check_only is True and reg.get("disk").check_only is False
+    assert reg.get("echo").check_only is False

@@ -13,7 +13,7 @@ from sidecar.plugins.metadata import FIELDS, read_metadata
 
 BUILTIN_DIR = Path(builtin.__file__).parent
 TYPES = FIELDS
-EXPECTED = {"disk_usage", "echo", "http_probe", "process_check", "sleep", "tcp_probe"}
+EXPECTED = {"disk_usage", "echo", "http_probe", "nagios", "process_check", "sleep", "tcp_probe"}
 FILES = sorted(p for p in BUILTIN_DIR.glob("*.py") if p.name != "__init__.py")
 
 
