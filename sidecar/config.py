@@ -144,6 +144,9 @@ class Settings:
         "`off`: import the plugin in every run", Literal["on", "off"])
     max_templates: int = _setting(defaults.MAX_TEMPLATES,
                                   "templates kept at once; the least recently used is stopped beyond it", Count)
+    stop_grace_seconds: float = _setting(
+        defaults.STOP_GRACE_SECONDS, "on SIGTERM, how long runs in flight may finish before they end `aborted`",
+        Seconds)
     history_retention: int = _setting(defaults.HISTORY_RETENTION, "runs kept per plugin in the history", Count)
     max_body_bytes: int = _setting(defaults.MAX_BODY_BYTES, "largest accepted request body", Bytes)
     max_result_bytes: int = _setting(defaults.DEFAULT_MAX_RESULT_BYTES, "largest plugin result (JSON bytes)", Bytes)

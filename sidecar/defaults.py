@@ -35,6 +35,10 @@ HISTORY_RETENTION = 1000
 #: Processes one run may hold at once (its cgroup's pids.max; RLIMIT_NPROC of its uid as root).
 MAX_PROCESSES = 512
 
+#: On SIGTERM, how long runs in flight may finish (their callers get their answers) before the sidecar ends
+#: the rest as `aborted`; gunicorn's graceful timeout and a supervisor's kill timeout must exceed it.
+STOP_GRACE_SECONDS = 10.0
+
 #: Longest a run or a route waits on the history store (a frozen or hung disk): beyond it the run is
 #: answered with its write kept pending, and a route that reads the history answers 503.
 STORE_DEADLINE_SECONDS = 2.0

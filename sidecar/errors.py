@@ -9,6 +9,7 @@
     ├── PayloadTooLarge            413 payload_too_large
     ├── Saturated                  503 saturated (all sandbox slots busy; carries retry_after)
     ├── RunnerUnavailable          503 runner_unavailable (the runner process is gone)
+    ├── Stopping                   503 stopping (the sidecar is stopping: it takes no new runs)
     └── StoreUnavailable           503 store_unavailable (history unreadable; at start: unusable data dir)
 
 Errors cross the runner's socket as dicts (`to_dict`) and are rebuilt on the other side
@@ -27,6 +28,7 @@ __all__ = [
     "RunnerUnavailable",
     "Saturated",
     "SidecarError",
+    "Stopping",
     "StoreUnavailable",
     "Unauthorized",
 ]
@@ -91,6 +93,11 @@ class Saturated(SidecarError):
 class RunnerUnavailable(SidecarError):
     status = 503
     code = "runner_unavailable"
+
+
+class Stopping(SidecarError):
+    status = 503
+    code = "stopping"
 
 
 class StoreUnavailable(SidecarError):

@@ -132,7 +132,7 @@ def _json(ref: str) -> dict[str, Any]:
 def _errors(*codes: int) -> dict[str, Any]:
     text = {400: "bad request (a refused reload: code config)", 401: "missing or wrong bearer token",
             404: "unknown plugin",
-            413: "body too large", 503: "saturated (Retry-After) or runner unavailable"}
+            413: "body too large", 503: "saturated (Retry-After), runner unavailable, or stopping"}
     return {str(c): {"description": text[c], **_json("Error")} for c in codes}
 
 

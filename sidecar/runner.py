@@ -16,7 +16,8 @@ from collections.abc import Callable
 from typing import Any
 
 from .config import Settings, load_settings
-from .errors import BadRequest, ConfigError, Saturated, SidecarError
+from .defaults import STORE_DEADLINE_SECONDS
+from .errors import BadRequest, ConfigError, Saturated, SidecarError, Stopping
 from .metrics import Metrics, refreshed_in_background
 from .operations import RunnerOperations
 from .plugins import Entry, Registry, discover
@@ -102,6 +103,10 @@ class Runner(RunnerOperations):
         for entry in self.registry:
             self.metrics.add_plugin(entry.name, entry.loaded_at, entry.interval_seconds)
         self._slots = Slots(settings.max_concurrent_runs)
+        #: set by `stop`/`close`: runs and probes are refused; `_running` runs are between start and record
+        self._stopping = False
+        self._running = 0
+        self._runs_done = threading.Condition()
         self.scheduler = Scheduler(((e.name, e.interval_seconds) for e in self.registry if e.interval_seconds),
                                    self._slots, self._run_scheduled, self.metrics.reject,
                                    self.metrics.scheduler_error)
@@ -111,14 +116,35 @@ class Runner(RunnerOperations):
         if self._start_scheduler and not self.scheduler.alive and any(e.interval_seconds for e in self.registry):
             self.scheduler.start()
 
+    def stop(self, grace: float) -> None:
+        """A clean stop's first half (SIGTERM): take no new work (the scheduler stops ticking, runs and probes
+        answer 503 `stopping`), let runs in flight finish for up to `grace` seconds, end the rest `aborted`,
+        and return once every run is recorded. The HTTP workers keep relaying meanwhile, so callers get their
+        answers; `close` follows."""
+        deadline = time.monotonic() + grace
+        with self._runs_done:
+            self._stopping = True
+        self.scheduler.stop()
+        with self._runs_done:
+            self._runs_done.wait_for(lambda: self._running == 0, timeout=grace)
+        self.sandbox.close(max(0.0, deadline - time.monotonic()))  # ends what still runs; returns once none does
+        with self._runs_done:  # then each run's metrics and history write (bounded by STORE_DEADLINE_SECONDS)
+            self._runs_done.wait_for(lambda: self._running == 0, timeout=STORE_DEADLINE_SECONDS + 1.0)
+
     def close(self) -> None:
+        self._stopping = True
         self.scheduler.stop()
         self.sandbox.close()
         self.store.close()
 
+    def _refuse_if_stopping(self) -> None:
+        if self._stopping:
+            raise Stopping("the sidecar is stopping: it takes no new runs (runs in flight finish)")
+
     # -- runs --------------------------------------------------------------------------------
     def run(self, name: str, params: Any = None, timeout_seconds: Any = None) -> dict[str, Any]:
         entry = self.registry.get(name)
+        self._refuse_if_stopping()
         try:
             if params is None:
                 params = {}
@@ -149,6 +175,18 @@ class Runner(RunnerOperations):
 
     def _run_in_slot(self, entry: Entry, params: dict[str, Any], timeout: float, memory: int,
                      trigger: str) -> tuple[PluginSandboxResult, Report]:
+        with self._runs_done:  # checked with the count taken, so `stop` never misses a run that got past it
+            self._refuse_if_stopping()
+            self._running += 1
+        try:
+            return self._record_run(entry, params, timeout, memory, trigger)
+        finally:
+            with self._runs_done:
+                self._running -= 1
+                self._runs_done.notify_all()
+
+    def _record_run(self, entry: Entry, params: dict[str, Any], timeout: float, memory: int,
+                    trigger: str) -> tuple[PluginSandboxResult, Report]:
         s = self.settings
         in_flight = self.metrics.started(entry.name)
         try:
@@ -179,8 +217,8 @@ class Runner(RunnerOperations):
         """One scheduled run of a check; the scheduler holds its slot."""
         registry = self.registry
         entry = registry.entries.get(name)
-        if entry is None:
-            return  # removed by a reload after its tick
+        if entry is None or self._stopping:
+            return  # removed by a reload after its tick, or the sidecar is stopping
         timeout, memory = registry.limits(entry)
         self._run_in_slot(entry, dict(entry.params), timeout, memory, "schedule")
 
@@ -258,9 +296,11 @@ class Runner(RunnerOperations):
         checks = {"plugins_discovered": len(self.registry) > 0, "store_writable": writable}
         stalled = self.sandbox.problem()  # a launcher that stopped answering guards no run
         checks["launcher_answers"] = stalled is None
-        state: dict[str, Any] = {"ready": all(checks.values()), "checks": checks,
+        state: dict[str, Any] = {"ready": all(checks.values()) and not self._stopping, "checks": checks,
                                  "containment": self.sandbox.containment}
-        if not writable:
+        if self._stopping:  # a load balancer sends its traffic elsewhere while runs in flight finish
+            state["reason"] = "the sidecar is stopping"
+        elif not writable:
             state["reason"] = f"history store: {why}"
         elif stalled is not None:
             state["reason"] = stalled
@@ -278,6 +318,7 @@ class Runner(RunnerOperations):
         """
         started = time.monotonic()
         entry = self.registry.get(name)
+        self._refuse_if_stopping()
         try:
             _own_params_only(entry, params, "param.*")
             _not_check_only(entry, "/probe")

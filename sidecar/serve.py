@@ -6,7 +6,9 @@ Process tree::
     ├── launcher (forks one sandboxed child per run)
     └── gunicorn master ── workers (HTTP, relay to the runner's socket)
 
-If gunicorn exits, so does serve; SIGTERM/SIGINT stop gunicorn first, then the runner. serve exits 0
+If gunicorn exits, so does serve. SIGTERM/SIGINT stop cleanly: the runner takes no new work, lets runs in
+flight finish for up to `stop_grace_seconds` (gunicorn still relays their answers), ends the rest `aborted`
+(`SidecarStopping`) and records them; then gunicorn is stopped, then the runner closed. serve exits 0
 only after a stop it was asked for: any other end of gunicorn is a failure a supervisor must see
 (`exit_status`). If the runner is killed, gunicorn and the launcher get their parent-death signal. SIGHUP
 reloads the checks and plugin directories (`Runner.reload`); a refused reload is logged.
@@ -21,13 +23,13 @@ from __future__ import annotations
 import json
 import logging
 import os
+import select
 import shutil
 import signal
 import subprocess
 import sys
 import threading
 from collections.abc import Callable
-from types import FrameType
 
 from . import defaults
 from .config import Settings, load_settings
@@ -85,6 +87,7 @@ def serve(settings: Settings, reload_source: Callable[[], Settings] = load_setti
         "max_timeout_seconds": settings.max_timeout_seconds,
         "log_level": settings.log_level,
         "max_concurrent_runs": settings.max_concurrent_runs,  # bounds each worker's connections to the runner
+        "stop_grace_seconds": settings.stop_grace_seconds,  # gunicorn's graceful timeout exceeds it
     })
     try:
         # -P: never import from serve's working directory (`-m` puts it first on sys.path: a `gunicorn/` there
@@ -99,17 +102,25 @@ def serve(settings: Settings, reload_source: Callable[[], Settings] = load_setti
     server.trusted_parent = gunicorn.pid  # workers are the master's children; nobody else may call
 
     stop_asked: list[int] = []
-
-    def forward(signum: int, frame: FrameType | None) -> None:
-        stop_asked.append(signum)
-        if gunicorn.poll() is None:
-            gunicorn.send_signal(signal.SIGTERM)
-
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
+    # Any thread may receive a signal, and only the main thread's wait would be interrupted: the wakeup fd
+    # (written by the C-level handler, whichever thread it ran on) wakes the main thread in every case.
+    woken, wake = os.pipe()
+    os.set_blocking(wake, False)
+    signal.set_wakeup_fd(wake)
+    signal.signal(signal.SIGTERM, lambda signum, frame: stop_asked.append(signum))
+    signal.signal(signal.SIGINT, lambda signum, frame: stop_asked.append(signum))
     try:
+        _wait_for_stop_or_exit(gunicorn, woken, stop_asked)
+        if stop_asked and gunicorn.poll() is None:
+            # gunicorn keeps relaying while runs in flight finish, so their callers get their answers
+            log.info("sidecar: stopping; runs in flight may finish for %g s", settings.stop_grace_seconds)
+            runner.stop(settings.stop_grace_seconds)
+            gunicorn.send_signal(signal.SIGTERM)
         code = gunicorn.wait()
     finally:
+        signal.set_wakeup_fd(-1)
+        os.close(woken)
+        os.close(wake)
         server.shutdown()
         server.server_close()
         runner.close()
@@ -119,6 +130,20 @@ def serve(settings: Settings, reload_source: Callable[[], Settings] = load_setti
     status, why = exit_status(code, asked=bool(stop_asked))
     (log.info if status == 0 else log.error)("sidecar: %s", why)
     return status
+
+
+def _wait_for_stop_or_exit(gunicorn: subprocess.Popen[bytes], woken: int, stop_asked: list[int]) -> None:
+    """Until a stop is asked or gunicorn exits (its pidfd). A signal writes a byte on `woken`; its Python handler
+    has run by the time the loop looks again (SIGHUP wakes it too, and it waits on)."""
+    pidfd = os.pidfd_open(gunicorn.pid)
+    try:
+        while not stop_asked:
+            ready, _, _ = select.select([woken, pidfd], [], [])
+            if pidfd in ready:
+                return
+            os.read(woken, 512)
+    finally:
+        os.close(pidfd)
 
 
 def exit_status(code: int, asked: bool) -> tuple[int, str]:

@@ -16,7 +16,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from sidecar.config import CheckConfig, Settings
-from sidecar.errors import BadRequest, ConfigError, Saturated
+from sidecar.errors import BadRequest, ConfigError, Saturated, Stopping
 from sidecar.plugins import Entry
 from sidecar.runner import Runner, health_status
 
@@ -620,3 +620,25 @@ def test_a_plugin_cannot_read_the_token_file_the_data_directory_or_the_runners_s
     finally:
         runner.close()
         listener.close()
+
+
+def test_a_stopping_runner_lets_its_run_finish_refuses_new_work_and_says_not_ready(tmp_path):
+    runner = Runner(Settings(data_dir=str(tmp_path), entry_points=False))
+    try:
+        done: dict[str, Any] = {}
+        caller = threading.Thread(target=lambda: done.update(r=runner.run("sleep", {"seconds": 1.0})))
+        caller.start()
+        poll("the run to start", lambda: (runner._running >= 1, None))
+        runner.stop(grace=60.0)  # returns once the run is answered and recorded
+        caller.join()
+        assert done["r"]["outcome"] == "success"
+        assert runner.store.runs("sleep", 5)[0]["outcome"] == "success"
+        attempts: list[Callable[[], Any]] = [lambda: runner.run("echo"), lambda: runner.probe("echo")]
+        for attempt in attempts:
+            with pytest.raises(Stopping) as refused:
+                attempt()
+            assert refused.value.status == 503 and refused.value.code == "stopping"
+        state = runner.ready()
+        assert not state["ready"] and state["reason"] == "the sidecar is stopping"
+    finally:
+        runner.close()

@@ -421,6 +421,20 @@ def made_up(request: RunRequest, outcome: Outcome, error_type: str, message: str
                                finished_at=started_at + elapsed)
 
 
+#: The error type of a run the sidecar's stop ended or refused.
+STOPPING = "SidecarStopping"
+
+
+def _stopped(result: PluginSandboxResult) -> PluginSandboxResult:
+    """A run the stop ended (its launcher killed it, or it could no longer start): `aborted`, `SidecarStopping`,
+    with its real times and output. What the plugin itself answered in time stands."""
+    if result.outcome not in (Outcome.CRASH, Outcome.ABORTED) or (result.error and result.error.type == STOPPING):
+        return result
+    return dataclasses.replace(result, outcome=Outcome.ABORTED, result=None, error=ErrorInfo(
+        STOPPING, "the sidecar stopped while this run was in flight, after its grace period for runs "
+                           "in flight (stop_grace_seconds): the run was ended"))
+
+
 def _drive(channel: _Channel, request: RunRequest, pid: int, fds: list[int], t0: float, started_at: float,
            stalled: Any) -> PluginSandboxResult:
     """Run one request on a ticket: write it into the child, read its result and output directly.
@@ -583,6 +597,11 @@ class Sandbox:
         self._idle: list[_Channel] = []
         self._channels: set[_Channel] = set()
         self._closed = False
+        #: runs inside `run` now, and the condition `close` waits on for them to end
+        self._in_flight = 0
+        self._drained = threading.Condition(self._lock)
+        #: set by `close` once its grace is over with runs still in flight: those end as the sidecar's stop
+        self._ending = False
         #: launchers replaced because they stopped answering, and the last reason (until a new one answered)
         self.replacements = 0
         self._replacing: str | None = None
@@ -716,7 +735,21 @@ class Sandbox:
         channel.close()
 
     def run(self, request: RunRequest) -> PluginSandboxResult:
-        """Run one request; never raises for what the plugin does."""
+        """Run one request; never raises for what the plugin does.
+
+        Counted in flight for `close`, which waits for it (up to its grace) before closing anything it uses;
+        a run the stop ended says so (`_stopped`), not `crash`."""
+        with self._lock:
+            self._in_flight += 1
+        try:
+            result = self._run_once(request)
+        finally:
+            with self._lock:
+                self._in_flight -= 1
+                self._drained.notify_all()
+        return _stopped(result) if self._ending else result
+
+    def _run_once(self, request: RunRequest) -> PluginSandboxResult:
         started_at, t0 = time.time(), time.monotonic()
         for attempt in (1, 2):  # a run that never started runs once more, on a fresh launcher
             channel: _Channel | None = None
@@ -740,7 +773,7 @@ class Sandbox:
                 return made_up(request, Outcome.ABORTED, "LauncherUnavailable",
                                f"the sandbox launcher could not start the run ({exc})", started_at, t0)
             except RuntimeError as exc:  # the sandbox is closed: the sidecar is stopping
-                return made_up(request, Outcome.ABORTED, "SidecarStopping", f"the run was not started: {exc}",
+                return made_up(request, Outcome.ABORTED, STOPPING, f"the run was not started: {exc}",
                                started_at, t0)
         assert channel is not None  # the loop either broke with a ticket or returned
         if isinstance(ticket, PluginSandboxResult):
@@ -843,18 +876,32 @@ class Sandbox:
                 totals[key] += int(stats.get(key, 0))
         return totals
 
-    def close(self) -> None:
-        """Stop the launcher; it kills whatever runs are still in flight."""
-        self._watch_stop.set()
+    def close(self, grace: float = 0.0) -> None:
+        """Stop: new runs end `aborted` at once; runs in flight may finish for up to `grace` seconds; then the
+        launchers are stopped (they kill what still runs, which ends `aborted`, `SidecarStopping`).
+
+        Nothing a run's thread still polls is closed under it: its channel is closed by that thread once the
+        run has its result; only idle channels are closed here."""
         with self._lock:
+            if self._closed:
+                return
             self._closed = True
+            self._drained.wait_for(lambda: self._in_flight == 0, timeout=grace)
+            self._ending = self._in_flight > 0
             launchers, self._launchers = list(self._launchers.values()), {}
-            channels, self._channels = self._channels, set()
-            self._idle.clear()
-        for channel in channels:
-            channel.close()
+        if self._ending:
+            _log.warning("stopping: %d run(s) still in flight after the %g s grace are ended", self._in_flight, grace)
+        self._watch_stop.set()
         for launcher in launchers:
-            launcher.stop()
+            launcher.stop()  # closes its control socket: it kills every child it started and exits
+        with self._lock:  # their threads see the launcher gone, return `aborted` and close their own channels
+            if not self._drained.wait_for(lambda: self._in_flight == 0, timeout=2 * LAUNCHER_ANSWER_SECONDS):
+                _log.error("stopping: %d run(s) did not return; their channels are left open", self._in_flight)
+            idle, self._idle = self._idle, []
+            for channel in idle:
+                self._channels.discard(channel)
+        for channel in idle:
+            channel.close()
         release(self.cgroups)
 
     def __enter__(self) -> Sandbox:

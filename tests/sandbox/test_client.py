@@ -160,3 +160,36 @@ def test_a_run_whose_launcher_dies_is_aborted_naming_it_not_blamed_on_the_plugin
         assert r.error is not None and r.error.type == "LauncherDied", r.error
         assert r.started_at > 0 and r.finished_at > r.started_at
         assert _run(sb, "hello").outcome is Outcome.SUCCESS  # the next run starts a new launcher
+
+
+def _in_flight(sb: Sandbox, tmp_path: Path, seconds: float) -> tuple[threading.Thread, dict[str, PluginSandboxResult]]:
+    """A run of `seconds` that has started in its child (its mark written) when this returns."""
+    mark = tmp_path / "started"
+    done: dict[str, PluginSandboxResult] = {}
+    caller = threading.Thread(target=lambda: done.update(r=_run(sb, "mark_then_sleep", timeout=60.0, path=str(mark),
+                                                                seconds=seconds)))
+    caller.start()
+    poll("the run to start", lambda: (mark.exists(), None))
+    return caller, done
+
+
+def test_close_lets_a_run_in_flight_finish_within_its_grace(tmp_path: Path):
+    sb = Sandbox(templates=False)
+    caller, done = _in_flight(sb, tmp_path, seconds=1.0)
+    sb.close(grace=60.0)  # returns once the run has its answer
+    caller.join()
+    assert done["r"].outcome is Outcome.SUCCESS, done["r"]
+    late = _run(sb, "hello")  # and nothing starts after
+    assert late.outcome is Outcome.ABORTED and late.error is not None and late.error.type == "SidecarStopping"
+
+
+def test_close_ends_a_run_past_its_grace_as_the_sidecar_stopping_with_real_times(tmp_path: Path):
+    sb = Sandbox(templates=False)
+    caller, done = _in_flight(sb, tmp_path, seconds=30.0)
+    sb.close(grace=0.2)
+    caller.join()
+    r = done["r"]
+    assert r.outcome is Outcome.ABORTED, r  # not `crash`: the plugin did nothing wrong
+    assert r.error is not None and r.error.type == "SidecarStopping", r.error
+    assert "stop_grace_seconds" in r.error.message
+    assert r.started_at > 0 and r.finished_at > r.started_at and r.execution_time_ms > 0
