@@ -501,11 +501,12 @@ def _drive(channel: _Channel, request: RunRequest, pid: int, fds: list[int], t0:
     if exited and not frames and protocol_error is None:
         drain(res_r, budget=request.max_result_bytes + 65536)  # it wrote its result, then left
     ended = end_unit_now(pidfd, unit) if frames and protocol_error is None and not backstop else None
-    try:
-        channel.end(pid)
-        lost: LauncherLost | None = None
-    except LauncherLost as exc:
-        lost = exc
+    lost: LauncherLost | None = None
+    if ended is None:  # else the leader's death (its pidfd) tells the launcher: nothing is left to kill
+        try:
+            channel.end(pid)
+        except LauncherLost as exc:
+            lost = exc
     for fd in (res_r, out_r, err_r):  # whatever was written before the end is in the pipes
         if not frames or fd != res_r:
             drain(fd, budget=4 << 20)
