@@ -238,7 +238,15 @@ def become_unit(prctl: Any) -> None:
 
 
 def await_end() -> NoReturn:
-    """The result is out: stay (holding our tree together) until the launcher ends the unit."""
+    """The result is out: stay (holding our tree together) until the unit is ended; with no child left
+    (so no descendant: an orphan would be re-parented to us), leave at once, so that our exit overlaps
+    the caller reading the result instead of following its kill."""
+    try:
+        os.waitpid(-1, os.WNOHANG)
+    except ChildProcessError:
+        os._exit(0)
+    except BaseException:  # noqa: B036,S110 - a plugin's handler may raise: keep the tree and wait
+        pass
     while True:
         try:
             signal.pause()

@@ -40,7 +40,7 @@ from ..defaults import (
 )
 from ..framing import FrameError, FrameReader, encode, send_frame, write_all
 from .capture import Capture
-from .containment import Cgroups, describe, detect, kill_launcher_units, release, set_memory_limit
+from .containment import Cgroups, describe, detect, end_unit_now, kill_launcher_units, release, set_memory_limit
 from .environment import plugin_environment
 from .isolation import Confinement, Isolation, bwrap_command, namespaces_unavailable, needed_paths
 from .result import ErrorInfo, ExitFacts, Outcome, PluginSandboxResult, decide_outcome, encodable, recorded_peak
@@ -508,17 +508,29 @@ def _drive(channel: _Channel, request: RunRequest, pid: int, fds: list[int], t0:
         "execution_time_ms": (finished - t0) * 1000.0, "peak_memory_bytes": 0, "started_at": started_at,
         "finished_at": started_at + (finished - t0), "stdout": out.to_dict(), "stderr": err.to_dict(),
     }
-    # The run is over: the launcher ends its unit (everything it started) and then reports its exit, so
-    # nothing of the run is alive once its result is returned.
-    try:
-        channel.end(pid)
-        lost: LauncherLost | None = None
-    except LauncherLost as exc:
-        lost = exc
+    # The run is over. With its result in hand, the caller ends the run's unit itself where it can (its
+    # cgroup and process tree, killed and waited for: nothing of the run is alive once its result is
+    # returned), and answers without waiting for the launcher's exit report (it reaps and cleans up after;
+    # later reads of this channel skip that report). Otherwise the launcher ends the unit and reports.
+    if exited and not frames and protocol_error is None:
+        drain(res_r, budget=request.max_result_bytes + 65536)  # it wrote its result, then left
+    ended = end_unit_now(pidfd, unit) if frames and protocol_error is None and not backstop else None
+    lost: LauncherLost | None = None
+    if ended is None:  # else the leader's death (its pidfd) tells the launcher: nothing is left to kill
+        try:
+            channel.end(pid)
+        except LauncherLost as exc:
+            lost = exc
     for fd in (res_r, out_r, err_r):  # whatever was written before the end is in the pipes
         if not frames or fd != res_r:
             drain(fd, budget=4 << 20)
     header.update(stdout=out.to_dict(), stderr=err.to_dict())
+    if ended is not None:
+        peak, oom = ended
+        # The launcher's deadline fires at t0 + timeout: a result read after it is the timeout's.
+        header.update(wait_status=signal.SIGKILL, timed_out=finished >= t0 + request.timeout_seconds,
+                      memory_killed=oom, memory_by="cgroup" if oom else "", peak_memory_bytes=peak)
+        return build_result(request, header, frames[0])
     report: dict[str, Any] | None = None
     if lost is None:
         try:

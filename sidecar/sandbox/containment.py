@@ -30,7 +30,7 @@ import signal
 import time
 from typing import Any
 
-__all__ = ["Cgroups", "Unit", "Units", "describe", "detect", "kill_launcher_units", "release"]
+__all__ = ["Cgroups", "Unit", "Units", "describe", "detect", "end_unit_now", "kill_launcher_units", "release"]
 
 _CGROUP_ROOT_PREFIX = "sidecar-"
 
@@ -331,8 +331,17 @@ class Unit:
         self.pids_v2 = False
 
     def wire(self) -> dict[str, Any]:
-        """What the caller needs to set the run's memory limit before the run reads its request."""
-        return {"memory": self.memory_dir, "memory_v2": self.memory_v2}
+        """What the caller needs to set the run's memory limit before the run reads its request, and to end
+        the unit itself once it has the result (`end_unit_now`)."""
+        return {"memory": self.memory_dir, "memory_v2": self.memory_v2, "kill": self.kill_dir}
+
+    @classmethod
+    def from_wire(cls, leader: int, wire: dict[str, Any]) -> Unit:
+        unit = cls(leader, "")
+        unit.kill_dir, unit.memory_dir = wire.get("kill"), wire.get("memory")
+        unit.memory_v2 = bool(wire.get("memory_v2"))
+        unit.dirs = [d for d in (unit.kill_dir, unit.memory_dir) if d]
+        return unit
 
     def limit_memory(self, limit_bytes: int) -> None:
         set_memory_limit(self.memory_dir, self.memory_v2, limit_bytes)
@@ -407,6 +416,91 @@ class Unit:
                 left.append(d)
         self.dirs = left
         return not left
+
+
+def _host_pid(pidfd: int) -> int | None:
+    """The pid a pidfd names in our PID namespace (the run's own may be bubblewrap's)."""
+    try:
+        with open(f"/proc/self/fdinfo/{pidfd}", "rb") as f:
+            for line in f:
+                if line.startswith(b"Pid:"):
+                    pid = int(line.split()[1])
+                    return pid if pid > 0 else None
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _stop_tree(pid: int) -> list[int]:
+    """SIGSTOP every descendant of `pid` (so none forks meanwhile) and return them."""
+    found: list[int] = []
+    seen: set[int] = set()
+    frontier = [pid]
+    while frontier and len(seen) < 4096:
+        parent = frontier.pop()
+        try:
+            tasks = os.listdir(f"/proc/{parent}/task")
+        except OSError:
+            continue
+        for tid in tasks:
+            try:
+                with open(f"/proc/{parent}/task/{tid}/children", "rb") as f:
+                    kids = [int(k) for k in f.read().split()]
+            except (OSError, ValueError):
+                continue
+            for kid in kids:
+                if kid not in seen:
+                    seen.add(kid)
+                    _signal(kid, signal.SIGSTOP)
+                    found.append(kid)
+                    frontier.append(kid)
+    return found
+
+
+def _gone(pid: int) -> bool:
+    st = _proc_stat(pid)
+    return st is None or st[0] in (b"Z", b"X")
+
+
+def end_unit_now(pidfd: int, wire: dict[str, Any] | None, settle_seconds: float = 0.2) -> tuple[int, bool] | None:
+    """From the caller, the moment it has a run's result: kill the run's whole unit, so that its answer need
+    not wait for the launcher's exit report (the launcher still reaps, reports and cleans up after).
+
+    On return every process of the unit has been sent SIGKILL (none runs another instruction of its own),
+    and every one but the leader has died (the leader, the run's own process, is torn down by the kernel
+    meanwhile: waiting for that would cost a run the time of its exit). (peak memory bytes of the unit,
+    whether its cgroup's limit killed one of it); None where this cannot be done here (no `cgroup.kill`
+    or no memory controller: the launcher's report says), or the unit did not empty within
+    `settle_seconds` (the report then says what became of it)."""
+    if not wire or not wire.get("kill") or not wire.get("memory"):
+        return None
+    leader = _host_pid(pidfd)  # None: the launcher reaped it already; its cgroup holds whatever it left
+    unit = Unit.from_wire(leader or 0, wire)
+    tree: list[int] = []
+    if leader is not None:
+        with contextlib.suppress(OSError):
+            signal.pidfd_send_signal(pidfd, signal.SIGSTOP)
+        tree = _stop_tree(leader)  # what left the cgroup (a root run may move itself) is still in its tree
+    with contextlib.suppress(OSError):
+        signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+    _kill_unit(unit, tree)
+    deadline = time.monotonic() + settle_seconds
+    pause = 0.0002
+    while [p for p in unit.procs() if p != leader] or not all(_gone(p) for p in tree):
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(pause)
+        pause = min(pause * 2, 0.005)
+        _kill_unit(unit, [])  # the cgroup again; the tree's pids, maybe reaped by now, are not signalled twice
+    return unit.peak(), unit.oom_killed()
+
+
+def _kill_unit(unit: Unit, tree: list[int]) -> None:
+    if unit.leader:
+        unit.kill(tree)
+    elif unit.kill_dir:  # no leader to signal (its pid may be another process's by now): the cgroup alone
+        with contextlib.suppress(OSError):
+            _write(os.path.join(unit.kill_dir, "cgroup.kill"), "1")
 
 
 def set_memory_limit(memory_dir: str | None, v2: bool, limit_bytes: int) -> None:

@@ -65,7 +65,7 @@ except (OSError, AttributeError):  # pragma: no cover - non-glibc platforms
 class _Child:
     __slots__ = ("pid", "pidfd", "conn", "deadline", "rss_limit", "started", "timed_out", "memory_killed", "memory_by",
                  "tmp",
-                 "owner", "ticket_fds", "unit")
+                 "owner", "ticket_fds", "unit", "killed")
 
     def __init__(self, pid: int, pidfd: int, conn: _Conn | None, tmp: str, owner: int = 0) -> None:
         self.pid = pid
@@ -85,6 +85,8 @@ class _Child:
         self.memory_by = ""
         #: its unit of containment (session, cgroup): set once the launcher placed it
         self.unit: Unit | None = None
+        #: the descendants its end killed: dead before its exit is reported
+        self.killed: list[int] = []
 
 
 class _Conn:
@@ -445,6 +447,7 @@ class Launcher:
             peak = unit.peak() or peak
             if child.started and unit.oom_killed():
                 child.memory_killed, child.memory_by = True, child.memory_by or "cgroup"
+        self._settle_tree(child.killed)
         del self.children[child.pid]
         self.epoll.unregister(child.pidfd)
         os.close(child.pidfd)
@@ -507,10 +510,22 @@ class Launcher:
         if spare is not None:
             self._hand_out(spare, conn)
             self._fork_from(tpl, None)  # the next run's, while nobody waits
+        elif tpl.ready and self._claim(tpl, conn, run_deadline):
+            self._fork_from(tpl, None)
         elif tpl.ready:
             self._fork_from(tpl, conn, run_deadline)
         else:
             tpl.waiting.append((conn, run_deadline))
+
+    def _claim(self, tpl: _Template, conn: _Conn, run_deadline: float) -> bool:
+        """Take the spare the template is forking now for this run (back to back, the run after the one that
+        took the last spare comes before it is ready): it answers sooner than a fork asked for after it."""
+        for i, (to, ours, tmp, deadline) in enumerate(tpl.forking):
+            if to is None:
+                tpl.forking[i] = (conn, ours, tmp, min(deadline, run_deadline))
+                tpl.asked()
+                return True
+        return False
 
     def _stopped(self, pid: int) -> bool:
         proc_pid = self._proc_pid(pid)
@@ -882,6 +897,26 @@ class Launcher:
             for p in tree:
                 _signal(p, signal.SIGKILL)
         _signal(pid, signal.SIGKILL)
+        if child is not None:
+            child.killed.extend(tree)
+
+    def _settle_tree(self, pids: list[int]) -> None:
+        """Wait (briefly: SIGKILLed processes only) until the killed descendants of a run are dead (a zombie
+        or gone): a unit without a cgroup has no other way to tell its end is complete."""
+        for i in range(200):
+            if all(self._dead(p) for p in pids):  # read only: a pid reaped meanwhile may be reused
+                return
+            time.sleep(0.0005 if i < 20 else 0.005)
+
+    def _dead(self, pid: int) -> bool:
+        proc_pid = self._proc_pid(pid)
+        if proc_pid is None:
+            return True
+        try:
+            with open(f"/proc/{proc_pid}/stat", "rb") as f:
+                return f.read().rsplit(b")", 1)[1].split()[0] in (b"Z", b"X")
+        except (OSError, IndexError):
+            return True
 
     def _settle_unit(self, unit: Unit) -> None:
         """Wait (briefly: SIGKILLed processes only) until the unit's cgroup is empty."""

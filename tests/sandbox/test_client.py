@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from sidecar.defaults import LAUNCHER_ANSWER_SECONDS
 from sidecar.sandbox.client import HOST_MEMORY_BYTES, PluginRef, RunRequest, Sandbox, build_result
 from sidecar.sandbox.result import Outcome, PluginSandboxResult
 
@@ -54,6 +55,14 @@ def test_a_forged_peak_is_ignored_or_clamped_and_a_forged_error_record_kept_as_t
 def test_a_message_nested_past_the_recursion_limit_is_a_crash() -> None:
     r = build_result(REQUEST, _header(), b'{"outcome": "success", "result": ' + b"[" * 100_000 + b"]" * 100_000 + b"}")
     assert r.outcome is Outcome.CRASH and r.error is not None and "malformed result message" in r.error.message
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except OSError:
+        return False
 
 
 def _run(sb: Sandbox, name: str, timeout: float = 10.0, **params: Any) -> PluginSandboxResult:
@@ -97,12 +106,39 @@ def test_a_run_of_a_stopped_launcher_gets_its_answer_and_the_launcher_is_replace
         os.kill(launcher, signal.SIGSTOP)
         try:
             r = _run(sb, "hello", timeout=30.0)
+            assert r.outcome is Outcome.SUCCESS, r.error
+            # Replaced by this run (it waited for a child) or, when it held one, by the watchdog's ping.
+            poll("the stopped launcher to be replaced", lambda: (sb.replacements == 1, sb.replacements))
         finally:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(launcher, signal.SIGCONT)
-        assert r.outcome is Outcome.SUCCESS, r.error
-        assert sb.replacements == 1
         assert sb.launcher_pid != launcher
+        assert _run(sb, "hello").outcome is Outcome.SUCCESS
+
+
+def test_a_run_holding_its_ticket_answers_without_the_launchers_exit_report_and_nothing_of_it_survives():
+    """Where a run has a cgroup (`cgroup.kill`, a memory controller), the caller ends the unit itself once it has
+    the result: a launcher that reports the exit late (here: stopped) neither delays the answer nor is replaced."""
+    with Sandbox(templates=False) as sb:
+        if not sb.cgroups.kill or not sb.cgroups.memory:
+            pytest.skip(f"no cgroup.kill and memory controller here ({sb.containment})")
+        assert _run(sb, "hello").outcome is Outcome.SUCCESS
+        launcher = sb.launcher_pid
+        assert launcher is not None
+        channel = sb._idle[-1]
+        while not channel.tickets:  # the next run's child is in hand: the launcher is not asked for one
+            channel._receive(LAUNCHER_ANSWER_SECONDS)
+        channel.stats()  # answered once the launcher is done handing it out (its copies of the pipes closed)
+        os.kill(launcher, signal.SIGSTOP)
+        try:
+            r = _run(sb, "double_fork_daemon", timeout=30.0)
+            assert r.outcome is Outcome.SUCCESS, r.error
+            assert [p for p in r.result["pids"] if _alive(p)] == []  # at once, with the launcher stopped
+            assert r.peak_memory_bytes > 0
+            assert sb.replacements == 0
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(launcher, signal.SIGCONT)
         assert _run(sb, "hello").outcome is Outcome.SUCCESS
 
 
