@@ -28,9 +28,11 @@ import errno
 import os
 import signal
 import time
+from collections.abc import Callable
 from typing import Any
 
-__all__ = ["Cgroups", "Unit", "Units", "describe", "detect", "end_unit_now", "kill_launcher_units", "release"]
+__all__ = ["Cgroups", "Unit", "Units", "describe", "detect", "end_unit_now", "kill_launcher_units", "release",
+           "stop_tree"]
 
 _CGROUP_ROOT_PREFIX = "sidecar-"
 
@@ -431,11 +433,14 @@ def _host_pid(pidfd: int) -> int | None:
     return None
 
 
-def _stop_tree(pid: int) -> list[int]:
-    """SIGSTOP every descendant of `pid` (so none forks meanwhile) and return them."""
+def stop_tree(root: int, ours: Callable[[int], int | None] = lambda pid: pid) -> list[int]:
+    """SIGSTOP every descendant of `root` (a /proc pid), so none forks meanwhile, and return them.
+
+    `ours` names a descendant as the caller signals it (the launcher translates the host's /proc pids into its
+    namespace's); None leaves it and what it started alone. At most 4,096 processes are walked."""
     found: list[int] = []
     seen: set[int] = set()
-    frontier = [pid]
+    frontier = [root]
     while frontier and len(seen) < 4096:
         parent = frontier.pop()
         try:
@@ -449,11 +454,15 @@ def _stop_tree(pid: int) -> list[int]:
             except (OSError, ValueError):
                 continue
             for kid in kids:
-                if kid not in seen:
-                    seen.add(kid)
-                    _signal(kid, signal.SIGSTOP)
-                    found.append(kid)
-                    frontier.append(kid)
+                if kid in seen:
+                    continue
+                seen.add(kid)
+                pid = ours(kid)
+                if pid is None:
+                    continue
+                _signal(pid, signal.SIGSTOP)
+                found.append(pid)
+                frontier.append(kid)
     return found
 
 
@@ -480,7 +489,7 @@ def end_unit_now(pidfd: int, wire: dict[str, Any] | None, settle_seconds: float 
     if leader is not None:
         with contextlib.suppress(OSError):
             signal.pidfd_send_signal(pidfd, signal.SIGSTOP)
-        tree = _stop_tree(leader)  # what left the cgroup (a root run may move itself) is still in its tree
+        tree = stop_tree(leader)  # what left the cgroup (a root run may move itself) is still in its tree
     with contextlib.suppress(OSError):
         signal.pidfd_send_signal(pidfd, signal.SIGKILL)
     _kill_unit(unit, tree)

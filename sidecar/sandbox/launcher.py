@@ -45,7 +45,7 @@ from typing import Any
 
 from ..framing import FrameError, FrameReader, encode
 from .child import PLUGIN_ID_BASE, spare_main
-from .containment import Cgroups, Unit, Units, session_of
+from .containment import Cgroups, Unit, Units, session_of, stop_tree
 from .template import template_main
 
 __all__ = ["main"]
@@ -855,34 +855,12 @@ class Launcher:
         root = self._proc_pid(pid)
         if root is None:
             return []
-        seen: set[int] = set()
-        found: list[int] = []
-        frontier = [root]
-        for _ in range(4096):
-            if not frontier:
-                break
-            proc_pid = frontier.pop()
-            try:
-                tasks = os.listdir(f"/proc/{proc_pid}/task")
-            except OSError:
-                continue
-            for tid in tasks:
-                try:
-                    with open(f"/proc/{proc_pid}/task/{tid}/children", "rb") as f:
-                        kids = [int(k) for k in f.read().split()]
-                except (OSError, ValueError):
-                    continue
-                for kid in kids:
-                    if kid in seen:
-                        continue
-                    seen.add(kid)
-                    ours = self._ours(kid)
-                    if ours is None or ours == self.pid:
-                        continue
-                    _signal(ours, signal.SIGSTOP)
-                    found.append(ours)
-                    frontier.append(kid)
-        return found
+
+        def ours(proc_pid: int) -> int | None:  # never the launcher itself
+            mine = self._ours(proc_pid)
+            return None if mine is None or mine == self.pid else mine
+
+        return stop_tree(root, ours)
 
     def _kill(self, pid: int) -> None:
         """End a unit (a run's, a template's, or an orphan's tree): its cgroup, its process tree, its leader."""
