@@ -15,6 +15,7 @@ import pytest
 
 from sidecar.sandbox.client import PluginRef, RunRequest, Sandbox
 from sidecar.sandbox.result import Outcome, PluginSandboxResult
+from tests.conftest import poll
 
 STATEFUL = '''
 import json, os
@@ -156,7 +157,8 @@ def test_a_templates_run_keeps_its_environment_and_private_directory(sandbox: Sa
     first, second = _run(sandbox, ref).result, _run(sandbox, ref).result
     assert first[1] == first[2] and second[1] == second[2] and first[1] != second[1]  # each run its own
     assert first[0] == second[0] != first[1]  # the template's own, at import time
-    assert not os.path.exists(first[1])  # removed after its run
+    # removed after its run: by the launcher once it reaps the run, which may come just after the answer
+    poll("the run's private directory to be removed", lambda: (not os.path.exists(first[1]), first[1]), timeout=10)
 
 
 KILLER = '''
