@@ -43,6 +43,25 @@ from .capture import Capture
 from .containment import Cgroups, describe, detect, end_unit_now, kill_launcher_units, release, set_memory_limit
 from .environment import plugin_environment
 from .isolation import Confinement, Isolation, bwrap_command, namespaces_unavailable, needed_paths
+from .protocol import (
+    CONNECT,
+    PING,
+    CallerMessage,
+    End,
+    Exit,
+    LauncherMessage,
+    LauncherOptions,
+    PluginWire,
+    ProtocolError,
+    ResultMessage,
+    RunRequestWire,
+    Start,
+    Stats,
+    TemplateFailed,
+    UnitWire,
+    Want,
+    result_message,
+)
 from .result import ErrorInfo, ExitFacts, Outcome, PluginSandboxResult, decide_outcome, encodable, recorded_peak
 
 # The DEFAULT_* limits are declared once in `sidecar.defaults` and re-exported from here.
@@ -67,7 +86,7 @@ class PluginRef:
         if (self.path is None) == (self.module is None):
             raise ValueError("PluginRef needs exactly one of path= or module=")
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> PluginWire:
         return {"name": self.name, "path": self.path, "module": self.module, "attr": self.attr}
 
 
@@ -108,7 +127,7 @@ class RunRequest:
             raise ValueError(f"isolation must be 'default' or 'strict', got {self.isolation!r}")
 
     def to_wire(self, rid: int) -> bytes:
-        return json.dumps({
+        wire: RunRequestWire = {
             "id": rid,
             "plugin": self.plugin.to_dict(),
             "params": dict(self.params),
@@ -120,7 +139,8 @@ class RunRequest:
             "mode": self.mode,
             "args": list(self.args),
             "sys_path": self.wire_sys_path(),
-        }).encode()
+        }
+        return json.dumps(wire).encode()
 
     def wire_sys_path(self) -> list[str] | None:
         return None if self.sys_path is None else list(self.sys_path)
@@ -147,15 +167,15 @@ def build_result(request: RunRequest, header: dict[str, Any], message: bytes) ->
     clamped (see `result`), and one that cannot be decoded makes the run a `crash`, never an error here.
     """
     name = request.plugin.name
-    decoded: dict[str, Any] | None = None
+    decoded: ResultMessage | None = None
     protocol_error = header.get("protocol_error")
     if message and protocol_error is None:
         try:
-            decoded = json.loads(message)
-            if not isinstance(decoded, dict) or decoded.get("outcome") not in Outcome.__members__.values():
-                raise ValueError("unexpected message shape")
+            decoded = result_message(message)
             if _MAY_HOLD_SURROGATES.search(message):
                 decoded = encodable(decoded)
+        except ProtocolError as exc:
+            decoded, protocol_error = None, f"malformed result message ({exc})"
         except (ValueError, RecursionError) as exc:
             decoded, protocol_error = None, f"malformed result message ({type(exc).__name__}: {exc})"
     status = header.get("wait_status")
@@ -200,15 +220,16 @@ class _LauncherProcess:
         self.replaced: str | None = None
         #: when the watchdog's unanswered ping was sent (None: none outstanding)
         self.ping_sent: float | None = None
+        options: LauncherOptions = {"drop_privileges": drop_privileges, "max_templates": max_templates,
+                                    "cgroups": (cgroups or Cgroups()).to_wire(), "max_processes": MAX_PROCESSES,
+                                    "units_tag": self.units_tag}
         try:
             self.proc = subprocess.Popen(
                 # -P: `-m` would put the working directory first on sys.path (a planted `sidecar/` would run);
                 # the runner's own path, absolute entries only, is what the launcher imports from.
                 [*prefix, sys.executable, "-S", "-P", "-m", "sidecar.sandbox.launcher", str(theirs.fileno()),
                  json.dumps([p for p in sys.path if os.path.isabs(p)]),
-                 json.dumps({"drop_privileges": drop_privileges, "max_templates": max_templates,
-                             "cgroups": (cgroups or Cgroups()).to_wire(), "max_processes": MAX_PROCESSES,
-                             "units_tag": self.units_tag})],
+                 json.dumps(options)],
                 pass_fds=(theirs.fileno(),),
                 env=env,
                 stdin=subprocess.DEVNULL,
@@ -224,7 +245,7 @@ class _LauncherProcess:
         try:
             with self.lock:
                 self.ctrl.settimeout(LAUNCHER_ANSWER_SECONDS)
-                socket.send_fds(self.ctrl, [b"c"], [theirs.fileno()])
+                socket.send_fds(self.ctrl, [CONNECT], [theirs.fileno()])
         except OSError as exc:
             mine.close()
             raise LauncherLost(f"launcher connection failed: {exc}") from None
@@ -241,7 +262,7 @@ class _LauncherProcess:
         try:
             with self.lock:
                 self.ctrl.settimeout(timeout)
-                self.ctrl.send(b"p")
+                self.ctrl.send(PING)
             self.ctrl.settimeout(max(0.001, self.ping_sent + timeout - time.monotonic()))
             answer = self.ctrl.recv(64)
         except TimeoutError:
@@ -293,13 +314,13 @@ class _Channel:
         self.sock = sock
         self.launcher = launcher
         self.reader = FrameReader(limit=1 << 20)
-        self.messages: deque[dict[str, Any]] = deque()
+        self.messages: deque[LauncherMessage] = deque()
         self.fds: deque[int] = deque()
         self.tickets: deque[tuple[int, list[int]]] = deque()
         #: tickets forked from a plugin's template: each answers this channel's one `want`
         self.template_tickets: deque[tuple[int, list[int]]] = deque()
         #: pid -> its unit's memory cgroup, where the caller sets the run's limit before the request
-        self.units: dict[int, dict[str, Any]] = {}
+        self.units: dict[int, UnitWire] = {}
 
     def close(self) -> None:
         for tickets in (self.tickets, self.template_tickets):
@@ -311,7 +332,7 @@ class _Channel:
             os.close(self.fds.popleft())
         self.sock.close()
 
-    def _receive(self, timeout: float) -> dict[str, Any]:
+    def _receive(self, timeout: float) -> LauncherMessage:
         while not self.messages:
             self.sock.settimeout(timeout)
             try:
@@ -329,66 +350,69 @@ class _Channel:
             except (FrameError, ValueError) as exc:
                 raise LauncherLost(f"garbled launcher message: {exc}") from None
         msg = self.messages.popleft()
-        if msg.get("t") == "ticket":  # its five fds arrived with (or before) its bytes, in order
+        if msg["t"] == "ticket":  # its five fds (`TICKET_FDS`) arrived with (or before) its bytes, in order
             queue = self.template_tickets if msg.get("template") else self.tickets
             queue.append((int(msg["pid"]), [self.fds.popleft() for _ in range(5)]))
-            if msg.get("unit"):
-                self.units[int(msg["pid"])] = msg["unit"]
+            unit = msg["unit"]
+            if unit:
+                self.units[int(msg["pid"])] = unit
         return msg
 
-    def ask(self, msg: dict[str, Any]) -> None:
+    def ask(self, msg: CallerMessage) -> None:
         self.sock.settimeout(LAUNCHER_ANSWER_SECONDS)
         try:
             send_frame(self.sock, json.dumps(msg).encode())
         except OSError as exc:
             raise LauncherLost(f"launcher connection failed: {exc}") from None
 
-    def template_ticket(self, request: RunRequest, t0: float, timeout: float) -> dict[str, Any]:
+    def template_ticket(self, request: RunRequest, t0: float, timeout: float) -> LauncherMessage:
         """Ask for a child forked from the plugin's template: a ticket, a fallback, or the import's failure."""
-        self.ask({"t": "want", "plugin": request.plugin.to_dict(), "sys_path": request.wire_sys_path(),
-                  "memory_limit_mb": request.memory_limit_mb, "max_processes": request.max_processes,
-                  "timeout_seconds": request.timeout_seconds, "t0": t0})
+        want: Want = {"t": "want", "plugin": request.plugin.to_dict(), "sys_path": request.wire_sys_path(),
+                      "memory_limit_mb": request.memory_limit_mb, "max_processes": request.max_processes,
+                      "timeout_seconds": request.timeout_seconds, "t0": t0}
+        self.ask(want)
         while True:
             msg = self._receive(timeout)
-            if msg.get("t") == "ticket" and msg.get("template"):
+            if msg["t"] == "ticket" and msg.get("template"):
                 return msg
-            if msg.get("t") in ("fallback", "template_failed", "error"):
+            if msg["t"] in ("fallback", "template_failed", "error"):
                 return msg
 
-    def stats(self, timeout: float = LAUNCHER_ANSWER_SECONDS) -> dict[str, Any]:
+    def stats(self, timeout: float = LAUNCHER_ANSWER_SECONDS) -> Stats:
         self.ask({"t": "stats"})
         while True:
             msg = self._receive(timeout)
-            if msg.get("t") == "stats":
+            if msg["t"] == "stats":
                 return msg
 
     def ticket(self, timeout: float = LAUNCHER_ANSWER_SECONDS) -> tuple[int, list[int]]:
         while not self.tickets:
             msg = self._receive(timeout)
-            if msg.get("t") == "error":
+            if msg["t"] == "error":
                 raise LauncherLost(f"the launcher could not start a child: {msg.get('message')}")
         return self.tickets.popleft()
 
-    def exit_of(self, pid: int, timeout: float) -> dict[str, Any]:
+    def exit_of(self, pid: int, timeout: float) -> Exit:
         while True:
             msg = self._receive(timeout)
-            if msg.get("t") == "exit" and msg.get("pid") == pid:
+            if msg["t"] == "exit" and msg.get("pid") == pid:
                 return msg
 
     def end(self, pid: int) -> None:
         """The result is in: the launcher ends the run's unit and reports its exit."""
         self.sock.settimeout(LAUNCHER_ANSWER_SECONDS)
+        end: End = {"t": "end", "pid": pid}
         try:
-            send_frame(self.sock, json.dumps({"t": "end", "pid": pid}).encode())
+            send_frame(self.sock, json.dumps(end).encode())
         except OSError as exc:
             raise LauncherLost(f"launcher connection failed: {exc}") from None
 
     def start(self, pid: int, request: RunRequest, t0: float) -> None:
         self.sock.settimeout(LAUNCHER_ANSWER_SECONDS)
+        start: Start = {"t": "start", "pid": pid, "t0": t0, "timeout_seconds": request.timeout_seconds,
+                        "memory_limit_mb": request.memory_limit_mb}
         try:
-            send_frame(self.sock, json.dumps({"t": "start", "pid": pid, "t0": t0,
-                                              "timeout_seconds": request.timeout_seconds,
-                                              "memory_limit_mb": request.memory_limit_mb}).encode())
+            send_frame(self.sock, json.dumps(start).encode())
         except OSError as exc:
             raise LauncherLost(f"launcher connection failed: {exc}") from None
 
@@ -531,7 +555,7 @@ def _drive(channel: _Channel, request: RunRequest, pid: int, fds: list[int], t0:
         header.update(wait_status=signal.SIGKILL, timed_out=finished >= t0 + request.timeout_seconds,
                       memory_killed=oom, memory_by="cgroup" if oom else "", peak_memory_bytes=peak)
         return build_result(request, header, frames[0])
-    report: dict[str, Any] | None = None
+    report: Exit | None = None
     if lost is None:
         try:
             report = channel.exit_of(pid, timeout=LAUNCHER_ANSWER_SECONDS)
@@ -824,19 +848,18 @@ class Sandbox:
         outcome of the waiting run when the template's import failed or hung (as a run's would)."""
         wait = max(0.0, t0 + request.timeout_seconds - time.monotonic()) + LAUNCHER_ANSWER_SECONDS
         msg = channel.template_ticket(request, t0, wait)
-        kind = msg.get("t")
-        if kind == "ticket":
+        if msg["t"] == "ticket":
             return channel.template_tickets.popleft()
-        if kind == "template_failed":
+        if msg["t"] == "template_failed":
             return self._template_failed(request, msg, t0, started_at)
-        if kind == "fallback" and msg.get("reason") == "threads" and request.plugin.name not in self._per_run_logged:
+        if msg["t"] == "fallback" and msg["reason"] == "threads" and request.plugin.name not in self._per_run_logged:
             self._per_run_logged.add(request.plugin.name)
             _log.warning("plugin %s starts %s threads when imported: it is imported per run (a template "
                          "holding threads is unsafe to fork)", request.plugin.name, msg.get("threads", "some"))
         return channel.ticket()
 
     @staticmethod
-    def _template_failed(request: RunRequest, msg: dict[str, Any], t0: float,
+    def _template_failed(request: RunRequest, msg: TemplateFailed, t0: float,
                          started_at: float) -> PluginSandboxResult:
         """The run waited on its plugin's template, which failed it: the import's own outcome, or what the
         launcher saw (it hung in a fork, its import passed the run's deadline, it died importing)."""
@@ -884,8 +907,10 @@ class Sandbox:
             except (LauncherLost, OSError):
                 self._discard(channel)
                 continue
-            for key in totals:
-                totals[key] += int(stats.get(key, 0))
+            totals["alive"] += stats["alive"]
+            totals["builds"] += stats["builds"]
+            totals["evictions"] += stats["evictions"]
+            totals["resident_bytes"] += stats["resident_bytes"]
         return totals
 
     def close(self, grace: float = 0.0) -> None:

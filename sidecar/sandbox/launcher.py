@@ -20,12 +20,8 @@ pids are the namespace's own; a ticket therefore carries the child's pidfd, whic
 anywhere. Each child gets a private temporary directory (its `TMPDIR` and `HOME`), removed when
 it exits, and, when the launcher runs as root, an identity of its own.
 
-Wire (JSON frames, `framing`): caller → launcher `{"t": "start", "pid", "t0", "timeout_seconds",
-"memory_limit_mb"}`; launcher → caller `{"t": "ticket", "pid"}` + 5 fds (request, result,
-stdout, stderr, pidfd), `{"t": "exit", "pid",
-"status", "maxrss", "timed_out", "memory_killed", "memory_by"}`, `{"t": "error", "message"}`. On the control socket,
-`b"p"` (the runner's watchdog) is answered `b"P"`. Sends never block the loop: what a caller does not read
-waits in a bounded buffer, and a caller past it is dropped.
+Its messages, to callers and to templates, are declared in `protocol`. Sends never block the loop:
+what a caller does not read waits in a bounded buffer, and a caller past it is dropped.
 """
 
 from __future__ import annotations
@@ -46,6 +42,19 @@ from typing import Any
 from ..framing import FrameError, FrameReader, encode
 from .child import PLUGIN_ID_BASE, spare_main
 from .containment import Cgroups, Unit, Units, session_of, stop_tree
+from .protocol import (
+    PING,
+    PLACED,
+    PONG,
+    CallerMessage,
+    Fork,
+    LauncherMessage,
+    LauncherOptions,
+    Stats,
+    UnitWire,
+    Want,
+    template_message,
+)
 from .template import template_main
 
 __all__ = ["main"]
@@ -281,9 +290,9 @@ class Launcher:
             return True
         if not msg and not fds:
             return False
-        for _ in range(msg.count(b"p")):  # the runner's watchdog: a loop that answers is a loop that guards
+        for _ in range(msg.count(PING)):  # the runner's watchdog: a loop that answers is a loop that guards
             try:
-                self.ctrl.send(b"P", socket.MSG_DONTWAIT)
+                self.ctrl.send(PONG, socket.MSG_DONTWAIT)
             except OSError:
                 pass
         for fd in fds:
@@ -314,19 +323,21 @@ class Launcher:
             self._drop_conn(conn)
             return
         for frame in frames:
-            msg = json.loads(frame)
-            child = self.children.get(int(msg.get("pid", 0)))
-            kind = msg.get("t")
-            if kind == "want":
+            msg: CallerMessage = json.loads(frame)  # from the caller: trusted
+            if msg["t"] == "want":
                 self._want(conn, msg)
-            elif kind == "stats":
+            elif msg["t"] == "stats":
                 self._send(conn, self._stats())
-            elif kind == "end" and child is not None and child.conn is conn:
-                self._kill(child.pid)  # the caller has its result: the unit goes, its exit report follows
-            elif kind == "start" and child is not None and child.conn is conn and not child.started:
-                child.started = True
-                child.deadline = float(msg.get("t0") or time.monotonic()) + float(msg["timeout_seconds"])
-                child.rss_limit = int(msg["memory_limit_mb"]) * 1024 * 1024
+            elif msg["t"] == "end":
+                child = self.children.get(msg["pid"])
+                if child is not None and child.conn is conn:
+                    self._kill(child.pid)  # the caller has its result: the unit goes, its exit report follows
+            elif msg["t"] == "start":
+                child = self.children.get(msg["pid"])
+                if child is not None and child.conn is conn and not child.started:
+                    child.started = True
+                    child.deadline = float(msg.get("t0") or time.monotonic()) + float(msg["timeout_seconds"])
+                    child.rss_limit = int(msg["memory_limit_mb"]) * 1024 * 1024
 
     def _drop_conn(self, conn: _Conn) -> None:
         """The caller is gone: its ticket and its run have nobody to report to, so they are killed."""
@@ -346,7 +357,7 @@ class Launcher:
         conn.out.clear()
         conn.sock.close()
 
-    def _send(self, conn: _Conn, msg: dict[str, Any], fds: list[int] | None = None) -> bool:
+    def _send(self, conn: _Conn, msg: LauncherMessage, fds: list[int] | None = None) -> bool:
         """Queue a message (and fds) for the caller and send what its socket takes now; never blocks. A
         caller that leaves more than `_SEND_BUFFER_BYTES` unread is dropped (its runs are killed)."""
         if self.conns.get(conn.sock.fileno()) is not conn:
@@ -471,7 +482,7 @@ class Launcher:
             self._dispose(unit)
 
     # -- templates ------------------------------------------------------------------------------
-    def _want(self, conn: _Conn, msg: dict[str, Any]) -> None:
+    def _want(self, conn: _Conn, msg: Want) -> None:
         """A run of this plugin is about to start: a ticket forked from its template, or why not."""
         plugin = msg["plugin"]
         key = json.dumps([plugin, msg.get("sys_path"), msg["memory_limit_mb"], msg.get("max_processes")],
@@ -546,7 +557,7 @@ class Launcher:
             for fd in fds:
                 os.close(fd)
 
-    def _build(self, key: str, msg: dict[str, Any], signature: tuple[int, ...] | None) -> _Template | None:
+    def _build(self, key: str, msg: Want, signature: tuple[int, ...] | None) -> _Template | None:
         while len(self.templates) >= self.max_templates:
             victim = next((t for t in self.templates.values() if t.ready and not t.forking), None)
             if victim is None:
@@ -573,7 +584,7 @@ class Launcher:
         tpl = _Template(key, pid, pidfd, mine, tmp, signature, deadline)
         tpl.unit = self._unit(pid, f"t{pid}", int(msg["memory_limit_mb"]) * 1024 * 1024)
         try:
-            mine.send(b'{"t": "placed"}')  # its import (plugin code) starts inside its unit
+            mine.send(PLACED)  # its import (plugin code) starts inside its unit
         except OSError:
             pass
         self.templates[key] = tpl
@@ -606,7 +617,8 @@ class Launcher:
             if self.drop_privileges:  # the run wears its template's identity
                 ident = PLUGIN_ID_BASE + tpl.pid
                 os.chown(tmp, ident, ident)
-            socket.send_fds(tpl.sock, [json.dumps({"tmp": tmp}).encode()], [res_w, out_w, err_w, req_r])
+            fork: Fork = {"tmp": tmp}
+            socket.send_fds(tpl.sock, [json.dumps(fork).encode()], [res_w, out_w, err_w, req_r])
         except OSError:
             for fd in ours:
                 os.close(fd)
@@ -632,11 +644,12 @@ class Launcher:
             data = b""
         if not data:
             return  # its exit (pidfd) says the rest
-        msg = json.loads(data)
-        kind = msg.get("t")
-        if kind == "ready":
+        msg = template_message(data)  # plugin code runs in the template: checked
+        if msg is None:
+            return
+        if msg["t"] == "ready":
             tpl.ready = True
-            if msg.get("origin") and tpl.signature is None:
+            if msg["origin"] and tpl.signature is None:
                 tpl.signature = _signature(msg["origin"])
                 self._origins[tpl.key] = msg["origin"]
             self.backoff.pop(tpl.key, None)
@@ -644,23 +657,23 @@ class Launcher:
             for conn, run_deadline in waiting:
                 self._fork_from(tpl, conn, run_deadline)
             self._fork_from(tpl, None)
-        elif kind == "failed":
+        elif msg["t"] == "failed":
             tpl.answered = True
             self._back_off(tpl)
             waiting, tpl.waiting = tpl.waiting, []
             for conn, _d in waiting:
-                self._send(conn, {"t": "template_failed", "message": msg.get("message"), "status": 0,
+                self._send(conn, {"t": "template_failed", "message": msg["message"], "status": 0,
                                   "timed_out": False})
-        elif kind == "threads":
+        elif msg["t"] == "threads":
             tpl.answered = True
             self.per_run[tpl.key] = tpl.signature
             waiting, tpl.waiting = tpl.waiting, []
             for conn, _d in waiting:
-                self._send(conn, {"t": "fallback", "reason": "threads", "threads": msg.get("count")})
-        elif kind == "forked" and tpl.forking:
+                self._send(conn, {"t": "fallback", "reason": "threads", "threads": msg["count"]})
+        elif msg["t"] == "forked" and tpl.forking:
             to, ours, tmp, _deadline = tpl.forking.pop(0)
             tpl.asked()
-            self._ticket_from(tpl, to, int(msg.get("pid") or 0), ours, tmp)
+            self._ticket_from(tpl, to, msg["pid"], ours, tmp)
 
     def _ticket_from(self, tpl: _Template, conn: _Conn | None, pid: int, ours: tuple[int, ...], tmp: str) -> None:
         spare = conn is None and pid and self.templates.get(tpl.key) is tpl
@@ -764,7 +777,7 @@ class Launcher:
             tpl.unit.kill([])
             self._dispose(tpl.unit)
 
-    def _stats(self) -> dict[str, Any]:
+    def _stats(self) -> Stats:
         resident = 0
         for tpl in self.templates.values():
             try:
@@ -827,7 +840,7 @@ class Launcher:
         except OSError:
             return Unit(pid, name)  # the process is gone already: its exit says the rest
 
-    def _contain(self, child: _Child) -> dict[str, Any] | None:
+    def _contain(self, child: _Child) -> UnitWire | None:
         """Give a run its unit before any code of its plugin runs; what the caller needs of it."""
         child.unit = self._unit(child.pid, f"r{child.pid}")
         return child.unit.wire() if child.unit.dirs else None
@@ -995,7 +1008,7 @@ def main(argv: list[str] | None = None) -> None:
     signal.signal(signal.SIGTERM, _on_term)
     if len(args) > 1:  # the caller's sys.path, so plugins import what the caller could
         sys.path.extend(p for p in json.loads(args[1]) if p and p not in sys.path)
-    options = json.loads(args[2]) if len(args) > 2 else {}
+    options: LauncherOptions = json.loads(args[2]) if len(args) > 2 else {}
     Launcher(ctrl, drop_privileges=bool(options.get("drop_privileges")),
              max_templates=int(options.get("max_templates", 32)), cgroups=Cgroups.from_wire(options.get("cgroups")),
              max_processes=int(options.get("max_processes", 512)), units_tag=options.get("units_tag")).serve()
