@@ -248,6 +248,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 def _cmd_settings(args: argparse.Namespace) -> int:
     from .sandbox.containment import describe, detect, release
     from .sandbox.isolation import namespaces_unavailable
+    from .sandbox.run_tmp import can_mount
     from .sandbox.run_tmp import describe as describe_tmp
 
     print(settings_table())
@@ -257,7 +258,7 @@ def _cmd_settings(args: argparse.Namespace) -> int:
     release(found)
     bwrap = shutil.which("bwrap")
     namespaces = bwrap is not None and namespaces_unavailable(bwrap) is None
-    print(f"\nContainment on this host: {describe(found)}; {describe_tmp(os.geteuid() == 0, namespaces)}")
+    print(f"\nContainment on this host: {describe(found)}; {describe_tmp(can_mount(), namespaces)}")
     return 0
 
 

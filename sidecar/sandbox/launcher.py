@@ -47,7 +47,7 @@ from ..defaults import DEFAULT_MEMORY_LIMIT_MB
 from ..framing import FrameError, FrameReader, encode
 from .child import PLUGIN_ID_BASE, spare_main
 from .containment import Cgroups, Unit, Units, session_of, stop_tree
-from .run_tmp import RunTmp, enter_private_mounts
+from .run_tmp import RunTmp, can_mount, enter_private_mounts
 from .template import template_main
 
 __all__ = ["main"]
@@ -189,7 +189,7 @@ class Launcher:
         self.evictions = 0
         self.reap_due = False
         self._origins: dict[str, str] = {}
-        self.tmp = RunTmp(os.environ.get("TMPDIR") or "/tmp", mount=os.geteuid() == 0)
+        self.tmp = RunTmp(os.environ.get("TMPDIR") or "/tmp", mount=can_mount())
         self.epoll = select.epoll()
         self.children: dict[int, _Child] = {}  # pid -> child
         self.by_pidfd: dict[int, _Child] = {}

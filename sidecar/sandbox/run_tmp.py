@@ -19,7 +19,7 @@ import logging
 import os
 import shutil
 
-__all__ = ["RunTmp", "describe", "enter_private_mounts"]
+__all__ = ["RunTmp", "can_mount", "describe", "enter_private_mounts"]
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +27,7 @@ _CLONE_NEWNS = 0x00020000
 _MS_NOSUID, _MS_NODEV, _MS_REMOUNT, _MS_REC, _MS_SLAVE = 2, 4, 32, 1 << 14, 1 << 19
 _MNT_DETACH = 2
 _MIB = 1024 * 1024
+_CAP_SYS_ADMIN = 21
 
 try:
     _libc: ctypes.CDLL | None = ctypes.CDLL(None, use_errno=True)
@@ -34,18 +35,30 @@ except OSError:  # pragma: no cover - non-glibc platforms
     _libc = None
 
 
+def can_mount() -> bool:
+    """Root with CAP_SYS_ADMIN (a container's root usually lacks it): then the launcher mounts."""
+    if os.geteuid() != 0:
+        return False
+    try:
+        with open("/proc/self/status") as f:
+            caps = next((line.split()[1] for line in f if line.startswith("CapEff:")), "0")
+    except OSError:
+        return False
+    return bool(int(caps, 16) >> _CAP_SYS_ADMIN & 1)
+
+
 def enter_private_mounts() -> bool:
     """As root: a mount namespace of the launcher's own, receiving the host's mounts but never sending one."""
-    if _libc is None or os.geteuid() != 0:
+    if _libc is None or not can_mount():
         return False
     if _libc.unshare(_CLONE_NEWNS) != 0:
         return False
     return bool(_libc.mount(b"none", b"/", None, _MS_REC | _MS_SLAVE, None) == 0)
 
 
-def describe(as_root: bool, namespaces: bool) -> str:
-    """What a run's /tmp is here (the log, `sidecar settings`, `/readyz`)."""
-    if not as_root:
+def describe(mounts: bool, namespaces: bool) -> str:
+    """What a run's /tmp is here (the log, `sidecar settings`, `/readyz`); `mounts`: `can_mount()`."""
+    if not mounts:
         return "TMPDIR a directory per run, removed at its end (no mount without root: not bounded by size)"
     if namespaces:
         return "TMPDIR a tmpfs per run (size = memory limit), /tmp not writable by runs"
