@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -246,13 +247,18 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 def _cmd_settings(args: argparse.Namespace) -> int:
     from .sandbox.containment import describe, detect, release
+    from .sandbox.isolation import namespaces_unavailable
+    from .sandbox.run_tmp import can_mount
+    from .sandbox.run_tmp import describe as describe_tmp
 
     print(settings_table())
     print("\nIn force here (flags, SIDECAR_* environment, config file, defaults):\n")
     print(in_force(_settings(args)))
     found = detect()  # what a sandbox started here would get
     release(found)
-    print(f"\nContainment on this host: {describe(found)}")
+    bwrap = shutil.which("bwrap")
+    namespaces = bwrap is not None and namespaces_unavailable(bwrap) is None
+    print(f"\nContainment on this host: {describe(found)}; {describe_tmp(can_mount(), namespaces)}")
     return 0
 
 

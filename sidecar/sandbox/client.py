@@ -44,6 +44,8 @@ from .containment import Cgroups, describe, detect, end_unit_now, kill_launcher_
 from .environment import plugin_environment
 from .isolation import Confinement, Isolation, bwrap_command, namespaces_unavailable, needed_paths
 from .result import ErrorInfo, ExitFacts, Outcome, PluginSandboxResult, decide_outcome, encodable, recorded_peak
+from .run_tmp import can_mount
+from .run_tmp import describe as describe_tmp
 
 # The DEFAULT_* limits are declared once in `sidecar.defaults` and re-exported from here.
 _log = logging.getLogger("sidecar.sandbox")
@@ -621,7 +623,8 @@ class Sandbox:
         self._watchdog: threading.Thread | None = None
         #: what bounds a run here, detected once (see `containment`)
         self.cgroups: Cgroups = detect(disabled=not cgroups)
-        self.containment = describe(self.cgroups)
+        namespaces = bool(isolation and isolation.bwrap and namespaces_unavailable(isolation.bwrap) is None)
+        self.containment = f"{describe(self.cgroups)}; {describe_tmp(can_mount(), namespaces)}"
         _log.info("sandbox containment: %s", self.containment)
 
     @property

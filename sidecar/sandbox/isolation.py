@@ -4,7 +4,8 @@ Two layers:
 
 - **Namespaces** (bubblewrap, when installed): the launcher starts inside its own mount, PID and
   IPC namespaces. There the sidecar's data directory, the runner's socket directory and the token
-  file are covered, `/proc` lists the namespace's processes only, `/tmp` is private, and
+  file are covered, `/proc` lists the namespace's processes only, `/tmp` is private (as root, not
+  writable by runs: each has a tmpfs of its own, `run_tmp`), and
   directories a plugin needs behind a closed ancestor (`/root`, a 0700 clone) are bound into a
   fresh, traversable tree. When the namespace's first process dies, the kernel kills everything
   inside it: nothing a plugin starts outlives the launcher.
@@ -149,9 +150,11 @@ def bwrap_command(bwrap: str, confinement: Confinement, needed: Iterable[str], h
     args += ["--ro-bind" if confinement.strict else "--bind", "/", "/", "--dev", "/dev"]
     if not confinement.host_processes:  # else the host's /proc, bound with `/`, stays
         args += ["--proc", "/proc"]
-    args += ["--perms", "1777", "--tmpfs", "/tmp"]
+    # As root each run has a uid and a tmpfs of its own (`run_tmp`): no run may write a /tmp another reads.
+    shared_tmp = "0711" if as_root else "1777"
+    args += ["--perms", shared_tmp, "--tmpfs", "/tmp"]
     if os.path.isdir("/var/tmp"):
-        args += ["--perms", "1777", "--tmpfs", "/var/tmp"]
+        args += ["--perms", shared_tmp, "--tmpfs", "/var/tmp"]
     covered = ["/tmp", "/var/tmp"]
     binds: list[str] = []
     for path in needed:

@@ -17,8 +17,9 @@ double fork) are re-parented here when their parent dies, and are killed when an
 
 Isolation (`isolation`): the caller may start the launcher inside bubblewrap's namespaces, where
 pids are the namespace's own; a ticket therefore carries the child's pidfd, which names it from
-anywhere. Each child gets a private temporary directory (its `TMPDIR` and `HOME`), removed when
-it exits, and, when the launcher runs as root, an identity of its own.
+anywhere. Each child gets a private temporary directory (its `TMPDIR` and `HOME`; `run_tmp`: a
+bounded tmpfs of its own as root), removed when it exits, and, when the launcher runs as root, an
+identity of its own.
 
 Wire (JSON frames, `framing`): caller → launcher `{"t": "start", "pid", "t0", "timeout_seconds",
 "memory_limit_mb"}`; launcher → caller `{"t": "ticket", "pid"}` + 5 fds (request, result,
@@ -35,7 +36,6 @@ import fcntl
 import json
 import os
 import select
-import shutil
 import signal
 import socket
 import sys
@@ -43,9 +43,11 @@ import time
 from collections import OrderedDict
 from typing import Any
 
+from ..defaults import DEFAULT_MEMORY_LIMIT_MB
 from ..framing import FrameError, FrameReader, encode
 from .child import PLUGIN_ID_BASE, spare_main
 from .containment import Cgroups, Unit, Units, session_of, stop_tree
+from .run_tmp import RunTmp, can_mount, enter_private_mounts
 from .template import template_main
 
 __all__ = ["main"]
@@ -90,7 +92,7 @@ class _Child:
 
 
 class _Conn:
-    __slots__ = ("sock", "reader", "children", "out", "queued")
+    __slots__ = ("sock", "reader", "children", "out", "queued", "memory_limit_mb")
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
@@ -99,6 +101,8 @@ class _Conn:
         #: what the caller has not read yet: (bytes, fds to pass with their first byte; ours, closed once sent)
         self.out: list[tuple[bytes, list[int]]] = []
         self.queued = 0
+        #: its last run's limit: the first size of its next spare's directory (resized when that run starts)
+        self.memory_limit_mb = DEFAULT_MEMORY_LIMIT_MB
 
 
 #: Bytes a caller may leave unread before the launcher drops it: a peer that does not read never blocks
@@ -118,7 +122,7 @@ class _Template:
     """A plugin's template as the launcher sees it: its process, its socket and who waits on it."""
 
     __slots__ = ("key", "pid", "pidfd", "sock", "tmp", "signature", "ready", "deadline", "timed_out",
-                 "waiting", "forking", "spares", "answered", "unit", "fork_deadline")
+                 "waiting", "forking", "spares", "answered", "unit", "fork_deadline", "memory_limit_mb")
 
     def __init__(self, key: str, pid: int, pidfd: int, sock: socket.socket, tmp: str,
                  signature: tuple[int, ...] | None, deadline: float) -> None:
@@ -144,6 +148,8 @@ class _Template:
         self.unit: Unit | None = None
         #: by when it must answer its fork requests (a stopped or hung template is replaced)
         self.fork_deadline = float("inf")
+        #: its runs' limit (part of its key): the size of their temporary directories
+        self.memory_limit_mb = 0
 
     def asked(self) -> None:
         self.fork_deadline = min((d for *_rest, d in self.forking), default=float("inf"))
@@ -183,7 +189,7 @@ class Launcher:
         self.evictions = 0
         self.reap_due = False
         self._origins: dict[str, str] = {}
-        self.tmp_root = os.environ.get("TMPDIR") or "/tmp"
+        self.tmp = RunTmp(os.environ.get("TMPDIR") or "/tmp", mount=can_mount())
         self.epoll = select.epoll()
         self.children: dict[int, _Child] = {}  # pid -> child
         self.by_pidfd: dict[int, _Child] = {}
@@ -326,7 +332,11 @@ class Launcher:
             elif kind == "start" and child is not None and child.conn is conn and not child.started:
                 child.started = True
                 child.deadline = float(msg.get("t0") or time.monotonic()) + float(msg["timeout_seconds"])
-                child.rss_limit = int(msg["memory_limit_mb"]) * 1024 * 1024
+                conn.memory_limit_mb = int(msg["memory_limit_mb"])
+                child.rss_limit = conn.memory_limit_mb * 1024 * 1024
+                if child.owner == child.pid and not self.tmp.resize(child.tmp, conn.memory_limit_mb):
+                    child.memory_killed, child.memory_by = True, "tmp"  # it wrote more there than its limit
+                    self._kill(child.pid)
 
     def _drop_conn(self, conn: _Conn) -> None:
         """The caller is gone: its ticket and its run have nobody to report to, so they are killed."""
@@ -407,15 +417,16 @@ class Launcher:
             except OSError:
                 pass
         (res_r, res_w), (out_r, out_w), (err_r, err_w), (req_r, req_w) = pipes
-        tmp = os.path.join(self.tmp_root, f"sidecar-run-{os.urandom(8).hex()}")
+        tmp = ""
         try:
-            os.mkdir(tmp, 0o700)
+            tmp = self.tmp.make("run", conn.memory_limit_mb)  # resized when its run starts
             pid = os.fork()
         except OSError as exc:
             for r, w in pipes:
                 os.close(r)
                 os.close(w)
-            shutil.rmtree(tmp, ignore_errors=True)
+            if tmp:
+                self.tmp.remove(tmp)
             self._send(conn, {"t": "error", "message": f"fork: {exc}"})
             return
         if pid == 0:  # pragma: no cover - runs in the child
@@ -466,7 +477,7 @@ class Launcher:
                                  "memory_by": child.memory_by,
                                  "started": child.started}) and child.owner == child.pid:
                 self.want_ticket.append(conn)  # a spare was used: fork the next (a template's run was not one)
-        shutil.rmtree(child.tmp, ignore_errors=True)  # after the report: nobody waits for this
+        self.tmp.remove(child.tmp)  # after the report: nobody waits for this
         if unit is not None:
             self._dispose(unit)
 
@@ -554,14 +565,15 @@ class Launcher:
             self._drop_template(victim)
             self.evictions += 1
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        tmp = os.path.join(self.tmp_root, f"sidecar-template-{os.urandom(8).hex()}")
+        tmp = ""
         try:
-            os.mkdir(tmp, 0o700)
+            tmp = self.tmp.make("template", int(msg["memory_limit_mb"]))
             pid = os.fork()
         except OSError:
             mine.close()
             theirs.close()
-            shutil.rmtree(tmp, ignore_errors=True)
+            if tmp:
+                self.tmp.remove(tmp)
             return None
         if pid == 0:  # pragma: no cover - runs in the template
             mine.close()
@@ -571,6 +583,7 @@ class Launcher:
         pidfd = os.pidfd_open(pid)
         deadline = float(msg.get("t0") or time.monotonic()) + float(msg["timeout_seconds"])
         tpl = _Template(key, pid, pidfd, mine, tmp, signature, deadline)
+        tpl.memory_limit_mb = int(msg["memory_limit_mb"])
         tpl.unit = self._unit(pid, f"t{pid}", int(msg["memory_limit_mb"]) * 1024 * 1024)
         try:
             mine.send(b'{"t": "placed"}')  # its import (plugin code) starts inside its unit
@@ -599,10 +612,10 @@ class Launcher:
             except OSError:
                 pass
         (res_r, res_w), (out_r, out_w), (err_r, err_w), (req_r, req_w) = pipes
-        tmp = os.path.join(self.tmp_root, f"sidecar-run-{os.urandom(8).hex()}")
+        tmp = ""
         ours = (req_w, res_r, out_r, err_r)
         try:
-            os.mkdir(tmp, 0o700)
+            tmp = self.tmp.make("run", tpl.memory_limit_mb)
             if self.drop_privileges:  # the run wears its template's identity
                 ident = PLUGIN_ID_BASE + tpl.pid
                 os.chown(tmp, ident, ident)
@@ -610,7 +623,8 @@ class Launcher:
         except OSError:
             for fd in ours:
                 os.close(fd)
-            shutil.rmtree(tmp, ignore_errors=True)
+            if tmp:
+                self.tmp.remove(tmp)
             if conn is not None:
                 self._send(conn, {"t": "fallback", "reason": "template"})
             return
@@ -674,7 +688,7 @@ class Launcher:
         if not pid:
             for fd in ours:
                 os.close(fd)
-            shutil.rmtree(tmp, ignore_errors=True)
+            self.tmp.remove(tmp)
             if alive and conn is not None:
                 self._send(conn, {"t": "fallback", "reason": "fork"})
             self._reap_orphans()
@@ -742,7 +756,7 @@ class Launcher:
             if hung and conn is not None and self.conns.get(conn.sock.fileno()) is conn:
                 for fd in ours:
                     os.close(fd)
-                shutil.rmtree(tmp, ignore_errors=True)
+                self.tmp.remove(tmp)
                 self._send(conn, {"t": "template_failed", "hung": True, "message": None, "status": 0,
                                   "timed_out": False, "waited": _FORK_ANSWER_SECONDS})
             else:
@@ -757,7 +771,7 @@ class Launcher:
                 self.epoll.unregister(fd)
         tpl.sock.close()
         os.close(tpl.pidfd)
-        shutil.rmtree(tpl.tmp, ignore_errors=True)
+        self.tmp.remove(tpl.tmp)
         if not reaped:
             self.orphans.add(tpl.pid)  # killed: reaped with the other orphans
         if tpl.unit is not None:
@@ -974,7 +988,7 @@ class Launcher:
                 os.waitpid(child.pid, 0)
             except ChildProcessError:
                 pass
-            shutil.rmtree(child.tmp, ignore_errors=True)
+            self.tmp.remove(child.tmp)
         self.children.clear()
         self._reap_orphans()
         self.units.close()
@@ -993,6 +1007,7 @@ def main(argv: list[str] | None = None) -> None:
     # spawn from short-lived request threads. The control socket's end-of-file is the signal.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _on_term)
+    enter_private_mounts()  # as root: the runs' tmpfs mounts stay ours, never the host's
     if len(args) > 1:  # the caller's sys.path, so plugins import what the caller could
         sys.path.extend(p for p in json.loads(args[1]) if p and p not in sys.path)
     options = json.loads(args[2]) if len(args) > 2 else {}
