@@ -157,7 +157,7 @@ def _predictions(settings: Settings, registry: Registry) -> list[Finding]:
         signature = run_signature(source, entry.ref.attr) if source is not None else None
         if signature is not None:
             found += check_params(where, entry.plugin, entry.params, signature)
-        found += check_paths(where, entry.plugin, entry.params, hidden)
+        found += check_paths(where, entry.plugin, entry.params, hidden, granted=entry.read_paths)
     return found
 
 

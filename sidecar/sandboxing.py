@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from .groups import resolve_cached
 from .sandbox.client import RunRequest, Sandbox
 from .sandbox.isolation import Isolation
 
@@ -38,7 +39,10 @@ def sandbox_for(settings: Settings, *, hidden: tuple[str, ...] = (), unisolated:
 
 def request_for(entry: Entry, settings: Settings, params: Mapping[str, Any], timeout: float, memory: int,
                 mode: str = "run") -> RunRequest:
-    """A run of `entry` as `serve` asks for it: its limits, and its check's confinement and identity."""
+    """A run of `entry` as `serve` asks for it: its limits, and its check's confinement and identity (its
+    groups, else the settings' defaults)."""
+    group, groups = resolve_cached(settings.default_group, settings.default_groups)
     return RunRequest(entry.ref, params, timeout, memory, settings.max_result_bytes, settings.max_output_bytes,
                       mode=mode, isolation=entry.isolation, network=entry.network,
-                      host_processes=entry.host_processes)
+                      host_processes=entry.host_processes, group=group if entry.group is None else entry.group,
+                      groups=groups if entry.groups is None else entry.groups, read_paths=entry.read_paths)

@@ -253,6 +253,10 @@ def test_run_and_check_use_the_sandbox_serve_would(tmp_path: Path):
     assert debugging.returncode == 0, debugging.stdout + debugging.stderr
     assert json.loads(debugging.stdout)["result"] == "started\n"
     assert "sidecar: unisolated: " in debugging.stderr  # it says it is not what `serve` does
+    config.write_text(config.read_text() + f'read_paths = ["{logs}"]\n')  # granted: read-only in its view
+    granted = sidecar(*args)
+    assert granted.returncode == 0, granted.stdout + granted.stderr
+    assert json.loads(granted.stdout)["result"] == "started\n"
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="as root each run takes a uid of its own")

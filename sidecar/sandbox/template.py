@@ -33,6 +33,7 @@ from .child import (
     _PR_SET_NO_NEW_PRIVS,
     _PR_SET_PDEATHSIG,
     REQUEST_FD,
+    Identity,
     _confine,
     _flush_std,
     await_end,
@@ -66,7 +67,7 @@ def _threads() -> int:
         return threading.active_count()
 
 
-def _settle(sock: int, tmp: str, prctl: Any, drop: bool) -> None:
+def _settle(sock: int, tmp: str, prctl: Any, drop: Identity | None) -> None:
     os.setsid()  # a unit of its own: no run (its own included) can join its process group
     if prctl is not None:
         prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)  # die with the launcher
@@ -83,8 +84,8 @@ def _settle(sock: int, tmp: str, prctl: Any, drop: bool) -> None:
     os.dup2(devnull, REQUEST_FD, inheritable=False)
     os.closerange(REQUEST_FD + 1, 1 << 16)
     os.environ["TMPDIR"] = os.environ["HOME"] = tmp
-    if drop:
-        drop_privileges(prctl, tmp)
+    if drop is not None:
+        drop_privileges(prctl, tmp, drop)
     if prctl is not None:
         prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
 
@@ -135,7 +136,7 @@ def _fork_run(fds: list[int], tmp: str, func: Any, prctl: Any, launcher: int) ->
     return int(data) if data else 0
 
 
-def template_main(sock: int, prctl: Any, tmp: str, drop: bool, spec: dict[str, Any]) -> NoReturn:
+def template_main(sock: int, prctl: Any, tmp: str, drop: Identity | None, spec: dict[str, Any]) -> NoReturn:
     """Entry point in a template forked by the launcher; `spec` is the want that asked for it."""
     launcher = os.getppid()
     try:
