@@ -27,6 +27,7 @@ from ..defaults import MAX_PROCESSES
 from ..framing import HEADER, write_all
 from . import _warmup
 from .outcomes import classify_exception
+from .title import set_title
 
 __all__ = ["PLUGIN_ID_BASE", "REQUEST_FD", "RESULT_FD", "Identity", "confine_fds", "drop_privileges", "error_from",
            "load_entry", "read_request", "serve_request", "spare_main", "use_caller_path"]
@@ -308,9 +309,11 @@ def spare_main(fds: tuple[int, int, int, int], prctl: Any, tmp: str, drop: Ident
             drop_privileges(prctl, tmp, drop)
 
         _warm_up()
+        set_title("sidecar: spare")
         request = read_request()
         if request is None:  # retired spare
             os._exit(0)
+        set_title(f"sidecar: run of {request['plugin']['name']}")
         serve_request(request)
         await_end()
     except BaseException:  # noqa: B036 - the launcher reports a missing result as a crash

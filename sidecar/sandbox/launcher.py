@@ -47,6 +47,7 @@ from ..framing import FrameError, FrameReader, encode
 from .child import PLUGIN_ID_BASE, Identity, spare_main
 from .containment import Cgroups, Unit, Units, session_of, stop_tree
 from .template import template_main
+from .title import set_title
 
 __all__ = ["main"]
 
@@ -998,6 +999,7 @@ def main(argv: list[str] | None = None) -> None:
     signal.signal(signal.SIGTERM, _on_term)
     if len(args) > 1:  # the caller's sys.path, so plugins import what the caller could
         sys.path.extend(p for p in json.loads(args[1]) if p and p not in sys.path)
+    set_title("sidecar: launcher")  # once its path has the caller's site-packages, where setproctitle is
     options = json.loads(args[2]) if len(args) > 2 else {}
     Launcher(ctrl, drop_privileges=bool(options.get("drop_privileges")),
              max_templates=int(options.get("max_templates", 32)), cgroups=Cgroups.from_wire(options.get("cgroups")),

@@ -47,6 +47,7 @@ from .child import (
     use_caller_path,
 )
 from .outcomes import classify_exception
+from .title import set_title
 
 __all__ = ["TEMPLATE_FD", "template_main"]
 
@@ -100,6 +101,7 @@ def _run_main(fds: tuple[int, int, int, int], tmp: str, func: Any, prctl: Any, l
         request = read_request()
         if request is None:
             os._exit(0)
+        set_title(f"sidecar: run of {request['plugin']['name']}")
         # The request comes after the launcher registered us, so our intermediate parent is gone
         # and the launcher is our parent: only now can the death signal name the right process.
         if prctl is not None:
@@ -141,6 +143,7 @@ def template_main(sock: int, prctl: Any, tmp: str, drop: Identity | None, spec: 
     launcher = os.getppid()
     try:
         _settle(sock, tmp, prctl, drop)
+        set_title(f"sidecar: template of {spec['plugin']['name']}")
         os.read(TEMPLATE_FD, 64)  # "placed": the launcher put us in our unit; plugin code may start
         _confine(int(spec["memory_limit_mb"]), spec.get("max_processes"))
         use_caller_path(spec.get("sys_path"))
