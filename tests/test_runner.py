@@ -475,7 +475,7 @@ def _launcher_process(root: int) -> int:
         pid = frontier.pop()
         with open(f"/proc/{pid}/cmdline", "rb") as f:
             argv = f.read().split(b"\0")
-        if b"sidecar.sandbox.launcher" in argv and not argv[0].endswith(b"bwrap"):
+        if argv[0] == b"sidecar: launcher":  # its title (`sandbox.title`); bubblewrap's command names the module
             return pid
         for tid in os.listdir(f"/proc/{pid}/task"):
             with open(f"/proc/{pid}/task/{tid}/children") as f:
