@@ -112,11 +112,23 @@ class PluginMetadata(Limits, forbid_unknown_fields=True, kw_only=True, frozen=Tr
     check_only: bool = False
 
 
+#: A group of the host, by name or number (resolved, and refused when absent, by `sidecar.groups`).
+GroupRef = Annotated[str, Meta(min_length=1, description="a group name or number")] | Annotated[int, Meta(ge=0)]
+#: A host path a check's runs read (relative: to the config file's directory).
+ReadPath = Annotated[str, Meta(min_length=1, description="a path")]
+
+
 class CheckTable(Limits, forbid_unknown_fields=True, kw_only=True, frozen=True):
     """A `[checks.NAME]` table: a named, configured instance of a plugin."""
 
     plugin: PluginName
     params: Params = msgspec.field(default_factory=dict)
+    #: as root: the primary group of this check's runs (else the sidecar's `default_group`, else their own)
+    group: GroupRef | None = None
+    #: as root: the supplementary groups of this check's runs (else the sidecar's `default_groups`)
+    groups: list[GroupRef] | None = None
+    #: host paths this check's runs read, bound read-only into their view (e.g. a log directory under /tmp)
+    read_paths: list[ReadPath] = msgspec.field(default_factory=list)
     #: this check's runs in "default" or "strict" isolation (else the sidecar's)
     isolation: Literal["default", "strict"] | None = None
     #: read the host's processes (`/proc`) under isolation (else as its plugin's metadata says)

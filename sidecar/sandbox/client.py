@@ -90,6 +90,11 @@ class RunRequest:
     network: bool = False
     #: show the host's /proc (the plugin's metadata says so); its PID namespace stays its own
     host_processes: bool = False
+    #: as root, under isolation: the primary gid its run takes (None: a gid of its own) and supplementary gids
+    group: int | None = None
+    groups: Sequence[int] = ()
+    #: under isolation: host paths bound read-only into the run's view
+    read_paths: Sequence[str] = ()
     #: positional arguments, before `params` as keywords (the guard API calls any function this way)
     args: Sequence[Any] = ()
     #: the caller's import path, searched first in the child (None: the launcher's, fixed at its start)
@@ -193,7 +198,8 @@ class _LauncherProcess:
     """One launcher process and its control socket, over which channel connections are handed."""
 
     def __init__(self, env: dict[str, str], prefix: list[str], drop_privileges: bool,
-                 max_templates: int = MAX_TEMPLATES, cgroups: Cgroups | None = None) -> None:
+                 max_templates: int = MAX_TEMPLATES, cgroups: Cgroups | None = None,
+                 confinement: Confinement | None = None) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         self.cgroups = cgroups
         #: the launcher's directory in each cgroup hierarchy: ours to end if it stops answering
@@ -210,7 +216,8 @@ class _LauncherProcess:
                  json.dumps([p for p in sys.path if os.path.isabs(p)]),
                  json.dumps({"drop_privileges": drop_privileges, "max_templates": max_templates,
                              "cgroups": (cgroups or Cgroups()).to_wire(), "max_processes": MAX_PROCESSES,
-                             "units_tag": self.units_tag})],
+                             "units_tag": self.units_tag, "group": confinement.group if confinement else None,
+                             "groups": list(confinement.groups) if confinement else []})],
                 pass_fds=(theirs.fileno(),),
                 env=env,
                 stdin=subprocess.DEVNULL,
@@ -635,7 +642,8 @@ class Sandbox:
     def confinement(self, request: RunRequest) -> Confinement | None:
         if self.isolation is None:
             return None
-        return self.isolation.confinement(request.isolation, request.network, request.host_processes)
+        return self.isolation.confinement(request.isolation, request.network, request.host_processes,
+                                          request.group, tuple(request.groups), tuple(request.read_paths))
 
     def _command(self, confinement: Confinement | None) -> tuple[list[str], bool]:
         """The launcher's command prefix (bubblewrap's, when isolating with it) and whether runs drop root."""
@@ -645,7 +653,7 @@ class Sandbox:
         as_root = os.geteuid() == 0
         if iso.bwrap is None or (not confinement.strict and namespaces_unavailable(iso.bwrap)):
             return [], as_root  # default mode degrades to the identity layer (SECURITY.md says what holds)
-        needed = needed_paths((*iso.readable, _package_root()))
+        needed = needed_paths((*iso.readable, _package_root(), *confinement.read_paths))
         return bwrap_command(iso.bwrap, confinement, needed, iso.hidden, as_root,
                              writable=self.cgroups.dirs()), as_root
 
@@ -658,7 +666,8 @@ class Sandbox:
                 if launcher is not None:
                     launcher.stop()
                 launcher = self._launchers[confinement] = _LauncherProcess(self._env, *self._command(confinement),
-                                                                           self.max_templates, self.cgroups)
+                                                                           self.max_templates, self.cgroups,
+                                                                           confinement)
                 if self._watchdog is None:
                     self._watchdog = threading.Thread(target=self._watch, name="sandbox-watchdog", daemon=True)
                     self._watchdog.start()

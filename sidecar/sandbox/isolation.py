@@ -50,6 +50,12 @@ class Confinement:
     network: bool = True
     #: the host's /proc stays visible; as root also the host's PID namespace (see `bwrap_command`)
     host_processes: bool = False
+    #: as root, the primary group its runs take instead of a gid of their own (None: their own)
+    group: int | None = None
+    #: as root, the supplementary groups its runs take (e.g. `adm`'s, to read /var/log)
+    groups: tuple[int, ...] = ()
+    #: host paths its runs read, bound read-only into their view (a log directory under /tmp, say)
+    read_paths: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -67,11 +73,13 @@ class Isolation:
         if self.mode not in MODES:
             raise ConfigError(f"isolation must be one of {', '.join(MODES)}, got {self.mode!r}")
 
-    def confinement(self, mode: str | None = None, network: bool = False,
-                    host_processes: bool = False) -> Confinement:
+    def confinement(self, mode: str | None = None, network: bool = False, host_processes: bool = False,
+                    group: int | None = None, groups: tuple[int, ...] = (),
+                    read_paths: tuple[str, ...] = ()) -> Confinement:
         """The confinement of one run: its check's mode (else ours); network only matters in strict."""
         strict = (mode or self.mode) == "strict"
-        return Confinement(strict=strict, network=network or not strict, host_processes=host_processes)
+        return Confinement(strict=strict, network=network or not strict, host_processes=host_processes,
+                           group=group, groups=tuple(sorted(set(groups))), read_paths=tuple(sorted(set(read_paths))))
 
 
 def require_available(mode: str, bwrap: str | None = None) -> None:
@@ -178,6 +186,10 @@ def bwrap_command(bwrap: str, confinement: Confinement, needed: Iterable[str], h
                 made.add(parent)
         args += ["--ro-bind", path, path]
         bound.append(path)
+    for path in confinement.read_paths:  # granted by the operator: read-only, over a private /tmp too
+        real = os.path.realpath(path)
+        if not any(_within(real, b) for b in bound):
+            args += ["--ro-bind", real, real]
     for path in writable:  # the sandbox's cgroup subtree: the launcher makes a unit per run there
         args += ["--bind", path, path]
     for path in hidden:

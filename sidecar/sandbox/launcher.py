@@ -45,10 +45,11 @@ from typing import Any
 
 from ..defaults import DEFAULT_MEMORY_LIMIT_MB
 from ..framing import FrameError, FrameReader, encode
-from .child import PLUGIN_ID_BASE, spare_main
+from .child import PLUGIN_ID_BASE, Identity, spare_main
 from .containment import Cgroups, Unit, Units, session_of, stop_tree
 from .run_tmp import RunTmp, can_mount, enter_private_mounts
 from .template import template_main
+from .title import set_title
 
 __all__ = ["main"]
 
@@ -174,10 +175,13 @@ def _signal(pid: int, sig: int) -> None:
 
 class Launcher:
     def __init__(self, ctrl: socket.socket, drop_privileges: bool = False, max_templates: int = 32,
-                 cgroups: Cgroups | None = None, max_processes: int = 512, units_tag: str | None = None) -> None:
+                 cgroups: Cgroups | None = None, max_processes: int = 512, units_tag: str | None = None,
+                 identity: Identity = (None, ())) -> None:
         self.ctrl = ctrl
         self.units = Units(cgroups or Cgroups(), max_processes, units_tag)
         self.drop_privileges = drop_privileges
+        #: what its spares and templates drop to (the groups its confinement grants), or None: no drop
+        self.identity: Identity | None = identity if drop_privileges else None
         self.max_templates = max_templates
         self.templates: OrderedDict[str, _Template] = OrderedDict()  # least recently used first
         self.template_fds: dict[int, _Template] = {}  # socket and pidfd -> template
@@ -430,7 +434,7 @@ class Launcher:
             self._send(conn, {"t": "error", "message": f"fork: {exc}"})
             return
         if pid == 0:  # pragma: no cover - runs in the child
-            spare_main((res_w, out_w, err_w, req_r), _prctl, tmp, self.drop_privileges)
+            spare_main((res_w, out_w, err_w, req_r), _prctl, tmp, self.identity)
         for fd in (res_w, out_w, err_w, req_r):
             os.close(fd)
         pidfd = os.pidfd_open(pid)
@@ -577,7 +581,7 @@ class Launcher:
             return None
         if pid == 0:  # pragma: no cover - runs in the template
             mine.close()
-            template_main(theirs.fileno(), _prctl, tmp, self.drop_privileges, msg)
+            template_main(theirs.fileno(), _prctl, tmp, self.identity, msg)
         theirs.close()
         mine.setblocking(False)  # a template that does not read never blocks the loop: its fork request fails
         pidfd = os.pidfd_open(pid)
@@ -1010,10 +1014,12 @@ def main(argv: list[str] | None = None) -> None:
     enter_private_mounts()  # as root: the runs' tmpfs mounts stay ours, never the host's
     if len(args) > 1:  # the caller's sys.path, so plugins import what the caller could
         sys.path.extend(p for p in json.loads(args[1]) if p and p not in sys.path)
+    set_title("sidecar: launcher")  # once its path has the caller's site-packages, where setproctitle is
     options = json.loads(args[2]) if len(args) > 2 else {}
     Launcher(ctrl, drop_privileges=bool(options.get("drop_privileges")),
              max_templates=int(options.get("max_templates", 32)), cgroups=Cgroups.from_wire(options.get("cgroups")),
-             max_processes=int(options.get("max_processes", 512)), units_tag=options.get("units_tag")).serve()
+             max_processes=int(options.get("max_processes", 512)), units_tag=options.get("units_tag"),
+             identity=(options.get("group"), tuple(options.get("groups", ())))).serve()
 
 
 if __name__ == "__main__":

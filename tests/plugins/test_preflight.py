@@ -56,6 +56,12 @@ def test_paths_the_run_would_not_see(params, problem):
 
 def test_paths_the_run_sees_pass():
     assert check_paths("c", "disk_usage", {"path": "/"}) == []
+    assert check_paths("c", "disk_usage", {"path": "/tmp"}, granted=["/tmp"]) == []  # the check's read_paths
+
+
+def test_a_path_under_tmp_names_the_grant_as_the_fix():
+    found = _lines(check_paths("c", "disk_usage", {"path": "/tmp/app-logs/x.log"}))
+    assert "grant it with read_paths = ['/tmp/app-logs'] in the check's table" in found[0], found
     assert check_paths("c", "echo", {"path": "relative/is/fine/for/echo"}) == []
 
 
