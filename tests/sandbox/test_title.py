@@ -9,6 +9,8 @@ import pytest
 
 from sidecar.sandbox.client import PluginRef, RunRequest, Sandbox
 
+from ..conftest import poll
+
 OWN_TITLE = '''
 def run():
     with open("/proc/self/cmdline", "rb") as f:
@@ -27,15 +29,19 @@ def test_launcher_templates_and_runs_show_what_they_are(tmp_path: Path, template
         assert result.result == {"cmdline": "sidecar: run of titled", "comm": "sidecar: run of"}  # comm: 15 bytes
         launcher = psutil.Process(sandbox.launcher_pid)
         assert launcher.cmdline()[0] == "sidecar: launcher"
-        titles = set()
-        for child in launcher.children():
-            try:
-                titles.update(child.cmdline()[:1])
-            except psutil.Error:  # a retired spare, exiting
-                continue
-        assert "sidecar: spare" in titles  # forked ahead, waiting for a run
-        if templates:
-            assert "sidecar: template of titled" in titles
+        wanted = {"sidecar: spare", *(["sidecar: template of titled"] if templates else [])}
+
+        def titles() -> tuple[bool, set[str]]:
+            seen: set[str] = set()
+            for child in launcher.children():
+                try:
+                    seen.update(child.cmdline()[:1])
+                except psutil.Error:  # a retired spare, exiting
+                    continue
+            return wanted <= seen, seen
+
+        # The next spare is forked after the run, while nobody waits: it names itself a moment later.
+        poll("a spare (and the plugin's template) named in ps", titles, timeout=10.0, every=0.02)
 
 
 def _comm() -> str:
