@@ -45,7 +45,7 @@ log = logging.getLogger(__name__)
 
 CONTENT_TYPE_TEXT = "text/plain; version=0.0.4; charset=utf-8"
 OPENMETRICS_CONTENT_TYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8"
-#: Why a run request was refused before running (the README's metric table says what each counts).
+#: Why a run request was refused before running (docs/monitoring.md says what each counts).
 REJECT_REASONS = ("saturated", "overlap", "invalid")
 RELOAD_RESULTS = ("success", "failure")
 #: Peak memory buckets, bytes: 8 MiB … 4 GiB.

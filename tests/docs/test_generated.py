@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -81,3 +82,21 @@ def test_regenerate_fills_a_region_and_keeps_the_rest() -> None:
         "before\n<!-- generated: x by the script -->\n| new |\n<!-- end: x -->\nafter\n")
     with pytest.raises(SystemExit, match="unknown generated table 'x'"):
         gen_docs.regenerate(text, {})
+
+
+def test_committed_pages_hold_the_generated_tables() -> None:
+    found = gen_docs.problems()
+    assert found == [], f"{found}: run `{gen_docs.COMMAND}` and commit the pages"
+
+
+def test_a_stale_page_is_named_and_rewritten(tmp_path: Path) -> None:
+    for page in gen_docs.pages():
+        if page.is_file():
+            target = tmp_path / page.relative_to(REPO_ROOT)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(page, target)
+    config = tmp_path / "docs" / "configuration.md"
+    config.write_text(config.read_text().replace("`SIDECAR_BIND`", "`SIDECAR_LISTEN`", 1))
+    assert gen_docs.problems(tmp_path) == ["docs/configuration.md: a generated table differs from the code"]
+    assert gen_docs.write(tmp_path) == [config]
+    assert gen_docs.problems(tmp_path) == []
