@@ -1,9 +1,9 @@
 """Settings: each declared once, as a field of `Settings` that knows its type, range, default and help.
 
 Precedence: CLI flag > `SIDECAR_*` environment variable > TOML file (`SIDECAR_CONFIG` / `--config`)
-> default. `SETTINGS` (derived from the fields) generates `serve --help` and the README's
-configuration table; a test fails when the README table is stale. Every value, from wherever it
-comes, goes through the same constrained types (`sidecar.schema`) as check tables and plugin
+> default. `SETTINGS` (derived from the fields) generates `serve --help` and the settings table of
+docs/configuration.md (`scripts/gen_docs.py`); a test fails when that page is stale. Every value, from
+wherever it comes, goes through the same constrained types (`sidecar.schema`) as check tables and plugin
 metadata; an error names its source, the key, the bad value and what is allowed.
 
 The TOML file may also declare checks: named, configured instances of a plugin::
@@ -116,7 +116,7 @@ class CheckConfig:
 
 @dataclass(frozen=True)
 class Settings:
-    """Every setting of the sidecar, in the order the README lists them."""
+    """Every setting of the sidecar, in the order docs/configuration.md lists them."""
 
     bind: str = _setting(defaults.BIND, "listen address HOST:PORT (loopback by default)", Bind,
                          check=_port_in_range)
@@ -206,7 +206,7 @@ class Settings:
 
 @dataclass(frozen=True)
 class Setting:
-    """One setting as the CLI and the README see it; derived from its `Settings` field."""
+    """One setting as the CLI and the docs see it; derived from its `Settings` field."""
 
     name: str
     default: Any
@@ -256,7 +256,7 @@ def _declare() -> tuple[Setting, ...]:
     return tuple(out)
 
 
-#: Every setting of the sidecar, in the order the README lists them.
+#: Every setting of the sidecar, in the order docs/configuration.md lists them.
 SETTINGS: tuple[Setting, ...] = _declare()
 
 _BY_NAME = {s.name: s for s in SETTINGS}
@@ -381,7 +381,7 @@ def _read_token(path: str, given: str | None) -> str:
 
 
 def settings_table() -> str:
-    """The README's configuration table (Markdown), generated from SETTINGS."""
+    """The settings table of docs/configuration.md (Markdown), generated from SETTINGS."""
     rows = ["| env var | CLI flag | TOML key | default | meaning |", "|---|---|---|---|---|"]
     for s in SETTINGS:
         default = s.default_doc or (f"`{s.default}`" if s.default not in (None, (), "") else "none")
