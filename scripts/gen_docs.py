@@ -8,6 +8,7 @@ A generated table sits in a page between `<!-- generated: NAME ... -->` and `<!-
 lines between the two markers are rewritten. The tables and where each comes from:
 
     settings        `sidecar.config.SETTINGS` (the same table `sidecar settings` prints)
+    checks          the keys of a `[checks.NAME]` table, `sidecar.schema.CheckTable`
     metrics         `sidecar.metrics.FAMILIES`, the metric contract
     probe-metrics   `sidecar.probe.FAMILIES`, the families of a `/probe` answer
     routes, errors  the OpenAPI document, `sidecar.openapi.openapi_document()`
@@ -25,11 +26,14 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from sidecar.config import settings_table
 from sidecar.metric_family import Family
 from sidecar.metrics import FAMILIES
 from sidecar.openapi import openapi_document
 from sidecar.probe import FAMILIES as PROBE_FAMILIES
+from sidecar.schema import MAX_SECONDS, CheckTable
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ALERTS = REPO_ROOT / "prometheus" / "alerts.yml"
@@ -76,6 +80,47 @@ def probe_metrics_table() -> str:
     return _rows(("metric", "type", "labels", "what"), _family_rows(PROBE_FAMILIES))
 
 
+_ORDER = ("plugin", "params")  # what every check needs first, then the rest as declared
+
+
+def _type_words(node: dict[str, Any]) -> str:
+    """A JSON Schema node as the words of the check table's type column."""
+    options = [o for o in node.get("anyOf", []) if o.get("type") != "null"]
+    if options and "type" not in node and "enum" not in node:
+        return " or ".join(_type_words(o) for o in options)
+    if "enum" in node:
+        return " or ".join(f'`"{v}"`' for v in node["enum"])
+    kind = node.get("type")
+    if kind == "array":
+        item = _type_words(node["items"])
+        return f"array of ({item})" if " " in item else f"array of {item}s"
+    words = {"string": "string", "number": "number", "integer": "integer", "boolean": "boolean",
+             "object": "table"}.get(str(kind), str(kind))
+    bounds = []
+    if "exclusiveMinimum" in node:
+        bounds.append(f"> {node['exclusiveMinimum']:g}")
+    if "minimum" in node and kind != "string":
+        bounds.append(f"≥ {node['minimum']:g}")
+    if node.get("maximum") == MAX_SECONDS:
+        bounds.append("≤ 1 year")
+    return " ".join([words, ", ".join(bounds)]).strip()
+
+
+def checks_table() -> str:
+    """The keys of a `[checks.NAME]` table, from its declaration (types, bounds and meanings)."""
+    schema = msgspec.json.schema(CheckTable)
+    table = schema["$defs"]["CheckTable"]
+    required = set(table.get("required", ()))
+    keys = sorted(table["properties"], key=lambda k: (_ORDER.index(k) if k in _ORDER else len(_ORDER)))
+    rows = []
+    for key in keys:
+        node = table["properties"][key]
+        inner = next((o for o in node.get("anyOf", []) if o.get("type") != "null"), node)
+        meaning = inner.get("description") or node.get("description", "")
+        rows.append([f"`{key}`", _type_words(inner) + (", required" if key in required else ""), meaning])
+    return _rows(("key", "type", "meaning"), rows)
+
+
 def routes_table(doc: dict[str, Any] | None = None) -> str:
     """Every route of the OpenAPI document: what it answers and its error statuses."""
     doc = doc or openapi_document()
@@ -114,6 +159,7 @@ def alerts_table(path: Path = ALERTS) -> str:
 
 TABLES: dict[str, Callable[[], str]] = {
     "settings": settings_table,
+    "checks": checks_table,
     "metrics": metrics_table,
     "probe-metrics": probe_metrics_table,
     "routes": routes_table,

@@ -42,6 +42,18 @@ def test_errors_family_lists_every_error_outcome() -> None:
     assert "`error_type` ∈ {" + ", ".join(ERROR_OUTCOMES) + "}" in row
 
 
+def test_every_check_key_is_a_row_with_its_meaning() -> None:
+    from sidecar.schema import CheckTable
+
+    table = gen_docs.checks_table()
+    for key in CheckTable.__struct_fields__:
+        row = next((line for line in table.splitlines() if line.startswith(f"| `{key}` |")), None)
+        assert row is not None, key
+        assert not row.endswith("|  |"), f"{key} has no meaning: describe it where CheckTable declares it"
+    assert "| `plugin` | string, required |" in table
+    assert "| `timeout_seconds` | number > 0, ≤ 1 year |" in table
+
+
 def test_every_route_is_a_row() -> None:
     table = gen_docs.routes_table()
     for path, item in openapi_document()["paths"].items():
