@@ -148,7 +148,7 @@ def check_paths(where: str, plugin: str, params: Mapping[str, Any], hidden: Iter
                                                                                      for g in granted):
             found.append(Finding(where, f"params.{key}", f"{value!r} is under {_private_root(value)}, which is "
                                  "private to each run: the run sees its own, empty one",
-                                 f"grant it with read_paths = [{os.path.dirname(value)!r}] in the check's "
+                                 f"grant it with read_paths = [{_grant(value)!r}] in the check's "
                                  "table, or keep the file elsewhere (e.g. under /var/lib or /run)"))
         elif any(_within(value, h) for h in hidden):
             found.append(Finding(where, f"params.{key}", f"{value!r} is hidden from plugins (the sidecar's own "
@@ -174,6 +174,11 @@ def check_readable(where: str, path: str) -> list[Finding]:
         found.append(Finding(where, None, f"its directory is mode {stat.filemode(dir_mode)}: runs, which take a uid "
                              "of their own, cannot list it", f"chmod o+rx {directory}"))
     return found
+
+
+def _grant(path: str) -> str:
+    """What to bind for `path`: itself if a directory, else its directory (never /tmp as a whole)."""
+    return path if os.path.isdir(path) or os.path.dirname(path) in PRIVATE_DIRS else os.path.dirname(path)
 
 
 def _within(path: str, directory: str) -> bool:
