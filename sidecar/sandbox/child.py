@@ -28,9 +28,10 @@ from ..framing import HEADER, write_all
 from . import _warmup
 from .outcomes import classify_exception
 from .protocol import PluginWire, ResultMessage, RunRequestWire
+from .title import set_title
 
-__all__ = ["PLUGIN_ID_BASE", "REQUEST_FD", "RESULT_FD", "confine_fds", "drop_privileges", "error_from", "load_entry",
-           "read_request", "serve_request", "spare_main", "use_caller_path"]
+__all__ = ["PLUGIN_ID_BASE", "REQUEST_FD", "RESULT_FD", "Identity", "confine_fds", "drop_privileges", "error_from",
+           "load_entry", "read_request", "serve_request", "spare_main", "use_caller_path"]
 
 #: Fixed fds in the child: 0-2 are stdin (/dev/null), stdout, stderr pipes.
 RESULT_FD = 3
@@ -45,16 +46,22 @@ _PR_SET_NO_NEW_PRIVS = 38
 _PR_SET_CHILD_SUBREAPER = 36
 
 
+#: The groups a launcher's runs take when they drop root: (primary gid, None for their own; supplementary gids).
+Identity = tuple[int | None, tuple[int, ...]]
+
+
 class ResultTooLarge(Exception):
     pass
 
 
-def drop_privileges(prctl: Any, home: str) -> None:
-    """As root: become a uid/gid nobody else has, in the order that leaves no way back (see `isolation`)."""
+def drop_privileges(prctl: Any, home: str, identity: Identity = (None, ())) -> None:
+    """As root: become a uid nobody else has, with the groups the operator granted (else a gid of its own and
+    none), in the order that leaves no way back (see `isolation`)."""
     ident = PLUGIN_ID_BASE + os.getpid()
+    group, groups = identity
     os.chown(home, ident, ident)
-    os.setgroups([])
-    os.setgid(ident)
+    os.setgroups(list(groups))
+    os.setgid(ident if group is None else group)
     os.setuid(ident)
     if prctl is not None:
         prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
@@ -295,8 +302,9 @@ def serve_request(request: RunRequestWire, preloaded: Any = None) -> None:
     write_all(RESULT_FD, HEADER.pack(len(payload)) + payload)
 
 
-def spare_main(fds: tuple[int, int, int, int], prctl: Any, tmp: str, drop: bool = False) -> NoReturn:
-    """Entry point in a forked spare. fds = (result_w, stdout_w, stderr_w, request_r); `tmp` is its own."""
+def spare_main(fds: tuple[int, int, int, int], prctl: Any, tmp: str, drop: Identity | None = None) -> NoReturn:
+    """Entry point in a forked spare. fds = (result_w, stdout_w, stderr_w, request_r); `tmp` is its own;
+    `drop`: as root, the groups of the identity it drops to (None: it keeps the launcher's)."""
     code = 0
     try:
         if prctl is not None:
@@ -304,13 +312,15 @@ def spare_main(fds: tuple[int, int, int, int], prctl: Any, tmp: str, drop: bool 
         become_unit(prctl)
         confine_fds(fds)
         os.environ["TMPDIR"] = os.environ["HOME"] = tmp
-        if drop:  # before the warm-up: no code runs here as root that a plugin could have touched
-            drop_privileges(prctl, tmp)
+        if drop is not None:  # before the warm-up: no code runs here as root that a plugin could have touched
+            drop_privileges(prctl, tmp, drop)
 
         _warm_up()
+        set_title("sidecar: spare")
         request = read_request()
         if request is None:  # retired spare
             os._exit(0)
+        set_title(f"sidecar: run of {request['plugin']['name']}")
         serve_request(request)
         await_end()
     except BaseException:  # noqa: B036 - the launcher reports a missing result as a crash

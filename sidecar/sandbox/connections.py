@@ -11,6 +11,7 @@ import os
 import select
 import socket
 
+from ..defaults import DEFAULT_MEMORY_LIMIT_MB
 from ..framing import FrameReader, encode
 from .protocol import LauncherMessage
 from .reaper import Reaper
@@ -21,7 +22,7 @@ __all__ = ["SEND_BUFFER_BYTES", "Conn", "Connections"]
 class Conn:
     """A caller's connection: its socket, what it sent not yet framed, its children, what it has not read."""
 
-    __slots__ = ("sock", "reader", "children", "out", "queued")
+    __slots__ = ("sock", "reader", "children", "out", "queued", "memory_limit_mb")
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
@@ -30,6 +31,8 @@ class Conn:
         #: what the caller has not read yet: (bytes, fds to pass with their first byte; ours, closed once sent)
         self.out: list[tuple[bytes, list[int]]] = []
         self.queued = 0
+        #: its last run's limit: the first size of its next spare's directory (resized when that run starts)
+        self.memory_limit_mb = DEFAULT_MEMORY_LIMIT_MB
 
 
 #: Bytes a caller may leave unread before the launcher drops it: a peer that does not read never blocks

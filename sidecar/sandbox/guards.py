@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 
+from .connections import Conn
 from .launcher_state import PAGE
 from .protocol import Start
 from .template_pool import Template, TemplatePool
@@ -23,11 +24,16 @@ RSS_POLL_SECONDS = 0.1
 class Guards(TemplatePool):
     """Arming a run's deadline and memory limit; killing what passes its own."""
 
-    def _arm(self, child: Child, msg: Start) -> None:
-        """The caller says the run started: its deadline and its resident-memory limit are now in force."""
+    def _arm(self, child: Child, conn: Conn, msg: Start) -> None:
+        """The caller says the run started: its deadline, its resident-memory limit and its temporary directory's
+        size are now in force."""
         child.started = True
         child.deadline = float(msg.get("t0") or time.monotonic()) + float(msg["timeout_seconds"])
-        child.rss_limit = int(msg["memory_limit_mb"]) * 1024 * 1024
+        conn.memory_limit_mb = int(msg["memory_limit_mb"])
+        child.rss_limit = conn.memory_limit_mb * 1024 * 1024
+        if child.owner == child.pid and not self.tmp.resize(child.tmp, conn.memory_limit_mb):
+            child.memory_killed, child.memory_by = True, "tmp"  # it wrote more there than its limit
+            self._kill(child.pid)
 
     def _wake_in(self, now: float, running: list[Child], building: list[Template]) -> float:
         """Seconds until the nearest deadline or memory poll of a run or a template; -1 when there is none."""

@@ -17,8 +17,9 @@ double fork) are re-parented here when their parent dies, and are killed when an
 
 Isolation (`isolation`): the caller may start the launcher inside bubblewrap's namespaces, where
 pids are the namespace's own; a ticket therefore carries the child's pidfd, which names it from
-anywhere. Each child gets a private temporary directory (its `TMPDIR` and `HOME`), removed when
-it exits, and, when the launcher runs as root, an identity of its own.
+anywhere. Each child gets a private temporary directory (its `TMPDIR` and `HOME`; `run_tmp`: a
+bounded tmpfs of its own as root), removed when it exits, and, when the launcher runs as root, an
+identity of its own.
 
 Its messages, to callers and to templates, are declared in `protocol`. Sends never block the loop:
 what a caller does not read waits in a bounded buffer, and a caller past it is dropped.
@@ -34,7 +35,6 @@ from __future__ import annotations
 import json
 import os
 import select
-import shutil
 import signal
 import socket
 import sys
@@ -46,6 +46,8 @@ from .containment import Cgroups
 from .guards import Guards
 from .launcher_state import prctl
 from .protocol import PING, PONG, CallerMessage, LauncherOptions
+from .run_tmp import enter_private_mounts
+from .title import set_title
 
 __all__ = ["Launcher", "main"]
 
@@ -154,7 +156,7 @@ class Launcher(Guards):
             elif msg["t"] == "start":
                 child = self.children.get(msg["pid"])
                 if child is not None and child.conn is conn and not child.started:
-                    self._arm(child, msg)
+                    self._arm(child, conn, msg)
 
     def _shutdown(self) -> None:
         for tpl in list(self.templates.values()):
@@ -166,7 +168,7 @@ class Launcher(Guards):
                 os.waitpid(child.pid, 0)
             except ChildProcessError:
                 pass
-            shutil.rmtree(child.tmp, ignore_errors=True)
+            self.tmp.remove(child.tmp)
         self.children.clear()
         self._reap_orphans()
         self.units.close()
@@ -185,12 +187,15 @@ def main(argv: list[str] | None = None) -> None:
     # spawn from short-lived request threads. The control socket's end-of-file is the signal.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _on_term)
+    enter_private_mounts()  # as root: the runs' tmpfs mounts stay ours, never the host's
     if len(args) > 1:  # the caller's sys.path, so plugins import what the caller could
         sys.path.extend(p for p in json.loads(args[1]) if p and p not in sys.path)
+    set_title("sidecar: launcher")  # once its path has the caller's site-packages, where setproctitle is
     options: LauncherOptions = json.loads(args[2]) if len(args) > 2 else {}
     Launcher(ctrl, drop_privileges=bool(options.get("drop_privileges")),
              max_templates=int(options.get("max_templates", 32)), cgroups=Cgroups.from_wire(options.get("cgroups")),
-             max_processes=int(options.get("max_processes", 512)), units_tag=options.get("units_tag")).serve()
+             max_processes=int(options.get("max_processes", 512)), units_tag=options.get("units_tag"),
+             identity=(options.get("group"), tuple(options.get("groups", ())))).serve()
 
 
 if __name__ == "__main__":

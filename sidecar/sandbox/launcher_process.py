@@ -13,6 +13,7 @@ import time
 
 from ..defaults import LAUNCHER_ANSWER_SECONDS, MAX_PROCESSES, MAX_TEMPLATES
 from .containment import Cgroups, kill_launcher_units
+from .isolation import Confinement
 from .protocol import CONNECT, PING, LauncherOptions
 
 __all__ = ["LauncherLost", "LauncherProcess", "package_root"]
@@ -33,7 +34,8 @@ class LauncherProcess:
     """One launcher process and its control socket, over which channel connections are handed."""
 
     def __init__(self, env: dict[str, str], prefix: list[str], drop_privileges: bool,
-                 max_templates: int = MAX_TEMPLATES, cgroups: Cgroups | None = None) -> None:
+                 max_templates: int = MAX_TEMPLATES, cgroups: Cgroups | None = None,
+                 confinement: Confinement | None = None) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         self.cgroups = cgroups
         #: the launcher's directory in each cgroup hierarchy: ours to end if it stops answering
@@ -44,7 +46,8 @@ class LauncherProcess:
         self.ping_sent: float | None = None
         options: LauncherOptions = {"drop_privileges": drop_privileges, "max_templates": max_templates,
                                     "cgroups": (cgroups or Cgroups()).to_wire(), "max_processes": MAX_PROCESSES,
-                                    "units_tag": self.units_tag}
+                                    "units_tag": self.units_tag, "group": confinement.group if confinement else None,
+                                    "groups": list(confinement.groups) if confinement else []}
         try:
             self.proc = subprocess.Popen(
                 # -P: `-m` would put the working directory first on sys.path (a planted `sidecar/` would run);

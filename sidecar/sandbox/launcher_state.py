@@ -17,7 +17,9 @@ import socket
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
+from .child import Identity
 from .containment import Cgroups, Unit, Units
+from .run_tmp import RunTmp, can_mount
 
 if TYPE_CHECKING:
     from .connections import Conn
@@ -38,10 +40,13 @@ class LauncherState:
     """The launcher's tables; the layers above it (see the module) act on them."""
 
     def __init__(self, ctrl: socket.socket, drop_privileges: bool = False, max_templates: int = 32,
-                 cgroups: Cgroups | None = None, max_processes: int = 512, units_tag: str | None = None) -> None:
+                 cgroups: Cgroups | None = None, max_processes: int = 512, units_tag: str | None = None,
+                 identity: Identity = (None, ())) -> None:
         self.ctrl = ctrl
         self.units = Units(cgroups or Cgroups(), max_processes, units_tag)
         self.drop_privileges = drop_privileges
+        #: what its spares and templates drop to (the groups its confinement grants), or None: no drop
+        self.identity: Identity | None = identity if drop_privileges else None
         self.max_templates = max_templates
         self.templates: OrderedDict[str, Template] = OrderedDict()  # least recently used first
         self.template_fds: dict[int, Template] = {}  # socket and pidfd -> template
@@ -53,7 +58,7 @@ class LauncherState:
         self.evictions = 0
         self.reap_due = False
         self._origins: dict[str, str] = {}
-        self.tmp_root = os.environ.get("TMPDIR") or "/tmp"
+        self.tmp = RunTmp(os.environ.get("TMPDIR") or "/tmp", mount=can_mount())
         self.epoll = select.epoll()
         self.children: dict[int, Child] = {}  # pid -> child
         self.by_pidfd: dict[int, Child] = {}

@@ -24,6 +24,8 @@ from .launcher_process import LauncherLost, LauncherProcess, package_root
 from .result import Outcome, PluginSandboxResult
 from .run_request import RunRequest
 from .run_result import STOPPING, made_up, stopped, template_failed
+from .run_tmp import can_mount
+from .run_tmp import describe as describe_tmp
 
 __all__ = ["Sandbox"]
 
@@ -75,7 +77,8 @@ class Sandbox:
         self._watchdog: threading.Thread | None = None
         #: what bounds a run here, detected once (see `containment`)
         self.cgroups: Cgroups = detect(disabled=not cgroups)
-        self.containment = describe(self.cgroups)
+        namespaces = bool(isolation and isolation.bwrap and namespaces_unavailable(isolation.bwrap) is None)
+        self.containment = f"{describe(self.cgroups)}; {describe_tmp(can_mount(), namespaces)}"
         _log.info("sandbox containment: %s", self.containment)
 
     @property
@@ -86,7 +89,8 @@ class Sandbox:
     def confinement(self, request: RunRequest) -> Confinement | None:
         if self.isolation is None:
             return None
-        return self.isolation.confinement(request.isolation, request.network, request.host_processes)
+        return self.isolation.confinement(request.isolation, request.network, request.host_processes,
+                                          request.group, tuple(request.groups), tuple(request.read_paths))
 
     def _command(self, confinement: Confinement | None) -> tuple[list[str], bool]:
         """The launcher's command prefix (bubblewrap's, when isolating with it) and whether runs drop root."""
@@ -96,7 +100,7 @@ class Sandbox:
         as_root = os.geteuid() == 0
         if iso.bwrap is None or (not confinement.strict and namespaces_unavailable(iso.bwrap)):
             return [], as_root  # default mode degrades to the identity layer (SECURITY.md says what holds)
-        needed = needed_paths((*iso.readable, package_root()))
+        needed = needed_paths((*iso.readable, package_root(), *confinement.read_paths))
         return bwrap_command(iso.bwrap, confinement, needed, iso.hidden, as_root,
                              writable=self.cgroups.dirs()), as_root
 
@@ -109,7 +113,8 @@ class Sandbox:
                 if launcher is not None:
                     launcher.stop()
                 launcher = self._launchers[confinement] = LauncherProcess(self._env, *self._command(confinement),
-                                                                           self.max_templates, self.cgroups)
+                                                                          self.max_templates, self.cgroups,
+                                                                          confinement)
                 if self._watchdog is None:
                     self._watchdog = threading.Thread(target=self._watch, name="sandbox-watchdog", daemon=True)
                     self._watchdog.start()

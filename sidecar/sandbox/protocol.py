@@ -91,6 +91,9 @@ class LauncherOptions(TypedDict, total=False):
     cgroups: CgroupsWire
     max_processes: int
     units_tag: str
+    #: as root: the primary gid runs take (None: a gid of their own) and their supplementary gids
+    group: int | None
+    groups: list[int]
 
 
 class ErrorWire(TypedDict):
@@ -186,7 +189,7 @@ class Exit(TypedDict):
     maxrss: int
     timed_out: bool
     memory_killed: bool
-    #: what measured it: "cgroup", "rss" or ""
+    #: what measured it: "cgroup", "rss", "tmp" (its temporary directory outgrew the limit) or ""
     memory_by: str
     started: bool
 

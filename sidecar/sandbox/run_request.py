@@ -55,6 +55,11 @@ class RunRequest:
     network: bool = False
     #: show the host's /proc (the plugin's metadata says so); its PID namespace stays its own
     host_processes: bool = False
+    #: as root, under isolation: the primary gid its run takes (None: a gid of its own) and supplementary gids
+    group: int | None = None
+    groups: Sequence[int] = ()
+    #: under isolation: host paths bound read-only into the run's view
+    read_paths: Sequence[str] = ()
     #: positional arguments, before `params` as keywords (the guard API calls any function this way)
     args: Sequence[Any] = ()
     #: the caller's import path, searched first in the child (None: the launcher's, fixed at its start)

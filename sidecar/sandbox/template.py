@@ -30,6 +30,7 @@ from .child import (
     _PR_SET_NO_NEW_PRIVS,
     _PR_SET_PDEATHSIG,
     REQUEST_FD,
+    Identity,
     _confine,
     _flush_std,
     await_end,
@@ -44,6 +45,7 @@ from .child import (
 )
 from .outcomes import classify_exception
 from .protocol import Fork, TemplateMessage, Want
+from .title import set_title
 
 __all__ = ["TEMPLATE_FD", "template_main"]
 
@@ -64,7 +66,7 @@ def _threads() -> int:
         return threading.active_count()
 
 
-def _settle(sock: int, tmp: str, prctl: Any, drop: bool) -> None:
+def _settle(sock: int, tmp: str, prctl: Any, drop: Identity | None) -> None:
     os.setsid()  # a unit of its own: no run (its own included) can join its process group
     if prctl is not None:
         prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)  # die with the launcher
@@ -81,8 +83,8 @@ def _settle(sock: int, tmp: str, prctl: Any, drop: bool) -> None:
     os.dup2(devnull, REQUEST_FD, inheritable=False)
     os.closerange(REQUEST_FD + 1, 1 << 16)
     os.environ["TMPDIR"] = os.environ["HOME"] = tmp
-    if drop:
-        drop_privileges(prctl, tmp)
+    if drop is not None:
+        drop_privileges(prctl, tmp, drop)
     if prctl is not None:
         prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
 
@@ -97,6 +99,7 @@ def _run_main(fds: tuple[int, int, int, int], tmp: str, func: Any, prctl: Any, l
         request = read_request()
         if request is None:
             os._exit(0)
+        set_title(f"sidecar: run of {request['plugin']['name']}")
         # The request comes after the launcher registered us, so our intermediate parent is gone
         # and the launcher is our parent: only now can the death signal name the right process.
         if prctl is not None:
@@ -133,11 +136,12 @@ def _fork_run(fds: list[int], tmp: str, func: Any, prctl: Any, launcher: int) ->
     return int(data) if data else 0
 
 
-def template_main(sock: int, prctl: Any, tmp: str, drop: bool, spec: Want) -> NoReturn:
+def template_main(sock: int, prctl: Any, tmp: str, drop: Identity | None, spec: Want) -> NoReturn:
     """Entry point in a template forked by the launcher; `spec` is the want that asked for it."""
     launcher = os.getppid()
     try:
         _settle(sock, tmp, prctl, drop)
+        set_title(f"sidecar: template of {spec['plugin']['name']}")
         os.read(TEMPLATE_FD, 64)  # `PLACED`: the launcher put us in our unit; plugin code may start
         _confine(int(spec["memory_limit_mb"]), spec.get("max_processes"))
         use_caller_path(spec.get("sys_path"))

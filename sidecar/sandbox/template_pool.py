@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import select
-import shutil
 import socket
 import time
 
@@ -39,7 +38,7 @@ class Template:
     """A plugin's template as the launcher sees it: its process, its socket and who waits on it."""
 
     __slots__ = ("key", "pid", "pidfd", "sock", "tmp", "signature", "ready", "deadline", "timed_out",
-                 "waiting", "forking", "spares", "answered", "unit", "fork_deadline")
+                 "waiting", "forking", "spares", "answered", "unit", "fork_deadline", "memory_limit_mb")
 
     def __init__(self, key: str, pid: int, pidfd: int, sock: socket.socket, tmp: str,
                  signature: tuple[int, ...] | None, deadline: float) -> None:
@@ -65,6 +64,8 @@ class Template:
         self.unit: Unit | None = None
         #: by when it must answer its fork requests (a stopped or hung template is replaced)
         self.fork_deadline = float("inf")
+        #: its runs' limit (part of its key): the size of their temporary directories
+        self.memory_limit_mb = 0
 
     def asked(self) -> None:
         self.fork_deadline = min((d for *_rest, d in self.forking), default=float("inf"))
@@ -158,23 +159,25 @@ class TemplatePool(Tickets):
             self._drop_template(victim)
             self.evictions += 1
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        tmp = os.path.join(self.tmp_root, f"sidecar-template-{os.urandom(8).hex()}")
+        tmp = ""
         try:
-            os.mkdir(tmp, 0o700)
+            tmp = self.tmp.make("template", int(msg["memory_limit_mb"]))
             pid = os.fork()
         except OSError:
             mine.close()
             theirs.close()
-            shutil.rmtree(tmp, ignore_errors=True)
+            if tmp:
+                self.tmp.remove(tmp)
             return None
         if pid == 0:  # pragma: no cover - runs in the template
             mine.close()
-            template_main(theirs.fileno(), prctl, tmp, self.drop_privileges, msg)
+            template_main(theirs.fileno(), prctl, tmp, self.identity, msg)
         theirs.close()
         mine.setblocking(False)  # a template that does not read never blocks the loop: its fork request fails
         pidfd = os.pidfd_open(pid)
         deadline = float(msg.get("t0") or time.monotonic()) + float(msg["timeout_seconds"])
         tpl = Template(key, pid, pidfd, mine, tmp, signature, deadline)
+        tpl.memory_limit_mb = int(msg["memory_limit_mb"])
         tpl.unit = self._unit(pid, f"t{pid}", int(msg["memory_limit_mb"]) * 1024 * 1024)
         try:
             mine.send(PLACED)  # its import (plugin code) starts inside its unit
@@ -198,10 +201,10 @@ class TemplatePool(Tickets):
                 self._send(conn, {"t": "fallback", "reason": "pipe"})
             return
         (res_r, res_w), (out_r, out_w), (err_r, err_w), (req_r, req_w) = pipes
-        tmp = os.path.join(self.tmp_root, f"sidecar-run-{os.urandom(8).hex()}")
+        tmp = ""
         ours = (req_w, res_r, out_r, err_r)
         try:
-            os.mkdir(tmp, 0o700)
+            tmp = self.tmp.make("run", tpl.memory_limit_mb)
             if self.drop_privileges:  # the run wears its template's identity
                 ident = PLUGIN_ID_BASE + tpl.pid
                 os.chown(tmp, ident, ident)
@@ -210,7 +213,8 @@ class TemplatePool(Tickets):
         except OSError:
             for fd in ours:
                 os.close(fd)
-            shutil.rmtree(tmp, ignore_errors=True)
+            if tmp:
+                self.tmp.remove(tmp)
             if conn is not None:
                 self._send(conn, {"t": "fallback", "reason": "template"})
             return
@@ -275,7 +279,7 @@ class TemplatePool(Tickets):
         if not pid:
             for fd in ours:
                 os.close(fd)
-            shutil.rmtree(tmp, ignore_errors=True)
+            self.tmp.remove(tmp)
             if alive and conn is not None:
                 self._send(conn, {"t": "fallback", "reason": "fork"})
             self._reap_orphans()
@@ -343,7 +347,7 @@ class TemplatePool(Tickets):
             if hung and conn is not None and self.conns.get(conn.sock.fileno()) is conn:
                 for fd in ours:
                     os.close(fd)
-                shutil.rmtree(tmp, ignore_errors=True)
+                self.tmp.remove(tmp)
                 self._send(conn, {"t": "template_failed", "hung": True, "message": None, "status": 0,
                                   "timed_out": False, "waited": _FORK_ANSWER_SECONDS})
             else:
@@ -358,7 +362,7 @@ class TemplatePool(Tickets):
                 self.epoll.unregister(fd)
         tpl.sock.close()
         os.close(tpl.pidfd)
-        shutil.rmtree(tpl.tmp, ignore_errors=True)
+        self.tmp.remove(tpl.tmp)
         if not reaped:
             self.orphans.add(tpl.pid)  # killed: reaped with the other orphans
         if tpl.unit is not None:

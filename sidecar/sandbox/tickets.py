@@ -11,7 +11,6 @@ from __future__ import annotations
 import fcntl
 import os
 import select
-import shutil
 
 from .child import spare_main
 from .connections import Conn, Connections
@@ -74,19 +73,20 @@ class Tickets(Connections):
             self._send(conn, {"t": "error", "message": f"pipe: {exc}"})
             return
         (res_r, res_w), (out_r, out_w), (err_r, err_w), (req_r, req_w) = pipes
-        tmp = os.path.join(self.tmp_root, f"sidecar-run-{os.urandom(8).hex()}")
+        tmp = ""
         try:
-            os.mkdir(tmp, 0o700)
+            tmp = self.tmp.make("run", conn.memory_limit_mb)  # resized when its run starts
             pid = os.fork()
         except OSError as exc:
             for r, w in pipes:
                 os.close(r)
                 os.close(w)
-            shutil.rmtree(tmp, ignore_errors=True)
+            if tmp:
+                self.tmp.remove(tmp)
             self._send(conn, {"t": "error", "message": f"fork: {exc}"})
             return
         if pid == 0:  # pragma: no cover - runs in the child
-            spare_main((res_w, out_w, err_w, req_r), prctl, tmp, self.drop_privileges)
+            spare_main((res_w, out_w, err_w, req_r), prctl, tmp, self.identity)
         for fd in (res_w, out_w, err_w, req_r):
             os.close(fd)
         pidfd = os.pidfd_open(pid)
@@ -133,6 +133,6 @@ class Tickets(Connections):
                                  "memory_by": child.memory_by,
                                  "started": child.started}) and child.owner == child.pid:
                 self.want_ticket.append(conn)  # a spare was used: fork the next (a template's run was not one)
-        shutil.rmtree(child.tmp, ignore_errors=True)  # after the report: nobody waits for this
+        self.tmp.remove(child.tmp)  # after the report: nobody waits for this
         if unit is not None:
             self._dispose(unit)
