@@ -31,6 +31,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from .protocol import CgroupsWire, UnitWire
+
 __all__ = ["Cgroups", "Unit", "Units", "describe", "detect", "end_unit_now", "kill_launcher_units", "release",
            "stop_tree"]
 
@@ -61,13 +63,13 @@ class Cgroups:
     def dirs(self) -> list[str]:
         return list(dict.fromkeys(d for d in (self.kill, self.memory, self.pids) if d))
 
-    def to_wire(self) -> dict[str, Any]:
+    def to_wire(self) -> CgroupsWire:
         return {"kill": self.kill, "memory": self.memory, "memory_v2": self.memory_v2, "pids": self.pids,
                 "pids_v2": self.pids_v2, "why": self.why}
 
     @classmethod
-    def from_wire(cls, d: dict[str, Any] | None) -> Cgroups:
-        d = d or {}
+    def from_wire(cls, wire: CgroupsWire | None) -> Cgroups:
+        d: dict[str, Any] = dict(wire or {})
         return cls(d.get("kill"), d.get("memory"), bool(d.get("memory_v2")), d.get("pids"), bool(d.get("pids_v2")),
                    str(d.get("why") or ""))
 
@@ -332,13 +334,13 @@ class Unit:
         self.pids_dir: str | None = None
         self.pids_v2 = False
 
-    def wire(self) -> dict[str, Any]:
+    def wire(self) -> UnitWire:
         """What the caller needs to set the run's memory limit before the run reads its request, and to end
         the unit itself once it has the result (`end_unit_now`)."""
         return {"memory": self.memory_dir, "memory_v2": self.memory_v2, "kill": self.kill_dir}
 
     @classmethod
-    def from_wire(cls, leader: int, wire: dict[str, Any]) -> Unit:
+    def from_wire(cls, leader: int, wire: UnitWire) -> Unit:
         unit = cls(leader, "")
         unit.kill_dir, unit.memory_dir = wire.get("kill"), wire.get("memory")
         unit.memory_v2 = bool(wire.get("memory_v2"))
@@ -471,7 +473,7 @@ def _gone(pid: int) -> bool:
     return st is None or st[0] in (b"Z", b"X")
 
 
-def end_unit_now(pidfd: int, wire: dict[str, Any] | None, settle_seconds: float = 0.2) -> tuple[int, bool] | None:
+def end_unit_now(pidfd: int, wire: UnitWire | None, settle_seconds: float = 0.2) -> tuple[int, bool] | None:
     """From the caller, the moment it has a run's result: kill the run's whole unit, so that its answer need
     not wait for the launcher's exit report (the launcher still reaps, reports and cleans up after).
 
