@@ -40,6 +40,21 @@ class Processes(LauncherState):
             return pid
         return next((proc for ours, proc in self._our_children().items() if ours == pid), None)
 
+    def _unclaimed_child(self, pid: int) -> bool:
+        """Whether `pid` is a child of ours that is no run or template yet: what a template says it forked
+        (its run, re-parented to us once the intermediate left) is checked, never trusted — its plugin's
+        code, e.g. an at-fork hook, can write to its socket — so that no other process becomes a run the
+        launcher will stop and kill. Asked after the pidfd is open: a pid reused since names no such child."""
+        if pid in self.children or any(t.pid == pid for t in self.templates.values()):
+            return False
+        if self.host_proc:
+            return pid in self._our_children()
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                return int(f.read().rsplit(b")", 1)[1].split()[1]) == self.pid
+        except (OSError, ValueError, IndexError):
+            return False
+
     def _ours(self, proc_pid: int) -> int | None:
         if not self.host_proc:
             return proc_pid

@@ -276,6 +276,9 @@ class TemplatePool(Tickets):
                 pidfd = os.pidfd_open(pid)
             except OSError:
                 pid = 0
+        if pid and not self._unclaimed_child(pid):  # plugin code may forge the template's word
+            os.close(pidfd)
+            pid = 0
         if not pid:
             for fd in ours:
                 os.close(fd)

@@ -196,3 +196,30 @@ def test_another_plugins_run_cannot_signal_a_template(tmp_path: Path) -> None:
         # It may kill its own template and spare (its own uid), nothing else: the victim's template lives on.
         assert _run(sb, victim).result == victim_uid
         assert sb.template_stats()["builds"] == 2
+
+
+def test_a_forged_fork_answer_never_makes_another_process_a_run(sandbox: Sandbox, tmp_path: Path) -> None:
+    """A plugin's at-fork hook writes "forked" naming a process of someone else's: the launcher checks the
+    pid is the template's child, so the victim is neither handed out as a run nor killed at its end."""
+    import shutil
+    import subprocess
+
+    from .conftest import HOSTILE
+
+    victim = subprocess.Popen(["sleep", "60"])
+    try:
+        shutil.copy(HOSTILE / "forge_forked.py", tmp_path / "forge_forked.py")
+        (tmp_path / "victim.pid").write_text(str(victim.pid))
+        ref = PluginRef("forge_forked", path=str(tmp_path / "forge_forked.py"))
+        # Its forged answers may also pair its own forks with the wrong runs: that harms only its own runs.
+        results = [_run(sandbox, ref, timeout=3.0) for _ in range(3)]
+        assert {r.outcome for r in results} <= {Outcome.SUCCESS, Outcome.CRASH}, [(r.outcome, r.error)
+                                                                                   for r in results]
+        assert all(r.result["pid"] != victim.pid for r in results if r.result)
+        assert _run(sandbox, _plugin(tmp_path, "bystander", "def run():\n    return 1\n")).outcome is Outcome.SUCCESS
+        assert victim.poll() is None  # alive: never a run, never killed
+        with open(f"/proc/{victim.pid}/stat") as f:
+            assert f.read().rsplit(")", 1)[1].split()[0] != "T"  # never stopped either
+    finally:
+        victim.kill()
+        victim.wait()
