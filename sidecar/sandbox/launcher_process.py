@@ -105,22 +105,22 @@ class LauncherProcess:
         are killed from here."""
         kill_launcher_units(self.cgroups, self.units_tag)
         self.proc.kill()
-        try:
-            self.ctrl.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        self.ctrl.close()
+        self._hang_up()
         try:
             self.proc.wait(timeout=LAUNCHER_ANSWER_SECONDS)
         except subprocess.TimeoutExpired:
             _log.error("launcher %d did not exit after SIGKILL", self.proc.pid)
 
-    def stop(self) -> None:
+    def _hang_up(self) -> None:
+        """Close the control socket: its end-of-file is the launcher's signal to stop."""
         try:
             self.ctrl.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
         self.ctrl.close()
+
+    def stop(self) -> None:
+        self._hang_up()
         try:
             self.proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
