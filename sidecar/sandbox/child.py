@@ -21,6 +21,7 @@ import os
 import resource
 import signal
 import sys
+from collections.abc import Callable
 from typing import Any, NoReturn
 
 from ..defaults import MAX_PROCESSES
@@ -288,10 +289,14 @@ def serve_request(request: dict[str, Any], preloaded: Any = None) -> None:
     write_all(RESULT_FD, HEADER.pack(len(payload)) + payload)
 
 
-def spare_main(fds: tuple[int, int, int, int], prctl: Any, tmp: str, drop: bool = False) -> NoReturn:
-    """Entry point in a forked spare. fds = (result_w, stdout_w, stderr_w, request_r); `tmp` is its own."""
+def spare_main(fds: tuple[int, int, int, int], prctl: Any, tmp: str, drop: bool = False,
+               join: Callable[[], None] | None = None) -> NoReturn:
+    """Entry point in a forked spare. fds = (result_w, stdout_w, stderr_w, request_r); `tmp` is its own;
+    `join` moves it into its unit's cgroups (as root, first: it raises where it cannot, and then no run)."""
     code = 0
     try:
+        if join is not None:
+            join()
         if prctl is not None:
             prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)  # die with the launcher
         become_unit(prctl)

@@ -320,7 +320,7 @@ def _signal(pid: int, sig: int) -> None:
 class Unit:
     """One run's (or template's) unit: its leader, its session, its cgroup directories if any."""
 
-    __slots__ = ("leader", "name", "dirs", "kill_dir", "memory_dir", "memory_v2", "pids_dir", "pids_v2")
+    __slots__ = ("leader", "name", "dirs", "kill_dir", "memory_dir", "memory_v2", "pids_dir", "pids_v2", "limit")
 
     def __init__(self, leader: int, name: str) -> None:
         self.leader = leader
@@ -331,11 +331,13 @@ class Unit:
         self.memory_v2 = False
         self.pids_dir: str | None = None
         self.pids_v2 = False
+        #: the memory limit in force on its cgroup (bytes; 0: none set yet)
+        self.limit = 0
 
     def wire(self) -> dict[str, Any]:
         """What the caller needs to set the run's memory limit before the run reads its request, and to end
         the unit itself once it has the result (`end_unit_now`)."""
-        return {"memory": self.memory_dir, "memory_v2": self.memory_v2, "kill": self.kill_dir}
+        return {"memory": self.memory_dir, "memory_v2": self.memory_v2, "kill": self.kill_dir, "limit": self.limit}
 
     @classmethod
     def from_wire(cls, leader: int, wire: dict[str, Any]) -> Unit:
@@ -347,6 +349,17 @@ class Unit:
 
     def limit_memory(self, limit_bytes: int) -> None:
         set_memory_limit(self.memory_dir, self.memory_v2, limit_bytes)
+        self.limit = limit_bytes
+
+    def join(self) -> None:
+        """From the process that leads the unit, before it runs anything of a plugin and while it is still root:
+        move itself in (raises OSError where it cannot: it must then not run).
+
+        The launcher's loop then does not pay the move: moving a process that was forked a moment ago waits
+        for an RCU grace period (measured ~0.5 ms here), while the process moving itself does not hold up
+        anything but itself, a spare nobody waits for yet."""
+        for d in self.dirs:
+            _write(os.path.join(d, "cgroup.procs"), "0")
 
     def peak(self) -> int:
         """The whole tree's peak (bytes), 0 when no memory controller."""
@@ -529,9 +542,9 @@ def set_memory_limit(memory_dir: str | None, v2: bool, limit_bytes: int) -> None
 class Units:
     """The launcher's side: its own directory in each hierarchy, a unit per run and per template."""
 
-    def __init__(self, cg: Cgroups, max_processes: int, tag: str | None = None) -> None:
+    def __init__(self, cg: Cgroups, max_processes: int, tag: str | None = None, spares: int = 2) -> None:
         """`tag`: the name of the launcher's directory, chosen by the runner so that it can end every unit
-        of a launcher that stopped answering (`kill_launcher_units`)."""
+        of a launcher that stopped answering (`kill_launcher_units`); `spares`: units kept made ahead."""
         self.cg = cg
         self.max_processes = max_processes
         tag = tag or f"l{os.getpid()}-{os.urandom(4).hex()}"
@@ -546,8 +559,13 @@ class Units:
                         ctrl == "pids" and cg.pids_v2 and d == self.pids_dir):
                     with contextlib.suppress(OSError):
                         _write(os.path.join(d, "cgroup.subtree_control"), f"+{ctrl}")
-        #: the hierarchy whose membership names a process's unit: (its line in /proc/PID/cgroup, our path there)
+        #: the units placed, by name (their directories' name in each hierarchy)
         self.by_name: dict[str, Unit] = {}
+        #: units made ahead of need (`prepare`), and how many to keep
+        self.ready: list[Unit] = []
+        self.spares = spares
+        self._seq = 0
+        #: the hierarchy whose membership names a process's unit: (its line in /proc/PID/cgroup, our path there)
         self.member_key, self.member_prefix = self._membership()
 
     def _membership(self) -> tuple[str | None, str | None]:
@@ -566,15 +584,34 @@ class Units:
     def active(self) -> bool:
         return bool(self.dirs)
 
-    def create(self, leader: int, name: str, memory_limit_bytes: int | None = None) -> Unit:
-        """A unit for `leader` (a run or a template just forked, before any plugin code of its own runs)."""
-        unit = Unit(leader, name)
+    def take(self) -> Unit:
+        """A unit's directories, made ahead (`prepare`) or now, not yet anyone's (`place` gives it its leader)."""
+        if self.ready:
+            return self.ready.pop()
+        return self._make_unit()
+
+    def prepare(self) -> bool:
+        """Make one unit's directories ahead of need, while the launcher has nothing else to do (False when
+        enough are ready): a run then only joins its unit, without a `mkdir` per hierarchy on its way."""
+        if not self.dirs or len(self.ready) >= self.spares:
+            return False
+        self.ready.append(self._make_unit())
+        return True
+
+    @property
+    def short(self) -> bool:
+        """Whether fewer units are ready than wanted (the launcher's loop then prepares one when idle)."""
+        return bool(self.dirs) and len(self.ready) < self.spares
+
+    def _make_unit(self) -> Unit:
+        self._seq += 1
+        unit = Unit(0, f"u{self._seq}")
         for attr in ("kill_dir", "memory_dir", "pids_dir"):
             parent = getattr(self, attr)
             if parent is None:
                 continue
             existing = next((d for d in unit.dirs if os.path.dirname(d) == parent), None)
-            path = existing or _make(parent, name)
+            path = existing or _make(parent, unit.name)
             if path is None:
                 continue
             if existing is None:
@@ -585,16 +622,31 @@ class Units:
         if unit.pids_dir:
             with contextlib.suppress(OSError):
                 _write(os.path.join(unit.pids_dir, "pids.max"), str(self.max_processes))
+        return unit
+
+    def place(self, unit: Unit, leader: int, memory_limit_bytes: int | None = None, joined: bool = False) -> Unit:
+        """Make `unit` the unit of `leader` (a run or a template just forked, before any plugin code of its own
+        runs): set its memory limit and move the leader in, unless the leader moved itself in (`Unit.join`)."""
+        unit.leader = leader
         if memory_limit_bytes:
             unit.limit_memory(memory_limit_bytes)
-        for d in unit.dirs:
-            try:
-                _write(os.path.join(d, "cgroup.procs"), str(leader))
-            except OSError as exc:
-                if exc.errno != errno.ESRCH:
-                    raise
-        self.by_name[name] = unit
+        self.by_name[unit.name] = unit
+        if not joined:
+            for d in unit.dirs:
+                try:
+                    _write(os.path.join(d, "cgroup.procs"), str(leader))
+                except OSError as exc:
+                    if exc.errno != errno.ESRCH:
+                        raise
         return unit
+
+    def create(self, leader: int, memory_limit_bytes: int | None = None) -> Unit:
+        """A unit for `leader`, moved in by us."""
+        return self.place(self.take(), leader, memory_limit_bytes)
+
+    def discard(self, unit: Unit) -> None:
+        """A unit taken but never placed (its fork failed)."""
+        unit.remove()
 
     def forget(self, unit: Unit) -> bool:
         if unit.remove():
@@ -624,6 +676,9 @@ class Units:
 
     def close(self) -> None:
         deadline = time.monotonic() + 2.0
+        for unit in self.ready:
+            unit.remove()
+        self.ready = []
         while self.by_name and time.monotonic() < deadline:
             for unit in list(self.by_name.values()):
                 unit.kill([])

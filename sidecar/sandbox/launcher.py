@@ -118,11 +118,13 @@ class _Template:
     """A plugin's template as the launcher sees it: its process, its socket and who waits on it."""
 
     __slots__ = ("key", "pid", "pidfd", "sock", "tmp", "signature", "ready", "deadline", "timed_out",
-                 "waiting", "forking", "spares", "answered", "unit", "fork_deadline")
+                 "waiting", "forking", "spares", "answered", "unit", "fork_deadline", "limit")
 
     def __init__(self, key: str, pid: int, pidfd: int, sock: socket.socket, tmp: str,
-                 signature: tuple[int, ...] | None, deadline: float) -> None:
+                 signature: tuple[int, ...] | None, deadline: float, limit: int) -> None:
         self.key = key
+        #: its runs' memory limit (bytes): set on each run's cgroup ahead, so that the caller need not
+        self.limit = limit
         self.pid = pid
         self.pidfd = pidfd
         self.sock = sock
@@ -226,8 +228,8 @@ class Launcher:
         if asked:
             nearest = max(0.0, min(asked) - now)
             timeout = nearest if timeout < 0 else min(timeout, nearest)
-        if self.want_ticket:
-            timeout = 0.0  # fork tickets as soon as nothing else is waiting
+        if self.want_ticket or self.units.short:
+            timeout = 0.0  # fork tickets, make units ahead, as soon as nothing else is waiting
         events = self.epoll.poll(timeout)
         for fd, ev in events:
             if fd == self.ctrl.fileno():
@@ -272,6 +274,8 @@ class Launcher:
             conn = self.want_ticket.pop(0)
             if conn.sock.fileno() in self.conns:
                 self._issue_ticket(conn)
+        elif not events:
+            self.units.prepare()
         return True
 
     def _on_ctrl(self) -> bool:
@@ -408,6 +412,7 @@ class Launcher:
                 pass
         (res_r, res_w), (out_r, out_w), (err_r, err_w), (req_r, req_w) = pipes
         tmp = os.path.join(self.tmp_root, f"sidecar-run-{os.urandom(8).hex()}")
+        unit = self.units.take()  # the child joins it itself: the loop does not wait for the move
         try:
             os.mkdir(tmp, 0o700)
             pid = os.fork()
@@ -416,10 +421,11 @@ class Launcher:
                 os.close(r)
                 os.close(w)
             shutil.rmtree(tmp, ignore_errors=True)
+            self.units.discard(unit)
             self._send(conn, {"t": "error", "message": f"fork: {exc}"})
             return
         if pid == 0:  # pragma: no cover - runs in the child
-            spare_main((res_w, out_w, err_w, req_r), _prctl, tmp, self.drop_privileges)
+            spare_main((res_w, out_w, err_w, req_r), _prctl, tmp, self.drop_privileges, unit.join)
         for fd in (res_w, out_w, err_w, req_r):
             os.close(fd)
         pidfd = os.pidfd_open(pid)
@@ -428,9 +434,10 @@ class Launcher:
         self.by_pidfd[pidfd] = child
         self.epoll.register(pidfd, select.EPOLLIN)
         conn.children.add(pid)
-        unit = self._contain(child)
+        child.unit = self.units.place(unit, pid, joined=True)
         try:
-            self._send(conn, {"t": "ticket", "pid": pid, "unit": unit}, [req_w, res_r, out_r, err_r, pidfd])
+            self._send(conn, {"t": "ticket", "pid": pid, "unit": unit.wire() if unit.dirs else None},
+                       [req_w, res_r, out_r, err_r, pidfd])
         finally:
             for fd in (req_w, res_r, out_r, err_r):
                 os.close(fd)
@@ -570,8 +577,8 @@ class Launcher:
         mine.setblocking(False)  # a template that does not read never blocks the loop: its fork request fails
         pidfd = os.pidfd_open(pid)
         deadline = float(msg.get("t0") or time.monotonic()) + float(msg["timeout_seconds"])
-        tpl = _Template(key, pid, pidfd, mine, tmp, signature, deadline)
-        tpl.unit = self._unit(pid, f"t{pid}", int(msg["memory_limit_mb"]) * 1024 * 1024)
+        tpl = _Template(key, pid, pidfd, mine, tmp, signature, deadline, int(msg["memory_limit_mb"]) * 1024 * 1024)
+        tpl.unit = self._unit(pid, tpl.limit)
         try:
             mine.send(b'{"t": "placed"}')  # its import (plugin code) starts inside its unit
         except OSError:
@@ -683,7 +690,7 @@ class Launcher:
         self.children[pid] = child
         self.by_pidfd[pidfd] = child
         self.epoll.register(pidfd, select.EPOLLIN)
-        unit = self._contain(child)
+        unit = self._contain(child, tpl.limit)
         if spare:
             child.ticket_fds = ours
             tpl.spares.append(child)
@@ -821,15 +828,15 @@ class Launcher:
             return found
 
     # -- units ----------------------------------------------------------------------------------
-    def _unit(self, pid: int, name: str, memory_limit_bytes: int | None = None) -> Unit:
+    def _unit(self, pid: int, memory_limit_bytes: int | None = None) -> Unit:
         try:
-            return self.units.create(pid, name, memory_limit_bytes)
+            return self.units.create(pid, memory_limit_bytes)
         except OSError:
-            return Unit(pid, name)  # the process is gone already: its exit says the rest
+            return Unit(pid, "")  # the process is gone already: its exit says the rest
 
-    def _contain(self, child: _Child) -> dict[str, Any] | None:
+    def _contain(self, child: _Child, memory_limit_bytes: int | None = None) -> dict[str, Any] | None:
         """Give a run its unit before any code of its plugin runs; what the caller needs of it."""
-        child.unit = self._unit(child.pid, f"r{child.pid}")
+        child.unit = self._unit(child.pid, memory_limit_bytes)
         return child.unit.wire() if child.unit.dirs else None
 
     def _proc_pid(self, pid: int) -> int | None:
@@ -914,7 +921,8 @@ class Launcher:
         """Whether a process re-parented to us belongs to a live unit (None: cannot tell yet)."""
         owner = self.units.owner(proc_pid)
         if owner is not None:  # cgroups say whose it is, whatever it did
-            return owner in self.units.by_name and owner[1:].isdigit() and self._unit_live(int(owner[1:]))
+            unit = self.units.by_name.get(owner)
+            return unit is not None and self._unit_live(unit.leader)
         sid = session_of(proc_pid)
         if sid is None:
             return False
