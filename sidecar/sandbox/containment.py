@@ -18,6 +18,10 @@ subtree under its own cgroup; the launcher makes one directory of its own in it 
 there (`Units`). A process re-parented to the launcher is judged by its unit: its cgroup where units
 have one, else its session; one that belongs to no live unit escaped one that ended and is killed.
 
+What a unit costs the launcher's loop is kept off a run's way: units' directories are made ahead, while
+the loop is idle (`Units.prepare`), and a spare the launcher forks moves itself into its unit before it
+runs anything (`Unit.join`), since moving a process forked a moment ago waits for an RCU grace period.
+
 The launcher imports this module, so it stays import-light (no dataclasses, no logging).
 """
 

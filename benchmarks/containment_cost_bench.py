@@ -1,0 +1,69 @@
+"""What a cgroup per run costs alone: the trivial plugin with and without cgroups, interleaved.
+
+    .venv/bin/python -m benchmarks.containment_cost_bench [--runs N] [--rounds R]
+
+The sandbox is the same in both columns (a session per run, a subreaper leader, templates on and off);
+only the unit's cgroup differs (`Sandbox(cgroups=False)`, as on a host that gives the sidecar none).
+Rounds alternate on and off so that both see the same machine load; each round runs `echo` back to back
+and 5 ms apart and reads the launcher's and its children's CPU from /proc. Prints the medians over rounds
+and writes benchmarks/results/containment_cost.json. Needs a host where the sidecar may create cgroups
+(as root): elsewhere there is nothing to compare.
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import statistics
+from typing import Any
+
+from sidecar.sandbox.client import PluginRef, RunRequest, Sandbox
+
+from .common import summary, table, timed, write
+from .sandbox_bench import ECHO, _cpu
+
+
+def _round(cgroups: bool, templates: bool, n: int) -> dict[str, float]:
+    with Sandbox(cgroups=cgroups, templates=templates) as sb:
+        if cgroups and not sb.cgroups.any:
+            raise SystemExit(f"no writable cgroup here ({sb.cgroups.why}): nothing to compare")
+        req = RunRequest(PluginRef("echo", path=str(ECHO)), {"x": 1})
+        for _ in range(20):
+            sb.run(req)
+        launcher = sb.launcher_pid
+        assert launcher is not None
+        before, own_before = _cpu(launcher), resource.getrusage(resource.RUSAGE_SELF)
+        b2b = summary(timed(lambda: sb.run(req), n))["median_ms"]
+        after, own_after = _cpu(launcher), resource.getrusage(resource.RUSAGE_SELF)
+        spaced = summary(timed(lambda: sb.run(req), n, gap=0.005))["median_ms"]
+    caller = own_after.ru_utime + own_after.ru_stime - own_before.ru_utime - own_before.ru_stime
+    return {"back_to_back_ms": b2b, "spaced_5ms_ms": spaced, "caller_cpu_ms": caller / n * 1000.0,
+            "launcher_cpu_ms": (after[0] - before[0]) / n * 1000.0,
+            "children_cpu_ms": (after[1] - before[1]) / n * 1000.0}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--runs", type=int, default=300)
+    ap.add_argument("--rounds", type=int, default=3)
+    args = ap.parse_args()
+    figures: dict[tuple[bool, bool], list[dict[str, float]]] = {}
+    for _ in range(args.rounds):
+        for templates in (True, False):
+            for cgroups in (True, False):
+                figures.setdefault((templates, cgroups), []).append(_round(cgroups, templates, args.runs))
+    rows: list[dict[str, Any]] = []
+    for (templates, cgroups), rounds in figures.items():
+        row: dict[str, Any] = {"templates": "on" if templates else "off",
+                               "unit": "session + cgroup" if cgroups else "session only"}
+        for key in rounds[0]:
+            row[key] = statistics.median(r[key] for r in rounds)
+        rows.append(row)
+    print(f"trivial plugin (echo), {args.runs} runs per round, medians over {args.rounds} interleaved rounds")
+    print(table(rows, ["templates", "unit", "back_to_back_ms", "spaced_5ms_ms", "caller_cpu_ms", "launcher_cpu_ms",
+                       "children_cpu_ms"]))
+    print("wrote", write("containment_cost", rows))
+
+
+if __name__ == "__main__":
+    main()
