@@ -568,6 +568,9 @@ class Units:
         #: units made ahead of need (`prepare`), and how many to keep
         self.ready: list[Unit] = []
         self.spares = spares
+        #: the directories of ended units kept for reuse (`_reuse`), and the parents whose units' may be
+        self.reused: list[Unit] = []
+        self.keep = {d for d in (self.kill_dir, self.pids_dir) if d and d != self.memory_dir}
         self._seq = 0
         #: the hierarchy whose membership names a process's unit: (its line in /proc/PID/cgroup, our path there)
         self.member_key, self.member_prefix = self._membership()
@@ -592,14 +595,14 @@ class Units:
         """A unit's directories, made ahead (`prepare`) or now, not yet anyone's (`place` gives it its leader)."""
         if self.ready:
             return self.ready.pop()
-        return self._make_unit()
+        return self._fill(self.reused.pop() if self.reused else self._new_unit())
 
     def prepare(self) -> bool:
         """Make one unit's directories ahead of need, while the launcher has nothing else to do (False when
         enough are ready): a run then only joins its unit, without a `mkdir` per hierarchy on its way."""
-        if not self.dirs or len(self.ready) >= self.spares:
+        if not self.short:
             return False
-        self.ready.append(self._make_unit())
+        self.ready.append(self._fill(self.reused.pop() if self.reused else self._new_unit()))
         return True
 
     @property
@@ -607,12 +610,16 @@ class Units:
         """Whether fewer units are ready than wanted (the launcher's loop then prepares one when idle)."""
         return bool(self.dirs) and len(self.ready) < self.spares
 
-    def _make_unit(self) -> Unit:
+    def _new_unit(self) -> Unit:
         self._seq += 1
-        unit = Unit(0, f"u{self._seq}")
+        return Unit(0, f"u{self._seq}")
+
+    def _fill(self, unit: Unit) -> Unit:
+        """Make the directories `unit` lacks (all of a new one; a reused one's memory cgroup)."""
+        made: list[str] = []
         for attr in ("kill_dir", "memory_dir", "pids_dir"):
             parent = getattr(self, attr)
-            if parent is None:
+            if parent is None or getattr(unit, attr) is not None:
                 continue
             existing = next((d for d in unit.dirs if os.path.dirname(d) == parent), None)
             path = existing or _make(parent, unit.name)
@@ -620,13 +627,47 @@ class Units:
                 continue
             if existing is None:
                 unit.dirs.append(path)
+                made.append(path)
             setattr(unit, attr, path)
-        unit.memory_v2 = self.cg.memory_v2
-        unit.pids_v2 = self.cg.pids_v2
-        if unit.pids_dir:
+        if unit.pids_dir in made:  # a reused one has it already
             with contextlib.suppress(OSError):
                 _write(os.path.join(unit.pids_dir, "pids.max"), str(self.max_processes))
+        unit.memory_v2 = self.cg.memory_v2
+        unit.pids_v2 = self.cg.pids_v2
         return unit
+
+    def _reuse(self, unit: Unit) -> bool:
+        """Keep an ended unit's stateless directories (a v2 one used for `cgroup.kill` alone, a v1 `pids` one) for
+        a later unit, so that they cost no `mkdir`/`rmdir`/`pids.max` per run; its memory cgroup goes, since its
+        peak, its OOM count and what stays charged to it belong to the run that ended. Only empty ones are kept
+        (nothing of a run may be in another's), and no more than `spares` of them."""
+        if len(self.reused) >= self.spares or not unit.dirs:
+            return False
+        keep = [d for d in unit.dirs if os.path.dirname(d) in self.keep]
+        if not keep:
+            return False
+        for d in unit.dirs:
+            if d in keep:
+                continue
+            try:
+                os.rmdir(d)
+            except FileNotFoundError:
+                pass
+            except OSError:
+                return False  # a dying process still in it: `remove` retries later
+        try:
+            if any(_read(os.path.join(d, "cgroup.procs")).split() for d in keep):
+                return False
+            if unit.pids_dir in keep and int(_read(os.path.join(unit.pids_dir, "pids.current"))):
+                return False  # an unreaped zombie still counts: it would shrink the next run's allowance
+        except (OSError, ValueError):
+            return False
+        shell = Unit(0, unit.name)
+        shell.dirs = keep
+        shell.kill_dir = unit.kill_dir if unit.kill_dir in keep else None
+        shell.pids_dir = unit.pids_dir if unit.pids_dir in keep else None
+        self.reused.append(shell)
+        return True
 
     def place(self, unit: Unit, leader: int, memory_limit_bytes: int | None = None, joined: bool = False) -> Unit:
         """Make `unit` the unit of `leader` (a run or a template just forked, before any plugin code of its own
@@ -653,7 +694,9 @@ class Units:
         unit.remove()
 
     def forget(self, unit: Unit) -> bool:
-        if unit.remove():
+        """Done with an ended unit: its directories kept for reuse or removed (False while a process is still
+        leaving them: call again later)."""
+        if self._reuse(unit) or unit.remove():
             self.by_name.pop(unit.name, None)
             return True
         return False
@@ -680,9 +723,10 @@ class Units:
 
     def close(self) -> None:
         deadline = time.monotonic() + 2.0
-        for unit in self.ready:
+        self.spares = 0  # nothing ended from here on is kept
+        for unit in [*self.ready, *self.reused]:
             unit.remove()
-        self.ready = []
+        self.ready, self.reused = [], []
         while self.by_name and time.monotonic() < deadline:
             for unit in list(self.by_name.values()):
                 unit.kill([])
