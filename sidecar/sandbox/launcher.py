@@ -90,10 +90,12 @@ class _Child:
 
 
 class _Conn:
-    __slots__ = ("sock", "reader", "children", "out", "queued")
+    __slots__ = ("sock", "reader", "children", "out", "queued", "second")
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
+        #: whether it keeps a second ticket (from its first run on a ticket: runs forked from templates use none)
+        self.second = False
         self.reader = FrameReader(limit=1 << 20)
         self.children: set[int] = set()
         #: what the caller has not read yet: (bytes, fds to pass with their first byte; ours, closed once sent)
@@ -297,8 +299,6 @@ class Launcher:
             self.conns[fd] = conn
             self.epoll.register(fd, select.EPOLLIN)
             self._issue_ticket(conn)  # the first one now: a caller is about to run
-            # A second one while idle: back-to-back runs then find a child ready while the next forks.
-            self.want_ticket.append(conn)
         return True
 
     def _on_conn(self, conn: _Conn) -> None:
@@ -331,6 +331,12 @@ class Launcher:
                 child.started = True
                 child.deadline = float(msg.get("t0") or time.monotonic()) + float(msg["timeout_seconds"])
                 child.rss_limit = int(msg["memory_limit_mb"]) * 1024 * 1024
+                if child.owner == child.pid and not conn.second:
+                    # A second ticket while idle: back-to-back runs then find a child ready while the next
+                    # forks. Only for a caller that runs on tickets: one whose runs come from templates
+                    # keeps a single idle child (for a run its plugin's template cannot serve).
+                    conn.second = True
+                    self.want_ticket.append(conn)
 
     def _drop_conn(self, conn: _Conn) -> None:
         """The caller is gone: its ticket and its run have nobody to report to, so they are killed."""
