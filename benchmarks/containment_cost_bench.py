@@ -5,18 +5,25 @@
 The sandbox is the same in both columns (a session per run, a subreaper leader, templates on and off);
 only the unit's cgroup differs (`Sandbox(cgroups=False)`, as on a host that gives the sidecar none).
 Rounds alternate on and off so that both see the same machine load; each round runs `echo` back to back
-and 5 ms apart and reads the launcher's and its children's CPU from /proc. Prints the medians over rounds
-and writes benchmarks/results/containment_cost.json. Needs a host where the sidecar may create cgroups
-(as root): elsewhere there is nothing to compare.
+and 5 ms apart and reads the launcher's and its children's CPU from /proc. Then the launcher's own
+containment work per unit is timed alone, in this process (thread CPU, no fork or run counted): placing a
+unit (moving a settled process in, its memory limit), ending it (cgroup.kill, the emptiness, peak and OOM
+reads, its removal or reuse), and apart from that what is made ahead while the launcher is idle. Prints
+the medians and writes benchmarks/results/containment_cost.json. Needs a host where the sidecar may
+create cgroups (as root): elsewhere there is nothing to compare.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import resource
+import signal
 import statistics
+import time
 from typing import Any
 
+from sidecar.sandbox import containment
 from sidecar.sandbox.client import PluginRef, RunRequest, Sandbox
 
 from .common import summary, table, timed, write
@@ -42,6 +49,44 @@ def _round(cgroups: bool, templates: bool, n: int) -> dict[str, float]:
             "children_cpu_ms": (after[1] - before[1]) / n * 1000.0}
 
 
+def unit_work(n: int) -> dict[str, float]:
+    """The launcher's containment work for one unit, thread CPU in µs (medians; `ahead`: a mean, 0 for a build
+    that makes nothing ahead, measured the same way)."""
+    cg = containment.detect()
+    units = containment.Units(cg, 512)
+    on_way: list[float] = []
+    ahead: list[float] = [0.0]
+    try:
+        for _ in range(n):
+            pid = os.fork()
+            if pid == 0:  # pragma: no cover - the stand-in run
+                time.sleep(5)
+                os._exit(0)
+            time.sleep(0.003)  # settled: a move of a process forked a moment ago also waits for RCU (wall, not CPU)
+            prepare = getattr(units, "prepare", None)
+            if prepare is not None:
+                t = time.thread_time()
+                while prepare():
+                    pass
+                ahead.append((time.thread_time() - t) * 1e6)
+            t = time.thread_time()
+            unit = units.create(pid, 256 << 20) if prepare is not None else units.create(pid, f"r{pid}", 256 << 20)
+            placing = time.thread_time() - t
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            t = time.thread_time()
+            unit.kill([])
+            unit.empty()
+            unit.peak()
+            unit.oom_killed()
+            units.forget(unit)
+            on_way.append((placing + time.thread_time() - t) * 1e6)
+    finally:
+        units.close()
+        containment.release(cg)
+    return {"on_a_runs_way_us": statistics.median(on_way), "made_ahead_us": statistics.fmean(ahead)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=300)
@@ -62,6 +107,10 @@ def main() -> None:
     print(f"trivial plugin (echo), {args.runs} runs per round, medians over {args.rounds} interleaved rounds")
     print(table(rows, ["templates", "unit", "back_to_back_ms", "spaced_5ms_ms", "caller_cpu_ms", "launcher_cpu_ms",
                        "children_cpu_ms"]))
+    work = unit_work(args.runs)
+    print("the launcher's containment work per unit, thread CPU: "
+          f"{work['on_a_runs_way_us']:.0f} µs on a run's way, {work['made_ahead_us']:.0f} µs made ahead when idle")
+    rows.append({"templates": "-", "unit": "launcher's containment work per unit (µs CPU)", **work})
     print("wrote", write("containment_cost", rows))
 
 

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from sidecar.sandbox.client import PluginRef, RunRequest, Sandbox
-from sidecar.sandbox.containment import Cgroups, describe
+from sidecar.sandbox.containment import Cgroups, Units, describe, detect, release
 from sidecar.sandbox.isolation import Isolation, namespaces_unavailable
 from sidecar.sandbox.result import Outcome, PluginSandboxResult
 
@@ -174,3 +175,78 @@ def test_a_template_hung_in_an_at_fork_hook_costs_no_launcher_and_no_reaping(lib
     r = done["r"]
     assert r.outcome in (Outcome.SUCCESS, Outcome.TIMEOUT, Outcome.IMPORT), r.error
     assert r.error is None or r.error.type != "LauncherDied"
+
+
+def _units_of(membership: str, parents: list[str]) -> list[str]:
+    """The unit named by each line of /proc/PID/cgroup that lies under one of our launchers' directories."""
+    found = []
+    for line in membership.splitlines():
+        path = line.split(":", 2)[2]
+        for parent in parents:
+            mark = "/" + os.path.basename(parent) + "/"
+            if mark in path:
+                found.append(path.split(mark, 1)[1])
+                break
+    return found
+
+
+def test_a_plugins_code_runs_only_inside_a_unit(library):
+    """At import (in the run, or in its template) and at run time, in every hierarchy: a unit's directory
+    below a launcher's own, never the launcher's directory itself (a spare moves itself in first)."""
+    if not library.cgroups.any:
+        pytest.skip(f"no writable cgroup here ({library.cgroups.why})")
+    parents = library.cgroups.dirs()
+    for _ in range(3):  # units are made ahead and reused: each way a run gets one
+        r = _run(library, "where_am_i")
+        assert r.outcome is Outcome.SUCCESS, r.error
+        for when in ("at_import", "at_run"):
+            units = _units_of(r.result[when], parents)
+            assert len(units) == len(parents), (when, r.result[when])
+            for unit in units:  # <launcher>/<unit>: two components, the unit's a `u` and its number
+                launcher, _, name = unit.partition("/")
+                assert launcher.startswith("l") and name[:1] == "u" and name[1:].isdigit(), (when, unit)
+
+
+def _sleeper() -> int:
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        time.sleep(30)
+        os._exit(0)
+    return pid
+
+
+def test_an_ended_units_cgroups_are_reused_only_empty_and_with_a_new_memory_cgroup():
+    if os.geteuid() != 0:
+        pytest.skip("making cgroups needs root")
+    cg = detect()
+    if not cg.any:
+        pytest.skip(f"no writable cgroup here ({cg.why})")
+    units = Units(cg, 64)
+    try:
+        if not units.keep:
+            pytest.skip("every hierarchy here holds the memory controller: nothing is reused")
+        first = _sleeper()
+        unit = units.create(first, 64 * 1024 * 1024)
+        memory_dir, kept = unit.memory_dir, [d for d in unit.dirs if os.path.dirname(d) in units.keep]
+        os.kill(first, 9)
+        os.waitpid(first, 0)
+        other = _sleeper()
+        for d in kept:  # a process is still in them: never handed on
+            with open(os.path.join(d, "cgroup.procs"), "w") as f:
+                f.write(str(other))
+        assert not units.forget(unit)
+        assert not units.reused
+        os.kill(other, 9)
+        os.waitpid(other, 0)
+        assert units.forget(unit)
+        assert [u.name for u in units.reused] == [unit.name]
+        again = units.take()
+        assert again.name == unit.name and set(kept) <= set(again.dirs)
+        if memory_dir is not None and memory_dir not in kept:  # new: its peak and OOM count start from nothing
+            assert again.memory_dir == memory_dir and again.limit == 0
+            with open(os.path.join(again.memory_dir, "memory.max" if cg.memory_v2 else "memory.limit_in_bytes")) as f:
+                assert int(f.read().replace("max", str(1 << 62))) > 64 * 1024 * 1024
+        units.discard(again)
+    finally:
+        units.close()
+        release(cg)
