@@ -8,7 +8,9 @@ Rounds alternate on and off so that both see the same machine load; each round r
 and 5 ms apart and reads the launcher's and its children's CPU from /proc. Then the launcher's own
 containment work per unit is timed alone, in this process (thread CPU, no fork or run counted): placing a
 unit (moving a settled process in, its memory limit), ending it (cgroup.kill, the emptiness, peak and OOM
-reads, its removal or reuse), and apart from that what is made ahead while the launcher is idle. Prints
+reads, its removal or reuse), and apart from that what is made ahead while the launcher is idle; and the
+wall time of moving a process into a cgroup (`cgroup.procs`) just after its fork, once it has settled, and
+by the process itself. Prints
 the medians and writes benchmarks/results/containment_cost.json. Needs a host where the sidecar may
 create cgroups (as root): elsewhere there is nothing to compare.
 """
@@ -88,6 +90,46 @@ def unit_work(n: int) -> dict[str, float]:
     return {"on_a_runs_way_us": statistics.median(on_way), "made_ahead_us": statistics.fmean(ahead)}
 
 
+def move_wait(n: int) -> dict[str, float]:
+    """Wall µs (medians) of moving a process into a new cgroup of the first hierarchy units use."""
+    cg = containment.detect()
+    parent = next(iter(cg.dirs()), None)
+    if parent is None:
+        raise SystemExit(f"no writable cgroup here ({cg.why})")
+    spent: dict[str, list[float]] = {"just forked": [], "settled (3 ms after its fork)": [], "by itself": []}
+    try:
+        for i in range(n):
+            how = list(spent)[i % 3]
+            path = os.path.join(parent, f"move{i}")
+            os.mkdir(path)
+            time.sleep(0.003)
+            r, w = os.pipe()
+            pid = os.fork()
+            if pid == 0:  # pragma: no cover - the moved process
+                if how == "by itself":
+                    t = time.perf_counter()
+                    containment._write(os.path.join(path, "cgroup.procs"), "0")
+                    os.write(w, str((time.perf_counter() - t) * 1e6).encode())
+                time.sleep(5)
+                os._exit(0)
+            if how == "by itself":
+                spent[how].append(float(os.read(r, 64)))
+            else:
+                if how.startswith("settled"):
+                    time.sleep(0.003)
+                t = time.perf_counter()
+                containment._write(os.path.join(path, "cgroup.procs"), str(pid))
+                spent[how].append((time.perf_counter() - t) * 1e6)
+            os.close(r)
+            os.close(w)
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            os.rmdir(path)
+    finally:
+        containment.release(cg)
+    return {how: statistics.median(v) for how, v in spent.items()}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=300)
@@ -112,6 +154,9 @@ def main() -> None:
     print("the launcher's containment work per unit, thread CPU: "
           f"{work['on_a_runs_way_us']:.0f} µs on a run's way, {work['made_ahead_us']:.0f} µs made ahead when idle")
     rows.append({"templates": "-", "unit": "launcher's containment work per unit (µs CPU)", **work})
+    moves = move_wait(args.runs)
+    print("moving a process into a cgroup, wall µs: " + ", ".join(f"{k} {v:.0f}" for k, v in moves.items()))
+    rows.append({"templates": "-", "unit": "a move into a cgroup (µs wall)", **moves})
     print("wrote", write("containment_cost", rows))
 
 
