@@ -442,7 +442,7 @@ def measure(f: Fleet, warmup: float, cpu_window: float, log: Callable[[str], Non
 
 
 def report(result: dict[str, Any]) -> str:
-    """The README's Scale table."""
+    """The table of docs/scale.md (A fleet under one Prometheus)."""
     scrape, cpu = result["scrape_duration_ms"], result["sidecar_cpu_percent"]
     timed = [q for q in result["queries"] if q["range_ms"] is not None]
     panels = [q for q in timed if q["source"].startswith("grafana/")]

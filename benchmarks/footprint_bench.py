@@ -67,11 +67,10 @@ def _role(p: psutil.Process, root: psutil.Process) -> str:
         return "runner"
     if argv and os.path.basename(argv[0]) == "bwrap":
         return "bubblewrap"
-    if "sidecar.sandbox.launcher" in cmd:
-        parent_argv = parent.cmdline() if parent is not None else []
-        launcher_parent = ("sidecar.sandbox.launcher" in " ".join(parent_argv)
-                           and os.path.basename(parent_argv[0]) != "bwrap")
-        return "templates and spares" if launcher_parent else "launcher"
+    if cmd.startswith(("sidecar: template of", "sidecar: spare")):  # their titles (`sidecar.sandbox.title`)
+        return "templates and spares"
+    if cmd == "sidecar: launcher":
+        return "launcher"
     if "gunicorn" in cmd and parent is not None and parent.pid == root.pid:
         return "gunicorn master"
     if parent is not None and "gunicorn" in " ".join(parent.cmdline()):

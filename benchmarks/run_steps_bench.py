@@ -18,7 +18,8 @@ from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
 
-from sidecar.sandbox import client
+from sidecar.sandbox import drive
+from sidecar.sandbox.channel import Channel
 from sidecar.sandbox.client import PluginRef, RunRequest, Sandbox
 
 from .common import summary, table, write
@@ -28,13 +29,13 @@ from .sandbox_bench import ECHO, _bare_fork
 STEPS: list[tuple[str, Any, str]] = [
     ("channel checkout", Sandbox, "_checkout"),
     ("ticket (template: a round trip to the launcher)", Sandbox, "_ticket"),
-    ("memory limit on the run's cgroup", client, "set_memory_limit"),
-    ("write the request into the child", client, "write_all"),
-    ("tell the launcher the run started", client._Channel, "start"),
-    ("end the run's unit from the caller (kill, wait until empty)", client, "end_unit_now"),
-    ("tell the launcher the run ended", client._Channel, "end"),
-    ("wait for the launcher's exit report", client._Channel, "exit_of"),
-    ("build the result", client, "build_result"),
+    ("memory limit on the run's cgroup", drive, "set_memory_limit"),
+    ("write the request into the child", drive, "write_all"),
+    ("tell the launcher the run started", Channel, "start"),
+    ("end the run's unit from the caller (kill, wait until empty)", drive, "end_unit_now"),
+    ("tell the launcher the run ended", Channel, "end"),
+    ("wait for the launcher's exit report", Channel, "exit_of"),
+    ("build the result", drive, "build_result"),
 ]
 
 

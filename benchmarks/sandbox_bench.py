@@ -270,15 +270,11 @@ def _roles(root: Any) -> dict[str, list[Any]]:
     for p in root.children(recursive=True):
         cmd = " ".join(p.cmdline())
         parent = p.parent()
-        if parent is not None and "sidecar.sandbox.launcher" in " ".join(parent.cmdline()):
-            # Forked: same command line as the launcher; a template holds its socket to the launcher
-            # on fd 3, where a spare holds its result pipe.
-            try:
-                template = os.readlink(f"/proc/{p.pid}/fd/3").startswith("socket:")
-            except OSError:
-                template = False
-            roles["templates" if template else "spare children"].append(p)
-        elif "sidecar.sandbox.launcher" in cmd:
+        if cmd.startswith("sidecar: template of"):  # the titles `sidecar.sandbox.title` gives
+            roles["templates"].append(p)
+        elif cmd.startswith(("sidecar: spare", "sidecar: run of")):
+            roles["spare children"].append(p)
+        elif cmd == "sidecar: launcher" or "sidecar.sandbox.launcher" in cmd:  # or bubblewrap, starting it
             roles["launcher"].append(p)
         elif "gunicorn" in cmd and parent is not None and parent.pid == root.pid:
             roles["gunicorn master"].append(p)
@@ -360,7 +356,7 @@ def idle_memory(templates: str = "off") -> None:
 # -- isolation modes ------------------------------------------------------------------------------
 def _launcher(pid: int) -> int:
     """The launcher itself: the process started, or its descendant under bubblewrap."""
-    while b"sidecar.sandbox.launcher" not in open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")[:5]:
+    while open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")[0] != b"sidecar: launcher":
         pid = int(open(f"/proc/{pid}/task/{pid}/children").read().split()[0])
     return pid
 

@@ -1,5 +1,8 @@
 """`sidecar serve | run | list | check | bench | settings` — a stable interface scripts rely on.
 
+`run`, `check` and `bench` run plugins in the sandbox `serve` would use with the same settings (its
+isolation and identity); `--unisolated` runs them as this process, for debugging, and says so.
+
 Exit codes: 0 success; 1 a run failed, or `check` found a problem (a bad setting, check table or
 plugin metadata, an unknown plugin, a plugin that does not import); 2 usage error (unknown flag or
 plugin, bad parameter, missing config file) and `serve` refusing a bad configuration, with a
@@ -11,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,6 +29,7 @@ from .schema import Invalid
 if TYPE_CHECKING:
     from .plugins import Registry
     from .plugins.preflight import Finding
+    from .sandbox.client import Sandbox
 
 __all__ = ["main"]
 
@@ -66,9 +71,24 @@ def _settings(args: argparse.Namespace) -> Settings:
     return load_settings(cli)
 
 
+def _sandbox(settings: Settings, args: argparse.Namespace) -> Sandbox:
+    """The sandbox `serve` would use (`sidecar.sandboxing`), or with `--unisolated` none of its isolation,
+    said on stderr so that no one takes what follows for what `serve` does."""
+    from .sandbox.isolation import require_available
+    from .sandboxing import sandbox_for
+
+    if args.unisolated:
+        print(f"sidecar: unisolated: plugins run as this process does (uid {os.geteuid()}, the host's /tmp and "
+              "files, no namespaces): `serve` isolates them, so what happens here may not happen there",
+              file=sys.stderr)
+    else:
+        require_available(settings.isolation)  # as `serve` refuses to start without what strict mode needs
+    return sandbox_for(settings, unisolated=args.unisolated)
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from .plugins import discover
-    from .sandbox.client import RunRequest, Sandbox
+    from .sandboxing import request_for
 
     settings = _settings(args)
     registry = discover(settings)
@@ -80,10 +100,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         if args.memory_mb <= 0:
             raise UsageError("--memory-mb must be > 0")
         memory = args.memory_mb
-    params = {**entry.params, **_params(args)}
-    request = RunRequest(entry.ref, params, timeout, memory, settings.max_result_bytes, settings.max_output_bytes)
-    with Sandbox(extra_env=settings.plugin_env, templates=settings.templates == "on",
-                 max_templates=settings.max_templates) as sandbox:
+    request = request_for(entry, settings, {**entry.params, **_params(args)}, timeout, memory)
+    with _sandbox(settings, args) as sandbox:
         result = sandbox.run(request)
     result = type(result).from_dict({**result.to_dict(), "plugin": entry.name})
     if args.json:
@@ -121,9 +139,10 @@ def _predictions(settings: Settings, registry: Registry) -> list[Finding]:
     """What served runs would hit that an import does not show: check params against `run()`, paths the run
     cannot see, plugin files its identity cannot read (`sidecar.plugins.preflight`)."""
     from .plugins.preflight import check_params, check_paths, check_readable, run_signature
+    from .sandboxing import hidden_paths
 
     found: list[Finding] = []
-    hidden = [p for p in (settings.data_dir, settings.api_token_file, settings.config) if p]
+    hidden = hidden_paths(settings)
     for entry in registry:
         source = None
         if entry.ref.path is not None:
@@ -139,13 +158,13 @@ def _predictions(settings: Settings, registry: Registry) -> list[Finding]:
         signature = run_signature(source, entry.ref.attr) if source is not None else None
         if signature is not None:
             found += check_params(where, entry.plugin, entry.params, signature)
-        found += check_paths(where, entry.plugin, entry.params, hidden)
+        found += check_paths(where, entry.plugin, entry.params, hidden, granted=entry.read_paths)
     return found
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
     from .plugins import discover
-    from .sandbox.client import RunRequest, Sandbox
+    from .sandboxing import request_for
 
     try:
         settings = _settings(args)
@@ -159,8 +178,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
     for error in [*registry.errors, *(f.line() for f in _predictions(settings, registry))]:
         broken += 1
         print(f"INVALID {error}")
-    with Sandbox(extra_env=settings.plugin_env, templates=settings.templates == "on",
-                 max_templates=settings.max_templates) as sandbox:
+    with _sandbox(settings, args) as sandbox:
         for entry in registry:
             if entry.source == "check":
                 continue
@@ -169,8 +187,8 @@ def _cmd_check(args: argparse.Namespace) -> int:
                 print(f"BROKEN  {entry.name}: {entry.location}: {entry.metadata.issues}")
                 continue
             timeout = min(10.0, settings.max_timeout_seconds)
-            result = sandbox.run(RunRequest(entry.ref, {}, timeout, settings.default_memory_limit_mb,
-                                            mode="import"))
+            result = sandbox.run(request_for(entry, settings, {}, timeout, settings.default_memory_limit_mb,
+                                             mode="import"))
             if result.ok:
                 print(f"ok      {entry.name}")
             else:
@@ -202,7 +220,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from collections import Counter
 
     from .plugins import discover
-    from .sandbox.client import RunRequest, Sandbox
+    from .sandboxing import request_for
 
     settings = _settings(args)
     registry = discover(settings)
@@ -212,12 +230,10 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         raise UsageError("--runs must be >= 1")
     entry = registry.get(args.name)
     timeout, memory = registry.limits(entry)
-    request = RunRequest(entry.ref, {**entry.params, **_params(args)}, timeout, memory,
-                         settings.max_result_bytes, settings.max_output_bytes)
+    request = request_for(entry, settings, {**entry.params, **_params(args)}, timeout, memory)
     outcomes: Counter[str] = Counter()
     times: list[float] = []
-    with Sandbox(extra_env=settings.plugin_env, templates=settings.templates == "on",
-                 max_templates=settings.max_templates) as sandbox:
+    with _sandbox(settings, args) as sandbox:
         sandbox.run(request)  # start the launcher outside the measurement
         for _ in range(args.runs):
             t = time.perf_counter()
@@ -225,12 +241,14 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             times.append((time.perf_counter() - t) * 1000.0)
     times.sort()
     report = {"plugin": entry.name, "runs": args.runs, "median_ms": statistics.median(times),
-              "p99_ms": times[min(len(times) - 1, int(len(times) * 0.99))], "outcomes": dict(outcomes)}
+              "p99_ms": times[min(len(times) - 1, int(len(times) * 0.99))], "outcomes": dict(outcomes),
+              "isolated": not args.unisolated}
     if args.json:
         print(json.dumps(report))
     else:
-        print(f"{entry.name}: {args.runs} runs, median {report['median_ms']:.2f} ms, p99 {report['p99_ms']:.2f} ms, "
-              + ", ".join(f"{k} {v}" for k, v in sorted(outcomes.items())))
+        how = "unisolated" if args.unisolated else "isolated as `serve` runs it"
+        print(f"{entry.name}: {args.runs} runs ({how}), median {report['median_ms']:.2f} ms, "
+              f"p99 {report['p99_ms']:.2f} ms, " + ", ".join(f"{k} {v}" for k, v in sorted(outcomes.items())))
     return 0
 
 
@@ -246,13 +264,18 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 def _cmd_settings(args: argparse.Namespace) -> int:
     from .sandbox.containment import describe, detect, release
+    from .sandbox.isolation import namespaces_unavailable
+    from .sandbox.run_tmp import can_mount
+    from .sandbox.run_tmp import describe as describe_tmp
 
     print(settings_table())
     print("\nIn force here (flags, SIDECAR_* environment, config file, defaults):\n")
     print(in_force(_settings(args)))
     found = detect()  # what a sandbox started here would get
     release(found)
-    print(f"\nContainment on this host: {describe(found)}")
+    bwrap = shutil.which("bwrap")
+    namespaces = bwrap is not None and namespaces_unavailable(bwrap) is None
+    print(f"\nContainment on this host: {describe(found)}; {describe_tmp(can_mount(), namespaces)}")
     return 0
 
 
@@ -270,7 +293,12 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--plugin-path", action="append", metavar="DIR", help="extra plugin directory (repeatable)")
         p.add_argument("--config", metavar="FILE", help="TOML file with settings and checks")
 
-    run = sub.add_parser("run", help="run one plugin once in the sandbox")
+    def unisolated(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--unisolated", action="store_true",
+                       help="debugging: run plugins without the isolation and identity `serve` gives them "
+                            "(namespaces, a uid per run); the output says so")
+
+    run = sub.add_parser("run", help="run one plugin once, in the sandbox `serve` would run it in")
     run.add_argument("name")
     run.add_argument("--param", action="append", metavar="KEY=VALUE",
                      help="a parameter; VALUE is parsed as JSON when it is valid JSON, else kept as a string")
@@ -279,6 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--memory-mb", type=int, metavar="MB")
     run.add_argument("--json", action="store_true", help="print the result object as one JSON document")
     plugin_path(run)
+    unisolated(run)
     run.set_defaults(func=_cmd_run)
 
     lst = sub.add_parser("list", help="list discovered plugins and checks")
@@ -289,15 +318,17 @@ def build_parser() -> argparse.ArgumentParser:
     chk = sub.add_parser("check", help="validate settings, checks and plugin metadata, import every plugin in the "
                                        "sandbox; exit 1 on any problem")
     plugin_path(chk)
+    unisolated(chk)
     chk.set_defaults(func=_cmd_check)
 
-    bench = sub.add_parser("bench", help="time sandboxed runs of one plugin (median, p99)")
+    bench = sub.add_parser("bench", help="time sandboxed runs of one plugin (median, p99), isolated as in `serve`")
     bench.add_argument("name")
     bench.add_argument("--runs", type=int, default=200)
     bench.add_argument("--param", action="append", metavar="KEY=VALUE")
     bench.add_argument("--params-json", metavar="JSON")
     bench.add_argument("--json", action="store_true")
     plugin_path(bench)
+    unisolated(bench)
     bench.set_defaults(func=_cmd_bench)
 
     serve = sub.add_parser("serve", help="serve the HTTP API and /metrics under gunicorn",

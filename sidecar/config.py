@@ -1,9 +1,9 @@
 """Settings: each declared once, as a field of `Settings` that knows its type, range, default and help.
 
 Precedence: CLI flag > `SIDECAR_*` environment variable > TOML file (`SIDECAR_CONFIG` / `--config`)
-> default. `SETTINGS` (derived from the fields) generates `serve --help` and the README's
-configuration table; a test fails when the README table is stale. Every value, from wherever it
-comes, goes through the same constrained types (`sidecar.schema`) as check tables and plugin
+> default. `SETTINGS` (derived from the fields) generates `serve --help` and the settings table of
+docs/configuration.md (`scripts/gen_docs.py`); a test fails when that page is stale. Every value, from
+wherever it comes, goes through the same constrained types (`sidecar.schema`) as check tables and plugin
 metadata; an error names its source, the key, the bad value and what is allowed.
 
 The TOML file may also declare checks: named, configured instances of a plugin::
@@ -25,7 +25,7 @@ from typing import Annotated, Any, Literal
 
 from msgspec import Meta
 
-from . import defaults, schema
+from . import defaults, groups, schema
 from .errors import ConfigError
 from .schema import Invalid, MemoryMB, PluginName, Seconds
 
@@ -73,6 +73,14 @@ def _increasing(value: Any) -> None:
         raise ValueError("expected increasing positive seconds, comma-separated, e.g. 0.01,0.1,1,10")
 
 
+def _groups_given(value: Any) -> None:
+    """Groups exist here, and this sidecar (root) can give them."""
+    if isinstance(value, tuple):
+        groups.resolve(None, value)
+    else:
+        groups.resolve(value)
+
+
 def _setting(default: Any, help: str, kind: Any, *, doc: str | None = None, sep: str | None = None,
              check: Callable[[Any], None] | None = None, factory: Callable[[], Any] | None = None) -> Any:
     """A Settings field: its default, help, type (with its range) and how a string splits into a list."""
@@ -99,11 +107,16 @@ class CheckConfig:
     network: bool | None = None
     #: the check reads the host's processes (None: as its plugin's metadata says)
     host_processes: bool | None = None
+    #: as root: its runs' primary gid and supplementary gids (None: the sidecar's defaults)
+    group: int | None = None
+    groups: tuple[int, ...] | None = None
+    #: absolute host paths bound read-only into its runs' view
+    read_paths: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
 class Settings:
-    """Every setting of the sidecar, in the order the README lists them."""
+    """Every setting of the sidecar, in the order docs/configuration.md lists them."""
 
     bind: str = _setting(defaults.BIND, "listen address HOST:PORT (loopback by default)", Bind,
                          check=_port_in_range)
@@ -127,6 +140,12 @@ class Settings:
     isolation: str = _setting(
         "default", "plugin isolation: `default`, or `strict` (read-only system, no network; needs bubblewrap)",
         Literal["default", "strict"])
+    default_group: str | None = _setting(
+        None, "as root: the primary group of every run (name or number) whose check sets no `group`; else each "
+        "run has a gid of its own", str | None, check=_groups_given)
+    default_groups: tuple[str, ...] = _setting(
+        (), "as root: supplementary groups of every run whose check sets no `groups`, comma-separated (e.g. "
+        "`adm` to read /var/log)", tuple[str, ...], sep=",", check=_groups_given)
     default_timeout_seconds: float = _setting(defaults.DEFAULT_TIMEOUT_SECONDS,
                                               "per-run timeout when a plugin or call sets none", Seconds)
     max_timeout_seconds: float = _setting(defaults.MAX_TIMEOUT_SECONDS, "upper bound a plugin or call may ask for",
@@ -187,7 +206,7 @@ class Settings:
 
 @dataclass(frozen=True)
 class Setting:
-    """One setting as the CLI and the README see it; derived from its `Settings` field."""
+    """One setting as the CLI and the docs see it; derived from its `Settings` field."""
 
     name: str
     default: Any
@@ -237,7 +256,7 @@ def _declare() -> tuple[Setting, ...]:
     return tuple(out)
 
 
-#: Every setting of the sidecar, in the order the README lists them.
+#: Every setting of the sidecar, in the order docs/configuration.md lists them.
 SETTINGS: tuple[Setting, ...] = _declare()
 
 _BY_NAME = {s.name: s for s in SETTINGS}
@@ -260,11 +279,41 @@ def _checks(table: Any, path: str) -> tuple[CheckConfig, ...]:
             check = schema.convert(body, schema.CheckTable, where)
         except Invalid as exc:
             raise ConfigError(str(exc)) from None
+        gid, gids = _check_groups(check, where)
         out.append(CheckConfig(name=name, plugin=check.plugin, params=check.params,
                                interval_seconds=check.interval_seconds, timeout_seconds=check.timeout_seconds,
                                memory_limit_mb=check.memory_limit_mb, description=check.description,
                                isolation=check.isolation, network=check.network,
-                               host_processes=check.host_processes))
+                               host_processes=check.host_processes, group=gid, groups=gids,
+                               read_paths=_read_paths(check.read_paths, where, os.path.dirname(path))))
+    return tuple(out)
+
+
+def _check_groups(check: schema.CheckTable, where: str) -> tuple[int | None, tuple[int, ...] | None]:
+    """A check's groups as gids: every one a group of this host, and given only by a root sidecar."""
+    try:
+        gid = groups.resolve(check.group)[0]
+    except ValueError as exc:
+        raise ConfigError(f"{where}: group = {check.group!r} is invalid: {exc}") from None
+    try:
+        gids = None if check.groups is None else groups.resolve(None, check.groups)[1]
+    except ValueError as exc:
+        raise ConfigError(f"{where}: groups = {check.groups!r} is invalid: {exc}") from None
+    return gid, gids
+
+
+def _read_paths(paths: list[str], where: str, here: str) -> tuple[str, ...]:
+    """Paths a check reads, absolute (a relative one is beside the config file, as Prometheus has it); each must
+    exist, since it is bound into the runs' view when their launcher starts."""
+    out = []
+    for path in paths:
+        absolute = os.path.normpath(os.path.join(os.path.abspath(here), path))
+        if not os.path.exists(absolute):
+            raise ConfigError(f"{where}: read_paths = {paths!r} is invalid: {absolute!r} does not exist")
+        if absolute == "/":
+            raise ConfigError(f"{where}: read_paths = {paths!r} is invalid: name the directories the check reads, "
+                              "not /")
+        out.append(absolute)
     return tuple(out)
 
 
@@ -332,7 +381,7 @@ def _read_token(path: str, given: str | None) -> str:
 
 
 def settings_table() -> str:
-    """The README's configuration table (Markdown), generated from SETTINGS."""
+    """The settings table of docs/configuration.md (Markdown), generated from SETTINGS."""
     rows = ["| env var | CLI flag | TOML key | default | meaning |", "|---|---|---|---|---|"]
     for s in SETTINGS:
         default = s.default_doc or (f"`{s.default}`" if s.default not in (None, (), "") else "none")

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 
 from . import __version__
 from .check import DROP_REASONS, STATES
+from .metric_family import Family
 from .sandbox.outcomes import ABORTED, ERROR_OUTCOMES
 from .sandbox.result import PluginSandboxResult
 from .store import FAULT_REASONS, ROW_REASONS, StoreStats
@@ -44,57 +45,62 @@ log = logging.getLogger(__name__)
 
 CONTENT_TYPE_TEXT = "text/plain; version=0.0.4; charset=utf-8"
 OPENMETRICS_CONTENT_TYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8"
-#: Why a run request was refused before running (the README's metric table says what each counts).
+#: Why a run request was refused before running (docs/monitoring.md says what each counts).
 REJECT_REASONS = ("saturated", "overlap", "invalid")
 RELOAD_RESULTS = ("success", "failure")
 #: Peak memory buckets, bytes: 8 MiB … 4 GiB.
 MEMORY_BUCKETS: tuple[float, ...] = tuple(float(2**i * 1024 * 1024) for i in range(3, 13))
 
 
-@dataclass(frozen=True)
-class Family:
-    name: str  # sample base name; counters' samples add _total
-    type: str
-    help: str
-    labels: tuple[str, ...] = ("plugin",)
-
-
 #: The metric contract (DESIGN.md "Metrics"); dashboards and alerts use these names.
 FAMILIES: tuple[Family, ...] = (
     Family("sidecar_plugin_success", "counter", "Runs that ended with outcome success"),
-    Family("sidecar_plugin_errors", "counter", "Runs that ended with an error outcome", ("plugin", "error_type")),
-    Family("sidecar_plugin_execution_seconds", "histogram", "Wall time of sandboxed runs"),
-    Family("sidecar_plugin_peak_memory_bytes", "histogram", "Peak resident memory of runs"),
-    Family("sidecar_plugin_uptime_seconds", "gauge", "Seconds since this sidecar loaded the plugin"),
+    Family("sidecar_plugin_errors", "counter", "Runs that ended with an error outcome", ("plugin", "error_type"),
+           (("error_type", ERROR_OUTCOMES),), "outcome `aborted` counts in no plugin counter"),
+    Family("sidecar_plugin_execution_seconds", "histogram", "Wall time of sandboxed runs",
+           doc="buckets `SIDECAR_DURATION_BUCKETS`, default 1 ms … the maximum timeout"),
+    Family("sidecar_plugin_peak_memory_bytes", "histogram", "Peak resident memory of runs",
+           doc="buckets 8 MiB … 4 GiB"),
+    Family("sidecar_plugin_uptime_seconds", "gauge", "Seconds since this sidecar loaded the plugin",
+           doc="computed at scrape time"),
     Family("sidecar_plugin_loaded_timestamp_seconds", "gauge", "When this sidecar loaded the plugin"),
-    Family("sidecar_plugin_last_run_timestamp_seconds", "gauge", "When the plugin's last run finished"),
-    Family("sidecar_plugin_interval_seconds", "gauge", "Schedule interval of a scheduled plugin or check"),
+    Family("sidecar_plugin_last_run_timestamp_seconds", "gauge", "When the plugin's last run finished",
+           doc="absent until the first run"),
+    Family("sidecar_plugin_interval_seconds", "gauge", "Schedule interval of a scheduled plugin or check",
+           doc="only for scheduled plugins and checks (the staleness alert uses it)"),
     Family("sidecar_plugin_in_flight", "gauge", "Runs in progress"),
-    Family("sidecar_plugin_rejected", "counter", "Run requests refused before running", ("plugin", "reason")),
+    Family("sidecar_plugin_rejected", "counter", "Run requests refused before running", ("plugin", "reason"),
+           (("reason", REJECT_REASONS),), "one count per run that did not happen; the reasons are below"),
     Family("sidecar_check_state", "gauge", "What the plugin or check last found: 1 for its state (ok, warning, "
-           "critical, unknown), 0 for the others", ("plugin", "state")),
+           "critical, unknown), 0 for the others", ("plugin", "state"), (("state", STATES),), "one-hot"),
     Family("sidecar_check_last_success_timestamp_seconds", "gauge", "When the plugin's last successful run "
-           "finished: the time of the values exported"),
+           "finished: the time of the values exported", doc="absent until the first success"),
     Family("sidecar_check_value", "gauge", "Numeric top-level fields of the last successful run's result",
-           ("plugin", "field")),
+           ("plugin", "field"), doc="`field`: the result's field name, sanitised; at most `SIDECAR_MAX_PLUGIN_SERIES`"
+           " with the plugin's own gauges"),
     Family("sidecar_plugin_values_dropped", "counter", "Values a plugin reported that were not exported",
-           ("plugin", "reason")),
+           ("plugin", "reason"), (("reason", DROP_REASONS),)),
     Family("sidecar_build_info", "gauge", "Always 1; the version label says which build", ("version",)),
     Family("sidecar_scheduler_errors", "counter", "Faults while scheduling a check; the scheduler goes on", ()),
     Family("sidecar_metrics_render_errors", "counter", "Plugins left out of a scrape because rendering failed", ()),
-    Family("sidecar_store_errors", "counter", "Runs whose history write failed (kept pending)", ("reason",)),
+    Family("sidecar_store_errors", "counter", "Runs whose history write failed (kept pending)", ("reason",),
+           (("reason", FAULT_REASONS),), "a write that did not finish within 2 s counts as `stalled`"),
     Family("sidecar_store_dropped_runs", "counter", "Pending runs dropped because the write buffer was full", ()),
     Family("sidecar_store_pending_runs", "gauge", "Runs waiting in memory for the history store to recover", ()),
     Family("sidecar_store_unwritable_runs", "counter", "Runs dropped from the history because their row cannot be"
-           " stored", ("reason",)),
+           " stored", ("reason",),
+           (("reason", ROW_REASONS),), "the run itself is answered and counted"),
     Family("sidecar_store_reopens", "counter", "History files reopened after being deleted or replaced", ()),
     Family("sidecar_config_reloads", "counter", "Configuration reloads (SIGHUP, POST /-/reload) by result",
-           ("result",)),
+           ("result",), (("result", RELOAD_RESULTS),)),
     Family("sidecar_templates", "gauge", "Plugin templates alive (processes that imported a plugin once)", ()),
     Family("sidecar_template_builds", "counter", "Plugin templates started (first runs, edits, evictions)", ()),
     Family("sidecar_template_evictions", "counter", "Templates stopped because SIDECAR_MAX_TEMPLATES was reached", ()),
-    Family("sidecar_templates_resident_bytes", "gauge", "Summed resident set size of the templates alive", ()),
+    Family("sidecar_templates_resident_bytes", "gauge", "Summed resident set size of the templates alive", (),
+           doc="pages the templates share, such as the interpreter's, count in each"),
 )
+
+
 def refreshed_in_background(read: Callable[[], Mapping[str, int]], max_age: float,
                             clock: Callable[[], float] = time.monotonic) -> Callable[[], Mapping[str, int]]:
     """`read`'s last answer, re-read on a thread of its own once it is `max_age` seconds old.

@@ -7,6 +7,7 @@ exactly what the server enforces; schemathesis checks that against a live server
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from . import __version__, defaults, schema
@@ -16,7 +17,7 @@ from .sandbox.outcomes import ERROR_OUTCOMES, OUTCOMES
 if TYPE_CHECKING:
     from .config import Settings
 
-__all__ = ["openapi_document"]
+__all__ = ["ERROR_ANSWERS", "ErrorAnswer", "openapi_document"]
 
 _NULLABLE_STR = {"type": ["string", "null"]}
 _NULLABLE_NUM = {"type": ["number", "null"]}
@@ -129,11 +130,62 @@ def _json(ref: str) -> dict[str, Any]:
     return {"content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{ref}"}}}}
 
 
-def _errors(*codes: int) -> dict[str, Any]:
-    text = {400: "bad request (a refused reload: code config)", 401: "missing or wrong bearer token",
-            404: "unknown plugin",
-            413: "body too large", 503: "saturated (Retry-After), runner unavailable, or stopping"}
-    return {str(c): {"description": text[c], **_json("Error")} for c in codes}
+@dataclass(frozen=True)
+class ErrorAnswer:
+    """One kind of error answer: its status, the `error.code`s it carries, and when it is given."""
+
+    status: int
+    codes: tuple[str, ...]
+    when: str
+
+
+#: Every error answer of the API, declared once: the document's error responses and `x-error-answers` come
+#: from it, and the docs' error table is generated from the document. A test checks that every code the app,
+#: the worker and the exception tree can answer is here.
+ERROR_ANSWERS: tuple[ErrorAnswer, ...] = (
+    ErrorAnswer(400, ("bad_request",),
+                "the run body is not valid JSON (`NaN`/`Infinity` are not JSON), is not an object, has a key other "
+                "than `params` and `timeout_seconds`, `params` is not an object or is nested more than 32 deep, a "
+                "number does not fit (`1e999`, a 400-digit `timeout_seconds`), `timeout_seconds` is not a number > 0 "
+                "or is above `SIDECAR_MAX_TIMEOUT_SECONDS`, the body could not be read (a malformed chunked body), or "
+                "`limit` is not 1–1000; `params` for a check (a check runs with its configured params, whoever "
+                "calls it); a `/probe` query other than `target` and `param.*`, repeated keys, `param.*` for a "
+                "check, a `param.*` value a body could not carry (`NaN`, `Infinity`, `1e999`, nested more than 32 "
+                "deep), a bad `X-Prometheus-Scrape-Timeout-Seconds`; a malformed request line, header or chunk "
+                "(answered by gunicorn)"),
+    ErrorAnswer(400, ("config", "config_file_missing"),
+                "`POST /-/reload` refused a bad configuration, or its file is missing (the running one is kept)"),
+    ErrorAnswer(401, ("unauthorized",),
+                "missing or wrong bearer token on `POST` and `/probe` when `SIDECAR_API_TOKEN` is set (compared in "
+                "constant time)"),
+    ErrorAnswer(403, ("forbidden",),
+                "refused by gunicorn before the app: a PROXY-protocol line from an address not allowed to send one, "
+                "a failed TLS handshake where TLS is configured"),
+    ErrorAnswer(404, ("unknown_plugin", "not_found"), "unknown plugin (whatever the body), unknown route"),
+    ErrorAnswer(405, ("method_not_allowed",),
+                "wrong method; the `Allow` header lists the right ones (`HEAD /probe` too: a probe's answer is a "
+                "run, and a HEAD runs nothing)"),
+    ErrorAnswer(413, ("payload_too_large",), "body over `SIDECAR_MAX_BODY_BYTES` (with or without `Content-Length`)"),
+    ErrorAnswer(414, ("uri_too_long",), "a request line over 4094 bytes (answered by gunicorn, before the app)"),
+    ErrorAnswer(417, ("expectation_failed",), "an `Expect` header other than `100-continue` (answered by gunicorn)"),
+    ErrorAnswer(431, ("request_header_fields_too_large",),
+                "too many or too large header fields (answered by gunicorn, before the app)"),
+    ErrorAnswer(500, ("internal",), "a fault of the sidecar itself, logged with its traceback (never an answer to "
+                "input)"),
+    ErrorAnswer(501, ("not_implemented",), "a `Transfer-Encoding` gunicorn does not implement (answered by gunicorn)"),
+    ErrorAnswer(503, ("saturated", "runner_unavailable", "store_unavailable", "stopping"),
+                "all sandbox slots busy (with `Retry-After`), the runner process is gone, the history is unreadable "
+                "or did not answer within 2 s, or the sidecar is stopping (runs and probes only)"),
+)
+
+
+def _errors(*statuses: int) -> dict[str, Any]:
+    """The error responses of one operation, described by the codes each status carries."""
+    out = {}
+    for status in statuses:
+        codes = [code for answer in ERROR_ANSWERS if answer.status == status for code in answer.codes]
+        out[str(status)] = {"description": "error code " + ", ".join(codes), **_json("Error")}
+    return out
 
 
 _NAME = {"name": "name", "in": "path", "required": True,
@@ -159,22 +211,46 @@ def openapi_document(settings: Settings | None = None) -> dict[str, Any]:
         "info": {"title": "Sidecar", "version": __version__},
         "paths": {
             "/metrics": {"get": {"summary": "Prometheus metrics (OpenMetrics when asked for in Accept)",
+                                 "description": "Prometheus text format, or OpenMetrics when the scraper's `Accept` "
+                                                "asks for it; gzip-compressed when it sends `Accept-Encoding: gzip`",
                                  "responses": {"200": {"description": "exposition",
                                                        "content": {"text/plain": {}}}}}},
-            "/healthz": {"get": {"summary": "liveness", "responses": {
+            "/healthz": {"get": {"summary": "liveness",
+                                 "description": "liveness: the worker answers and reaches the runner",
+                                 "responses": {
                 "200": {"description": "alive"}, **_errors(503)}}},
-            "/readyz": {"get": {"summary": "readiness: plugins discovered, history writable", "responses": {
-                "200": {"description": "ready"}, "503": {"description": "not ready"}}}},
+            "/readyz": {"get": {
+                "summary": "readiness: plugins discovered, history writable",
+                "description": "readiness: plugins discovered, history writable — a real write each time, within 2 "
+                               "s — and the launcher answering; 503 with `reason` otherwise (disk full, read-only, "
+                               "corrupt, stalled, a launcher not answering, stopping)",
+                "responses": {"200": {"description": "ready"}, "503": {"description": "not ready"}}}},
             "/plugins": {"get": {"summary": "every plugin and check with metadata and health summary",
+                                 "description": "every plugin and check with its metadata, any `problem` and a "
+                                                "health summary",
                                  "responses": {"200": {"description": "list", "content": {"application/json": {
                                      "schema": {"type": "object", "required": ["plugins"], "properties": {
                                          "plugins": {"type": "array",
                                                      "items": {"$ref": "#/components/schemas/Plugin"}}}}}}}}}},
-            "/plugins/{name}": {"get": {"parameters": [_NAME], "responses": {
+            "/plugins/{name}": {"get": {"summary": "one plugin or check", "parameters": [_NAME], "responses": {
                 "200": {"description": "one plugin", **_json("Plugin")}, **_errors(404)}}},
-            "/plugins/{name}/health": {"get": {"parameters": [_NAME], "responses": {
+            "/plugins/{name}/health": {"get": {
+                "summary": "health from the run history",
+                "description": "`status` (`unknown` before the first run, `failing` when the last run failed, "
+                               "`degraded` when one of the last 10 failed, else `healthy`), `success_count`, "
+                               "`error_count`, `errors_by_type`, `uptime_seconds`, `last_used`, "
+                               "`execution_time_ms`, `avg_execution_time_ms` (mean of the last 10 runs, any "
+                               "outcome), `last_error` (outcome, type, message and time of the last failed run; its "
+                               "traceback is in `/runs`), `timeout_seconds`, `memory_limit_mb`, `interval_seconds`",
+                "parameters": [_NAME], "responses": {
                 "200": {"description": "health from the run history", **_json("Health")}, **_errors(404)}}},
             "/plugins/{name}/runs": {"get": {
+                "summary": "recent runs, newest first",
+                "description": "recent runs, newest first (1 ≤ `limit` ≤ 1000, default 20), each with its `outcome`, "
+                               "times, `error_type`, `error_message`, `error_traceback`, `trigger` (api, schedule, "
+                               "probe), `state`, `state_reason` and `result` (the head of its JSON text past "
+                               "`SIDECAR_MAX_OUTPUT_BYTES`, flagged `result_truncated`); a run's stdout and stderr "
+                               "are not kept (a run's own answer has them)",
                 "parameters": [_NAME, {"name": "limit", "in": "query",
                                        "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 20}}],
                 "responses": {"200": {"description": "recent runs, newest first", "content": {"application/json": {
@@ -184,6 +260,10 @@ def openapi_document(settings: Settings | None = None) -> dict[str, Any]:
                     **_errors(400, 404)}}},
             "/plugins/{name}/run": {"post": {
                 "summary": "run once in the sandbox; a plugin's failure is a 200 with its outcome",
+                "description": "body `{\"params\": {...}, \"timeout_seconds\": n}` (both optional); answers the "
+                               "run's result (outcome, result, error with traceback, times, peak memory, captured "
+                               "stdout and stderr) and `check` (state, reason, the values exported, what was "
+                               "dropped). A plugin's failure is a 200 with its `outcome`",
                 "parameters": [_NAME],
                 "security": [{"bearer": []}, {}],
                 "requestBody": {"required": False, "description": f"at most {max_body} bytes (413 above); "
@@ -191,6 +271,9 @@ def openapi_document(settings: Settings | None = None) -> dict[str, Any]:
                 "responses": {"200": {"description": "the run's result", **_json("RunResult")},
                               **_errors(400, 401, 404, 413, 503)}}},
             "/": {"get": {"summary": "status page (HTML) for clients that accept text/html; a JSON index for others",
+                          "description": "the status page for browsers (`Accept: text/html`); other clients get a "
+                                         "JSON index: `name`, `version`, `status_page`, `openapi` and `routes` (the "
+                                         "paths of this document)",
                           "responses": {"200": {"description": "the page, or the index of routes", "content": {
                               "text/html": {},
                               "application/json": {"schema": {
@@ -202,6 +285,8 @@ def openapi_document(settings: Settings | None = None) -> dict[str, Any]:
                 "summary": "run a plugin or check now; Prometheus text format (sidecar_probe_success, "
                            "sidecar_probe_duration_seconds, sidecar_probe_value{field}, "
                            "sidecar_probe_values_skipped); HEAD answers 405 and runs nothing",
+                "description": "runs a plugin or check now and answers in the Prometheus text format; a failed or "
+                               "refused run is a 200 with `sidecar_probe_success 0`",
                 "security": [{"bearer": []}, {}],
                 "parameters": [
                     {"name": "target", "in": "query", "required": True, "example": "echo",
@@ -217,17 +302,24 @@ def openapi_document(settings: Settings | None = None) -> dict[str, Any]:
                                       "content": {"text/plain": {}}}, **_errors(400, 401, 404)}}},
             "/-/reload": {"post": {
                 "summary": "re-read the checks and plugin directories; a bad configuration is refused (400)",
+                "description": "re-reads the checks and plugin directories; answers what was added, changed, "
+                               "removed and which changed settings need a restart (`needs_restart`); a bad "
+                               "configuration is refused with 400 (`config`)",
                 "security": [{"bearer": []}, {}],
                 "responses": {"200": {"description": "what changed", "content": {"application/json": {"schema": {
                     "type": "object", "required": ["added", "changed", "removed", "needs_restart"],
                     "properties": {k: {"type": "array", "items": {"type": "string"}}
                                    for k in ("added", "changed", "removed", "needs_restart")}}}}},
                     **_errors(400, 401)}}},
-            "/openapi.json": {"get": {"responses": {"200": {"description": "this document"}}}},
+            "/openapi.json": {"get": {"summary": "this document",
+                                      "description": "the OpenAPI 3.1 document of this API, with this server's "
+                                                     "limits (its maximum timeout and body size)",
+                                      "responses": {"200": {"description": "this document"}}}},
         },
         "components": {
             "schemas": schemas,
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
                                            "description": "required when SIDECAR_API_TOKEN is set"}},
+            "x-error-answers": [{"status": a.status, "codes": list(a.codes), "when": a.when} for a in ERROR_ANSWERS],
         },
     }

@@ -24,10 +24,11 @@ from typing import Any
 
 from . import defaults, schema
 from .errors import BadRequest
+from .metric_family import Family
 from .params import parse_value
 
-__all__ = ["CONTENT_TYPE", "SCRAPE_TIMEOUT_HEADER", "ProbeRequest", "budget_seconds", "parse_request", "render",
-           "target_of"]
+__all__ = ["CONTENT_TYPE", "FAMILIES", "SCRAPE_TIMEOUT_HEADER", "ProbeRequest", "budget_seconds", "parse_request",
+           "render", "target_of"]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 SCRAPE_TIMEOUT_HEADER = "X-Prometheus-Scrape-Timeout-Seconds"
@@ -38,6 +39,19 @@ HEADER_MARGIN_SECONDS = 0.5
 MIN_BUDGET_SECONDS = 0.5
 MAX_FIELDS = 50
 MAX_FIELD_CHARS = 64
+
+#: The families of a probe's answer (on `/probe` only, never on `/metrics`), in the order they are rendered.
+FAMILIES: tuple[Family, ...] = (
+    Family("sidecar_probe_success", "gauge",
+           "Whether the probed run succeeded and its check is not critical (1) or not (0)", ()),
+    Family("sidecar_probe_duration_seconds", "gauge", "Wall time of the probe: waiting for a slot plus the run", ()),
+    Family("sidecar_probe_value", "gauge", "Numeric top-level fields of the probed run's result", ("field",),
+           doc=f"booleans as 0/1; at most {MAX_FIELDS} fields, names `[a-zA-Z0-9_]` of at most {MAX_FIELD_CHARS}"
+               " characters; absent when the run exported none"),
+    Family("sidecar_probe_values_skipped", "gauge", "Numeric result fields not exported: not a finite float "
+           f"(NaN, infinite, beyond a float's range), a clashing name, or past the first {MAX_FIELDS}", (),
+           doc="0 when nothing was left out"),
+)
 PARAM_PREFIX = "param."
 
 _UNSAFE = re.compile(r"[^a-zA-Z0-9_]")
@@ -149,21 +163,15 @@ def render(outcome: dict[str, Any]) -> bytes:
     ran = outcome.get("outcome") == "success"
     # as blackbox_exporter's probe_success: 0 when the target is down (a check that reports critical)
     success = ran and outcome.get("state") != "critical"
-    lines = [
-        "# HELP sidecar_probe_success Whether the probed run succeeded and its check is not critical (1) or not (0)",
-        "# TYPE sidecar_probe_success gauge",
-        f"sidecar_probe_success {1.0 if success else 0.0}",
-        "# HELP sidecar_probe_duration_seconds Wall time of the probe: waiting for a slot plus the run",
-        "# TYPE sidecar_probe_duration_seconds gauge",
-        f"sidecar_probe_duration_seconds {_number(float(outcome.get('duration_seconds', 0.0)))}",
-    ]
     fields, skipped = numeric_fields(outcome.get("result")) if ran else ([], 0)
-    if fields:
-        lines += ["# HELP sidecar_probe_value Numeric top-level fields of the probed run's result",
-                  "# TYPE sidecar_probe_value gauge"]
-        lines += [f'sidecar_probe_value{{field="{name}"}} {_number(v)}' for name, v in fields]
-    lines += ["# HELP sidecar_probe_values_skipped Numeric result fields not exported: not a finite float "
-              f"(NaN, infinite, beyond a float's range), a clashing name, or past the first {MAX_FIELDS}",
-              "# TYPE sidecar_probe_values_skipped gauge",
-              f"sidecar_probe_values_skipped {_number(skipped)}"]
+    samples = {"sidecar_probe_success": [f"sidecar_probe_success {1.0 if success else 0.0}"],
+               "sidecar_probe_duration_seconds": [
+                   f"sidecar_probe_duration_seconds {_number(float(outcome.get('duration_seconds', 0.0)))}"],
+               "sidecar_probe_value": [f'sidecar_probe_value{{field="{name}"}} {_number(v)}' for name, v in fields],
+               "sidecar_probe_values_skipped": [f"sidecar_probe_values_skipped {_number(skipped)}"]}
+    lines: list[str] = []
+    for family in FAMILIES:
+        if samples[family.name]:
+            lines += [f"# HELP {family.name} {family.help}", f"# TYPE {family.name} {family.type}",
+                      *samples[family.name]]
     return ("\n".join(lines) + "\n").encode()

@@ -21,10 +21,9 @@ from .errors import BadRequest, ConfigError, Saturated, SidecarError, Stopping
 from .metrics import Metrics, refreshed_in_background
 from .operations import RunnerOperations
 from .plugins import Entry, Registry, discover
-from .sandbox.client import RunRequest, Sandbox
-from .sandbox.isolation import Isolation
 from .sandbox.outcomes import ABORTED, ERROR_OUTCOMES
 from .sandbox.result import ErrorInfo, Outcome, PluginSandboxResult, iso_utc
+from .sandboxing import request_for, sandbox_for
 from .scheduler import Scheduler, Slots
 from .store import Store
 from .values import Report, judge
@@ -90,12 +89,7 @@ class Runner(RunnerOperations):
         self._start_scheduler = start_scheduler
         self.registry: Registry = discover(settings)
         self.store = Store(settings.data_dir, settings.history_retention, result_limit=settings.max_output_bytes)
-        # The config file may hold api_token: hidden from plugins like the token file itself.
-        secrets = (settings.data_dir, *hidden, *((settings.api_token_file,) if settings.api_token_file else ()),
-                   *((settings.config,) if settings.config else ()))
-        self.sandbox = Sandbox(extra_env=settings.plugin_env, isolation=Isolation(
-            settings.isolation, hidden=secrets, readable=settings.plugin_path), templates=settings.templates == "on",
-            max_templates=settings.max_templates)
+        self.sandbox = sandbox_for(settings, hidden=hidden)
         self.metrics = Metrics(settings.buckets)
         self.metrics.store_stats = self.store.stats
         # read off the scrape path: the launcher may be busy forking when Prometheus asks
@@ -196,9 +190,7 @@ class Runner(RunnerOperations):
                 why = ErrorInfo("BrokenPlugin", f"plugin {entry.plugin!r} is broken: {where}: {entry.metadata.issues}")
                 result = PluginSandboxResult(entry.name, Outcome.IMPORT, error=why, started_at=now, finished_at=now)
             else:
-                result = self.sandbox.run(RunRequest(entry.ref, params, timeout, memory, s.max_result_bytes,
-                                                     s.max_output_bytes, isolation=entry.isolation,
-                                                     network=entry.network, host_processes=entry.host_processes))
+                result = self.sandbox.run(request_for(entry, s, params, timeout, memory))
             if result.plugin != entry.name:  # a check runs its plugin's code under its own name
                 result = PluginSandboxResult.from_dict({**result.to_dict(), "plugin": entry.name})
         except BaseException:

@@ -92,12 +92,12 @@ class Invalid(ValueError):
 class Limits(Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
     """What a plugin file and a check table may both set: validated by the same types."""
 
-    description: str | None = None
-    timeout_seconds: Seconds | None = None
-    memory_limit_mb: MemoryMB | None = None
-    interval_seconds: Seconds | None = None
-    #: keep the network in strict isolation
-    network: bool | None = None
+    description: Annotated[str, Meta(description="shown in listings")] | None = None
+    timeout_seconds: Annotated[Seconds, Meta(description="per-run timeout (capped by "
+                                                         "`SIDECAR_MAX_TIMEOUT_SECONDS`)")] | None = None
+    memory_limit_mb: Annotated[MemoryMB, Meta(description="per-run memory limit")] | None = None
+    interval_seconds: Annotated[Seconds, Meta(description="run it on this schedule")] | None = None
+    network: Annotated[bool, Meta(description="keep the network in strict isolation")] | None = None
 
 
 class PluginMetadata(Limits, forbid_unknown_fields=True, kw_only=True, frozen=True):
@@ -112,15 +112,31 @@ class PluginMetadata(Limits, forbid_unknown_fields=True, kw_only=True, frozen=Tr
     check_only: bool = False
 
 
+#: A group of the host, by name or number (resolved, and refused when absent, by `sidecar.groups`).
+GroupRef = Annotated[str, Meta(min_length=1, description="a group name or number")] | Annotated[int, Meta(ge=0)]
+#: A host path a check's runs read (relative: to the config file's directory).
+ReadPath = Annotated[str, Meta(min_length=1, description="a path")]
+
+
 class CheckTable(Limits, forbid_unknown_fields=True, kw_only=True, frozen=True):
     """A `[checks.NAME]` table: a named, configured instance of a plugin."""
 
-    plugin: PluginName
-    params: Params = msgspec.field(default_factory=dict)
-    #: this check's runs in "default" or "strict" isolation (else the sidecar's)
-    isolation: Literal["default", "strict"] | None = None
-    #: read the host's processes (`/proc`) under isolation (else as its plugin's metadata says)
-    host_processes: bool | None = None
+    plugin: Annotated[PluginName, Meta(description="the plugin it runs (must exist, and be allowed by "
+                                                   "`SIDECAR_PLUGINS` when set)")]
+    params: Annotated[Params, Meta(description="keyword arguments of `run()`")] = msgspec.field(default_factory=dict)
+    group: Annotated[GroupRef, Meta(description="as root: the primary group of its runs (else the sidecar's "
+                                                "`default_group`, else a gid of their own)")] | None = None
+    groups: Annotated[list[GroupRef], Meta(description="as root: the supplementary groups of its runs, e.g. "
+                                                       "`[\"adm\"]` to read 0640 logs (else the sidecar's "
+                                                       "`default_groups`)")] | None = None
+    read_paths: Annotated[list[ReadPath], Meta(description="host paths its runs read, bound read-only into "
+                                                           "their view (e.g. a log directory under /tmp); "
+                                                           "relative to the config file's directory")] = (
+        msgspec.field(default_factory=list))
+    isolation: Annotated[Literal["default", "strict"], Meta(description="its runs' isolation (else the "
+                                                                        "sidecar's)")] | None = None
+    host_processes: Annotated[bool, Meta(description="read the host's processes (`/proc`) under isolation "
+                                                     "(else as its plugin's metadata says)")] | None = None
 
     def __post_init__(self) -> None:
         names((self.plugin,), "plugin")

@@ -122,7 +122,8 @@ class LiveServer:
                 argv = kid.cmdline()
             except psutil.Error:
                 continue
-            if "-m" in argv and argv[argv.index("-m") + 1:][:1] == ["gunicorn"]:
+            if ("-m" in argv and argv[argv.index("-m") + 1:][:1] == ["gunicorn"]
+                    or argv[:1] and argv[0].startswith("gunicorn: master")):  # its own title, with setproctitle
                 return kid
         raise AssertionError("serve has no gunicorn master")
 

@@ -224,3 +224,58 @@ def test_check_predicts_what_serve_would_hit(tmp_path: Path):
     assert f"INVALID {config}: [checks.app_logs]: params.path: '/tmp/app-logs' is under /tmp" in out
     if os.geteuid() == 0:  # as root each run takes a uid of its own
         assert f"chmod o+rx {plugins}" in out
+
+
+READER = "def run(path):\n    with open(path) as f:\n        return f.read()\n"
+
+
+def _reader_plugin(tmp_path: Path) -> Path:
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "read_text.py").write_text(READER)
+    return plugins
+
+
+def test_run_and_check_use_the_sandbox_serve_would(tmp_path: Path):
+    """A check reading a log under /tmp: served runs have a private /tmp, and so has `sidecar run` now."""
+    plugins = _reader_plugin(tmp_path)
+    logs = tmp_path / "app-logs"
+    logs.mkdir()
+    (logs / "app.log").write_text("started\n")
+    config = tmp_path / "sidecar.toml"
+    config.write_text(f'[checks.app_log]\nplugin = "read_text"\nparams = {{ path = "{logs / "app.log"}" }}\n')
+    args = ("run", "app_log", "--config", str(config), "--plugin-path", str(plugins), "--json")
+    served = sidecar(*args)
+    assert served.returncode == 1, served.stdout + served.stderr
+    assert json.loads(served.stdout)["error"]["type"] == "FileNotFoundError"
+    assert "unisolated" not in served.stderr
+    debugging = sidecar(*args, "--unisolated")
+    assert debugging.returncode == 0, debugging.stdout + debugging.stderr
+    assert json.loads(debugging.stdout)["result"] == "started\n"
+    assert "sidecar: unisolated: " in debugging.stderr  # it says it is not what `serve` does
+    config.write_text(config.read_text() + f'read_paths = ["{logs}"]\n')  # granted: read-only in its view
+    granted = sidecar(*args)
+    assert granted.returncode == 0, granted.stdout + granted.stderr
+    assert json.loads(granted.stdout)["result"] == "started\n"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="as root each run takes a uid of its own")
+def test_a_plugin_in_a_closed_directory_fails_in_run_and_check_as_it_would_served(tmp_path: Path):
+    plugins = tmp_path / "plugins"
+    plugins.mkdir(mode=0o700)
+    (plugins / "secret_age.py").write_text("def run():\n    return {'age': 1}\n")
+    ran = sidecar("run", "secret_age", "--plugin-path", str(plugins), "--json")
+    assert ran.returncode == 1
+    doc = json.loads(ran.stdout)
+    assert (doc["outcome"], doc["error"]["type"]) == ("import", "PermissionError")
+    checked = sidecar("check", "--plugin-path", str(plugins))
+    assert checked.returncode == 1
+    assert "BROKEN  secret_age: import: PermissionError" in checked.stdout
+    assert "ok      secret_age" in sidecar("check", "--plugin-path", str(plugins), "--unisolated").stdout
+
+
+def test_bench_says_its_figures_include_isolation():
+    isolated = sidecar("bench", "echo", "--runs", "3")
+    assert "isolated as `serve` runs it" in isolated.stdout
+    doc = json.loads(sidecar("bench", "echo", "--runs", "3", "--json", "--unisolated").stdout)
+    assert doc["isolated"] is False

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import dataclasses
+import grp
+import os
 import re
 from pathlib import Path
 
@@ -9,7 +11,7 @@ import pytest
 from sidecar.config import SETTINGS, Settings, load_settings, settings_table
 from sidecar.errors import ConfigError
 
-README = Path(__file__).parent.parent / "README.md"
+CONFIGURATION_DOC = Path(__file__).parent.parent / "docs" / "configuration.md"
 
 
 def test_precedence_cli_over_env_over_file(tmp_path):
@@ -68,10 +70,10 @@ def test_default_buckets_span_1ms_to_max_timeout():
     assert b[0] == 0.001 and b[-1] == 300 and list(b) == sorted(b)
 
 
-def test_readme_configuration_table_is_current():
-    text = README.read_text()
-    assert settings_table() in text, "README configuration table is stale: paste `sidecar settings` output"
-    assert re.search(r"## Configuration", text)
+def test_configuration_doc_holds_the_settings_table():
+    text = CONFIGURATION_DOC.read_text()
+    assert settings_table() in text, "docs/configuration.md is stale: run `.venv/bin/python scripts/gen_docs.py`"
+    assert re.search(r"^## Settings$", text, re.M)
 
 
 CHECK = '[checks.c]\nplugin = "echo"\n'
@@ -106,8 +108,8 @@ def test_bad_check_values_name_file_table_key_and_value(tmp_path, line, key, val
 @pytest.mark.parametrize(("toml", "needle"), [
     ('[checks.c]\nplugin = "Echo"\n', "plugin = 'Echo' is invalid"),
     ('[checks.c]\nplugin = "echo"\nbogus = 1\n',
-     "unknown key 'bogus'; allowed: description, host_processes, interval_seconds, isolation, memory_limit_mb, "
-     "network, params, plugin, timeout_seconds"),
+     "unknown key 'bogus'; allowed: description, group, groups, host_processes, interval_seconds, isolation, "
+     "memory_limit_mb, network, params, plugin, read_paths, timeout_seconds"),
     ('[checks.Bad-Name]\nplugin = "echo"\n', "the name 'Bad-Name' is invalid"),
     # `$` matches before a final newline and msgspec's pattern searches: names are matched whole
     ('[checks."nlcheck\\n"]\nplugin = "echo"\n', "the name 'nlcheck\\n' is invalid"),
@@ -215,3 +217,50 @@ def test_relative_paths_in_the_config_file_are_relative_to_it(tmp_path, monkeypa
     assert load_settings({"data_dir": "h"}, environ={}).data_dir == str(tmp_path / "h")
     assert load_settings({}, environ={"SIDECAR_DATA_DIR": "/abs/h"}).data_dir == "/abs/h"
     assert load_settings({}, environ={"SIDECAR_PLUGIN_PATH": "p:/q"}).plugin_path == (str(tmp_path / "p"), "/q")
+
+
+def _check(tmp_path: Path, body: str) -> Path:
+    config = tmp_path / "c.toml"
+    config.write_text(f'[checks.logs]\nplugin = "echo"\n{body}\n')
+    return config
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root can give runs groups")
+def test_a_check_takes_groups_and_reads_granted_paths(tmp_path, monkeypatch):
+    (tmp_path / "app-logs").mkdir()
+    config = _check(tmp_path, 'group = "adm"\ngroups = ["adm", 0]\nread_paths = ["app-logs", "/etc"]')
+    monkeypatch.chdir("/")
+    check = load_settings({"config": str(config)}, environ={}).checks[0]
+    adm = grp.getgrnam("adm").gr_gid
+    assert (check.group, check.groups) == (adm, tuple(sorted({adm, 0})))
+    assert check.read_paths == (str(tmp_path / "app-logs"), "/etc")  # beside the config file, like every path
+    plain = load_settings({"config": str(_check(tmp_path, ""))}, environ={}).checks[0]
+    assert (plain.group, plain.groups, plain.read_paths) == (None, None, ())  # the sidecar's defaults apply
+    assert load_settings({}, environ={"SIDECAR_DEFAULT_GROUPS": "adm"}).default_groups == ("adm",)
+
+
+@pytest.mark.parametrize(("body", "needle"), [
+    ('groups = ["no-such-group"]', "[checks.logs]: groups = ['no-such-group'] is invalid: there is no group "
+                                   "'no-such-group' on this host"),
+    ('group = "no-such-group"', "[checks.logs]: group = 'no-such-group' is invalid: there is no group"),
+    ('groups = "adm"', "[checks.logs]: groups = 'adm' is invalid: expected an array"),
+    ('read_paths = ["missing"]', "[checks.logs]: read_paths = ['missing'] is invalid: "),
+    ('read_paths = ["/"]', "[checks.logs]: read_paths = ['/'] is invalid: name the directories"),
+])
+def test_bad_groups_and_paths_are_refused_naming_file_table_and_key(tmp_path, body, needle):
+    config = _check(tmp_path, body)
+    with pytest.raises(ConfigError) as caught:
+        load_settings({"config": str(config)}, environ={})
+    assert caught.value.message.startswith(str(config)), caught.value.message
+    assert needle in caught.value.message, caught.value.message
+
+
+def test_groups_are_refused_when_the_sidecar_is_not_root(tmp_path, monkeypatch):
+    monkeypatch.setattr("os.geteuid", lambda: 1000)
+    with pytest.raises(ConfigError, match=r"\[checks.logs\]: groups = \['adm'\] is invalid: only a sidecar running "
+                                          "as root can give its runs groups"):
+        load_settings({"config": str(_check(tmp_path, 'groups = ["adm"]'))}, environ={})
+    with pytest.raises(ConfigError, match="SIDECAR_DEFAULT_GROUPS: default_groups = 'adm' is invalid: only a sidecar"):
+        load_settings({}, environ={"SIDECAR_DEFAULT_GROUPS": "adm"})
+    with pytest.raises(ConfigError, match="SIDECAR_DEFAULT_GROUP: default_group = 'nope' is invalid"):
+        load_settings({}, environ={"SIDECAR_DEFAULT_GROUP": "nope"})

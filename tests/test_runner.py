@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import grp
 import os
 import signal
 import threading
@@ -15,10 +16,11 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from sidecar.config import CheckConfig, Settings
+from sidecar.config import CheckConfig, Settings, load_settings
 from sidecar.errors import BadRequest, ConfigError, Saturated, Stopping
 from sidecar.plugins import Entry
 from sidecar.runner import Runner, health_status
+from sidecar.sandbox.child import PLUGIN_ID_BASE
 
 from .conftest import poll
 
@@ -473,7 +475,7 @@ def _launcher_process(root: int) -> int:
         pid = frontier.pop()
         with open(f"/proc/{pid}/cmdline", "rb") as f:
             argv = f.read().split(b"\0")
-        if b"sidecar.sandbox.launcher" in argv and not argv[0].endswith(b"bwrap"):
+        if argv[0] == b"sidecar: launcher":  # its title (`sandbox.title`); bubblewrap's command names the module
             return pid
         for tid in os.listdir(f"/proc/{pid}/task"):
             with open(f"/proc/{pid}/task/{tid}/children") as f:
@@ -640,5 +642,60 @@ def test_a_stopping_runner_lets_its_run_finish_refuses_new_work_and_says_not_rea
             assert refused.value.status == 503 and refused.value.code == "stopping"
         state = runner.ready()
         assert not state["ready"] and state["reason"] == "the sidecar is stopping"
+    finally:
+        runner.close()
+
+
+LOG_READER = '''
+import os
+
+def run(path):
+    try:
+        with open(path) as f:
+            text = f.read()
+    except OSError as exc:
+        return {"read": type(exc).__name__}
+    try:
+        with open(os.path.join(os.path.dirname(path), "forged.log"), "w") as f:
+            f.write("x")
+        wrote = "wrote"
+    except OSError as exc:
+        wrote = type(exc).__name__
+    return {"read": text, "write": wrote, "groups": sorted(os.getgroups()), "uid": os.getuid()}
+'''
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="as root each run takes a uid of its own; only root gives groups")
+def test_a_served_check_reads_what_its_table_grants_and_nothing_more(tmp_path: Path):
+    """`groups = ["adm"]` reads a 0640 root:adm log, read-only, from a directory under /tmp named in
+    `read_paths`; the same check without the group gets PermissionError, and without the path sees its own /tmp."""
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "read_log.py").write_text(LOG_READER)
+    logs = tmp_path / "app-logs"
+    logs.mkdir(mode=0o755)
+    log = logs / "app.log"
+    log.write_text("line 1\n")
+    os.chown(log, 0, grp.getgrnam("adm").gr_gid)
+    log.chmod(0o640)
+    config = tmp_path / "sidecar.toml"
+    config.write_text(
+        f'[checks.with_adm]\nplugin = "read_log"\nparams = {{ path = "{log}" }}\ngroups = ["adm"]\n'
+        'read_paths = ["app-logs"]\n\n'
+        f'[checks.without_group]\nplugin = "read_log"\nparams = {{ path = "{log}" }}\nread_paths = ["app-logs"]\n\n'
+        f'[checks.without_path]\nplugin = "read_log"\nparams = {{ path = "{log}" }}\ngroups = ["adm"]\n')
+    settings = load_settings({"config": str(config), "data_dir": str(tmp_path / "data"),
+                              "plugin_path": str(plugins)}, environ={})
+    runner = Runner(settings.replace(entry_points=False), start_scheduler=False)
+    try:
+        out = runner.run("with_adm")
+        assert out["outcome"] == "success", out
+        assert out["result"]["read"] == "line 1\n"
+        assert out["result"]["write"] == "OSError"  # read-only: EROFS
+        assert out["result"]["groups"] == [grp.getgrnam("adm").gr_gid]
+        assert out["result"]["uid"] >= PLUGIN_ID_BASE  # the uid stays the run's own
+        assert runner.run("without_group")["result"] == {"read": "PermissionError"}
+        assert runner.run("without_path")["result"] == {"read": "FileNotFoundError"}  # runs have a private /tmp
+        assert not (logs / "forged.log").exists()
     finally:
         runner.close()

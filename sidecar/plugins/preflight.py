@@ -131,8 +131,10 @@ def check_params(where: str, plugin: str, params: Mapping[str, Any], signature: 
 
 
 def check_paths(where: str, plugin: str, params: Mapping[str, Any], hidden: Iterable[str] = (),
-                private_tmp: bool = True) -> list[Finding]:
-    """Paths in a built-in's well-known params: absolute, present and visible in the run's view."""
+                private_tmp: bool = True, granted: Iterable[str] = ()) -> list[Finding]:
+    """Paths in a built-in's well-known params: absolute, present and visible in the run's view (where the
+    check's `read_paths` show the host's)."""
+    granted = tuple(granted)
     found: list[Finding] = []
     for key in PATH_PARAMS.get(plugin, ()):
         value = params.get(key)
@@ -142,10 +144,12 @@ def check_paths(where: str, plugin: str, params: Mapping[str, Any], hidden: Iter
             found.append(Finding(where, f"params.{key}", f"{value!r} is relative: it depends on the run's working "
                                  "directory, which is not the sidecar's", "give an absolute path"))
             continue
-        if private_tmp and any(_within(value, d) for d in PRIVATE_DIRS):
+        if private_tmp and any(_within(value, d) for d in PRIVATE_DIRS) and not any(_within(value, g)
+                                                                                     for g in granted):
             found.append(Finding(where, f"params.{key}", f"{value!r} is under {_private_root(value)}, which is "
                                  "private to each run: the run sees its own, empty one",
-                                 "keep the file elsewhere (e.g. under /var/lib or /run)"))
+                                 f"grant it with read_paths = [{_grant(value)!r}] in the check's "
+                                 "table, or keep the file elsewhere (e.g. under /var/lib or /run)"))
         elif any(_within(value, h) for h in hidden):
             found.append(Finding(where, f"params.{key}", f"{value!r} is hidden from plugins (the sidecar's own "
                                  "files)", "point the check at the application's files, not the sidecar's"))
@@ -170,6 +174,11 @@ def check_readable(where: str, path: str) -> list[Finding]:
         found.append(Finding(where, None, f"its directory is mode {stat.filemode(dir_mode)}: runs, which take a uid "
                              "of their own, cannot list it", f"chmod o+rx {directory}"))
     return found
+
+
+def _grant(path: str) -> str:
+    """What to bind for `path`: itself if a directory, else its directory (never /tmp as a whole)."""
+    return path if os.path.isdir(path) or os.path.dirname(path) in PRIVATE_DIRS else os.path.dirname(path)
 
 
 def _within(path: str, directory: str) -> bool:

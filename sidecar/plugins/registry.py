@@ -64,6 +64,11 @@ class Entry:
     network: bool = False
     #: the plugin's metadata (or, for a check, its table) asks to read the host's processes
     host_processes: bool = False
+    #: a check's groups for its runs, as gids (None: the sidecar's `default_group`/`default_groups`)
+    group: int | None = None
+    groups: tuple[int, ...] | None = None
+    #: host paths a check's runs read, bound read-only into their view
+    read_paths: tuple[str, ...] = ()
 
     @property
     def description(self) -> str:
@@ -220,6 +225,7 @@ def _check_entry(check: CheckConfig, registry: Registry, now: float) -> Entry | 
         memory_limit_mb=check.memory_limit_mb or base.memory_limit_mb,
         isolation=check.isolation, network=base.network if check.network is None else check.network,
         host_processes=base.host_processes if check.host_processes is None else check.host_processes,
+        group=check.group, groups=check.groups, read_paths=check.read_paths,
     )
 
 

@@ -28,9 +28,11 @@ from ..defaults import MAX_PROCESSES
 from ..framing import HEADER, write_all
 from . import _warmup
 from .outcomes import classify_exception
+from .protocol import PluginWire, ResultMessage, RunRequestWire
+from .title import set_title
 
-__all__ = ["PLUGIN_ID_BASE", "REQUEST_FD", "RESULT_FD", "confine_fds", "drop_privileges", "error_from", "load_entry",
-           "read_request", "serve_request", "spare_main", "use_caller_path"]
+__all__ = ["PLUGIN_ID_BASE", "REQUEST_FD", "RESULT_FD", "Identity", "confine_fds", "drop_privileges", "error_from",
+           "load_entry", "read_request", "serve_request", "spare_main", "use_caller_path"]
 
 #: Fixed fds in the child: 0-2 are stdin (/dev/null), stdout, stderr pipes.
 RESULT_FD = 3
@@ -45,16 +47,22 @@ _PR_SET_NO_NEW_PRIVS = 38
 _PR_SET_CHILD_SUBREAPER = 36
 
 
+#: The groups a launcher's runs take when they drop root: (primary gid, None for their own; supplementary gids).
+Identity = tuple[int | None, tuple[int, ...]]
+
+
 class ResultTooLarge(Exception):
     pass
 
 
-def drop_privileges(prctl: Any, home: str) -> None:
-    """As root: become a uid/gid nobody else has, in the order that leaves no way back (see `isolation`)."""
+def drop_privileges(prctl: Any, home: str, identity: Identity = (None, ())) -> None:
+    """As root: become a uid nobody else has, with the groups the operator granted (else a gid of its own and
+    none), in the order that leaves no way back (see `isolation`)."""
     ident = PLUGIN_ID_BASE + os.getpid()
+    group, groups = identity
     os.chown(home, ident, ident)
-    os.setgroups([])
-    os.setgid(ident)
+    os.setgroups(list(groups))
+    os.setgid(ident if group is None else group)
     os.setuid(ident)
     if prctl is not None:
         prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
@@ -80,11 +88,11 @@ def _trim(text: str) -> str:
     return text[:half] + "\n... trimmed ...\n" + text[-half:]
 
 
-def _error(outcome: str, type_: str, message: str, tb: str | None = None) -> dict[str, Any]:
+def _error(outcome: str, type_: str, message: str, tb: str | None = None) -> ResultMessage:
     return {"outcome": outcome, "error": {"type": type_, "message": message, "traceback": tb}}
 
 
-def error_from(exc: BaseException, outcome: str) -> dict[str, Any]:
+def error_from(exc: BaseException, outcome: str) -> ResultMessage:
     """Drop the frames' locals first (after a MemoryError they still hold the memory), then format."""
     import traceback
 
@@ -96,7 +104,7 @@ def error_from(exc: BaseException, outcome: str) -> dict[str, Any]:
     return _error(outcome, type(exc).__name__, _trim(message), tb)
 
 
-def _encode(message: dict[str, Any], max_bytes: int) -> bytes:
+def _encode(message: ResultMessage, max_bytes: int) -> bytes:
     """JSON-encode, giving up as soon as the output passes max_bytes (no 300 MB string built twice)."""
     parts: list[str] = []
     size = 0
@@ -108,7 +116,7 @@ def _encode(message: dict[str, Any], max_bytes: int) -> bytes:
     return "".join(parts).encode("utf-8", "surrogatepass")
 
 
-def _load(plugin: dict[str, Any]) -> Any:
+def _load(plugin: PluginWire) -> Any:
     path = plugin.get("path")
     if path:
         directory = os.path.dirname(path)
@@ -139,7 +147,7 @@ def use_caller_path(caller_path: list[str] | None) -> None:
         sys.path[:] = [*caller_path, *(p for p in sys.path if p not in caller_path)]
 
 
-def load_entry(plugin: dict[str, Any]) -> Any:
+def load_entry(plugin: PluginWire) -> Any:
     """Import the plugin and return its callable (`run`, or the reference's attribute)."""
     func = getattr(_load(plugin), str(plugin.get("attr") or "run"), None)
     if not callable(func):
@@ -147,7 +155,7 @@ def load_entry(plugin: dict[str, Any]) -> Any:
     return func
 
 
-def _execute(request: dict[str, Any], preloaded: Any = None) -> dict[str, Any]:
+def _execute(request: RunRequestWire, preloaded: Any = None) -> ResultMessage:
     """Run the request; `preloaded` is the callable a template imported already (then nothing is imported)."""
     func = preloaded
     if func is None:
@@ -168,21 +176,24 @@ def _execute(request: dict[str, Any], preloaded: Any = None) -> dict[str, Any]:
         return error_from(exc, classify_exception(exc))
     except BaseException as exc:  # noqa: B036 - SystemExit and KeyboardInterrupt are outcomes too
         return error_from(exc, classify_exception(exc))
-    return {"outcome": "success", "result": result, **_reported()}
+    message: ResultMessage = {"outcome": "success", "result": result}
+    report = _reported()
+    if report is not None:
+        message["report"] = report
+    return message
 
 
-def _reported() -> dict[str, Any]:
+def _reported() -> Any:
     """What the plugin reported through `sidecar.check` in this run, if it imported it (the runner
-    validates it; a report that cannot be taken is left out, never failing the run)."""
+    validates it; a report that cannot be taken is left out, never failing the run): None if nothing."""
     check = sys.modules.get("sidecar.check")
     try:
-        report = check.take() if check is not None else None
+        return check.take() if check is not None else None
     except Exception:
-        return {}
-    return {} if report is None else {"report": report}
+        return None
 
 
-def _payload(message: dict[str, Any], max_bytes: int) -> bytes:
+def _payload(message: ResultMessage, max_bytes: int) -> bytes:
     try:
         return _encode(message, max_bytes)
     except ResultTooLarge as exc:
@@ -207,8 +218,10 @@ def _flush_std() -> None:
 
 def _warm_up() -> None:
     """Walk the run path once on a stand-in plugin (see `_warmup`); failures here do not matter."""
+    refs: tuple[PluginWire, ...] = ({"name": "warmup", "path": _warmup.__file__, "module": None, "attr": "run"},
+                                    {"name": "warmup", "path": None, "module": _warmup.__name__, "attr": "run"})
     try:
-        for ref in ({"name": "warmup", "path": _warmup.__file__}, {"name": "warmup", "module": _warmup.__name__}):
+        for ref in refs:
             module = _load(ref)
             _encode({"outcome": "success", "result": module.run(x=1)}, 1 << 20)
         sys.modules.pop("sidecar_plugin_warmup", None)
@@ -218,7 +231,7 @@ def _warm_up() -> None:
         pass
 
 
-def read_request() -> dict[str, Any] | None:
+def read_request() -> RunRequestWire | None:
     data = bytearray()
     while True:
         chunk = os.read(REQUEST_FD, 1 << 16)
@@ -227,7 +240,8 @@ def read_request() -> dict[str, Any] | None:
         data += chunk
     if len(data) < HEADER.size:
         return None
-    return dict(json.loads(bytes(data[HEADER.size :])))
+    request: RunRequestWire = json.loads(bytes(data[HEADER.size :]))  # from the caller: trusted
+    return request
 
 
 def become_unit(prctl: Any) -> None:
@@ -277,7 +291,7 @@ def confine_fds(fds: tuple[int, int, int, int], keep_others: bool = False) -> No
         os.closerange(REQUEST_FD + 1, 1 << 16)
 
 
-def serve_request(request: dict[str, Any], preloaded: Any = None) -> None:
+def serve_request(request: RunRequestWire, preloaded: Any = None) -> None:
     """Apply the run's limits, run it, and write its one framed result message."""
     _confine(int(request["memory_limit_mb"]), request.get("max_processes"))
     gc.enable()
@@ -289,10 +303,11 @@ def serve_request(request: dict[str, Any], preloaded: Any = None) -> None:
     write_all(RESULT_FD, HEADER.pack(len(payload)) + payload)
 
 
-def spare_main(fds: tuple[int, int, int, int], prctl: Any, tmp: str, drop: bool = False,
+def spare_main(fds: tuple[int, int, int, int], prctl: Any, tmp: str, drop: Identity | None = None,
                join: Callable[[], None] | None = None) -> NoReturn:
     """Entry point in a forked spare. fds = (result_w, stdout_w, stderr_w, request_r); `tmp` is its own;
-    `join` moves it into its unit's cgroups (as root, first: it raises where it cannot, and then no run)."""
+    `drop`: as root, the groups of the identity it drops to (None: it keeps the launcher's); `join` moves it
+    into its unit's cgroups (as root, first: it raises where it cannot, and then no run)."""
     code = 0
     try:
         if join is not None:
@@ -302,13 +317,15 @@ def spare_main(fds: tuple[int, int, int, int], prctl: Any, tmp: str, drop: bool 
         become_unit(prctl)
         confine_fds(fds)
         os.environ["TMPDIR"] = os.environ["HOME"] = tmp
-        if drop:  # before the warm-up: no code runs here as root that a plugin could have touched
-            drop_privileges(prctl, tmp)
+        if drop is not None:  # before the warm-up: no code runs here as root that a plugin could have touched
+            drop_privileges(prctl, tmp, drop)
 
         _warm_up()
+        set_title("sidecar: spare")
         request = read_request()
         if request is None:  # retired spare
             os._exit(0)
+        set_title(f"sidecar: run of {request['plugin']['name']}")
         serve_request(request)
         await_end()
     except BaseException:  # noqa: B036 - the launcher reports a missing result as a crash

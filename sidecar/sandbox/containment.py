@@ -35,6 +35,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from .protocol import CgroupsWire, UnitWire
+
 __all__ = ["Cgroups", "Unit", "Units", "describe", "detect", "end_unit_now", "kill_launcher_units", "release",
            "stop_tree"]
 
@@ -65,13 +67,13 @@ class Cgroups:
     def dirs(self) -> list[str]:
         return list(dict.fromkeys(d for d in (self.kill, self.memory, self.pids) if d))
 
-    def to_wire(self) -> dict[str, Any]:
+    def to_wire(self) -> CgroupsWire:
         return {"kill": self.kill, "memory": self.memory, "memory_v2": self.memory_v2, "pids": self.pids,
                 "pids_v2": self.pids_v2, "why": self.why}
 
     @classmethod
-    def from_wire(cls, d: dict[str, Any] | None) -> Cgroups:
-        d = d or {}
+    def from_wire(cls, wire: CgroupsWire | None) -> Cgroups:
+        d: dict[str, Any] = dict(wire or {})
         return cls(d.get("kill"), d.get("memory"), bool(d.get("memory_v2")), d.get("pids"), bool(d.get("pids_v2")),
                    str(d.get("why") or ""))
 
@@ -338,13 +340,13 @@ class Unit:
         #: the memory limit in force on its cgroup (bytes; 0: none set yet)
         self.limit = 0
 
-    def wire(self) -> dict[str, Any]:
+    def wire(self) -> UnitWire:
         """What the caller needs to set the run's memory limit before the run reads its request, and to end
         the unit itself once it has the result (`end_unit_now`)."""
         return {"memory": self.memory_dir, "memory_v2": self.memory_v2, "kill": self.kill_dir, "limit": self.limit}
 
     @classmethod
-    def from_wire(cls, leader: int, wire: dict[str, Any]) -> Unit:
+    def from_wire(cls, leader: int, wire: UnitWire) -> Unit:
         unit = cls(leader, "")
         unit.kill_dir, unit.memory_dir = wire.get("kill"), wire.get("memory")
         unit.memory_v2 = bool(wire.get("memory_v2"))
@@ -488,7 +490,7 @@ def _gone(pid: int) -> bool:
     return st is None or st[0] in (b"Z", b"X")
 
 
-def end_unit_now(pidfd: int, wire: dict[str, Any] | None, settle_seconds: float = 0.2) -> tuple[int, bool] | None:
+def end_unit_now(pidfd: int, wire: UnitWire | None, settle_seconds: float = 0.2) -> tuple[int, bool] | None:
     """From the caller, the moment it has a run's result: kill the run's whole unit, so that its answer need
     not wait for the launcher's exit report (the launcher still reaps, reports and cleans up after).
 
@@ -570,7 +572,7 @@ class Units:
         self.spares = spares
         #: the directories of ended units kept for reuse (`_reuse`), and the parents whose units' may be
         self.reused: list[Unit] = []
-        self.keep = {d for d in (self.kill_dir, self.pids_dir) if d and d != self.memory_dir}
+        self.keep = {d for d in (self.pids_dir,) if d and d not in (self.kill_dir, self.memory_dir)}
         self._seq = 0
         #: the hierarchy whose membership names a process's unit: (its line in /proc/PID/cgroup, our path there)
         self.member_key, self.member_prefix = self._membership()
@@ -611,18 +613,20 @@ class Units:
         return bool(self.dirs) and len(self.ready) < self.spares
 
     def _new_unit(self) -> Unit:
-        self._seq += 1
-        return Unit(0, f"u{self._seq}")
+        return Unit(0, "")
 
     def _fill(self, unit: Unit) -> Unit:
-        """Make the directories `unit` lacks (all of a new one; a reused one's memory cgroup)."""
+        """Make the directories `unit` lacks (all of a new one; a reused one's others), under a name never used
+        before: a caller may still hold an ended unit's paths (`Unit.wire`), which must never name a later one."""
+        self._seq += 1
+        fresh = f"u{self._seq}"
         made: list[str] = []
         for attr in ("kill_dir", "memory_dir", "pids_dir"):
             parent = getattr(self, attr)
             if parent is None or getattr(unit, attr) is not None:
                 continue
             existing = next((d for d in unit.dirs if os.path.dirname(d) == parent), None)
-            path = existing or _make(parent, unit.name)
+            path = existing or _make(parent, fresh)
             if path is None:
                 continue
             if existing is None:
@@ -632,15 +636,18 @@ class Units:
         if unit.pids_dir in made:  # a reused one has it already
             with contextlib.suppress(OSError):
                 _write(os.path.join(unit.pids_dir, "pids.max"), str(self.max_processes))
+        member = unit.kill_dir or unit.pids_dir or unit.memory_dir  # the hierarchy `owner` reads (`_membership`)
+        unit.name = os.path.basename(member) if member else fresh
         unit.memory_v2 = self.cg.memory_v2
         unit.pids_v2 = self.cg.pids_v2
         return unit
 
     def _reuse(self, unit: Unit) -> bool:
-        """Keep an ended unit's stateless directories (a v2 one used for `cgroup.kill` alone, a v1 `pids` one) for
-        a later unit, so that they cost no `mkdir`/`rmdir`/`pids.max` per run; its memory cgroup goes, since its
-        peak, its OOM count and what stays charged to it belong to the run that ended. Only empty ones are kept
-        (nothing of a run may be in another's), and no more than `spares` of them."""
+        """Keep an ended unit's v1 `pids` cgroup for a later unit, so that it costs no `mkdir`/`rmdir`/`pids.max`
+        per run. Only that one: the caller may still hold the paths of the unit's `cgroup.kill` and memory
+        cgroups (`Unit.wire`), which must never name a later run's; and a memory cgroup's peak, OOM count and
+        what stays charged to it belong to the run that ended. Only an empty one is kept (nothing of a run
+        may be in another's), and no more than `spares` of them."""
         if len(self.reused) >= self.spares or not unit.dirs:
             return False
         keep = [d for d in unit.dirs if os.path.dirname(d) in self.keep]
@@ -662,10 +669,9 @@ class Units:
                 return False  # an unreaped zombie still counts: it would shrink the next run's allowance
         except (OSError, ValueError):
             return False
-        shell = Unit(0, unit.name)
+        shell = Unit(0, "")
         shell.dirs = keep
-        shell.kill_dir = unit.kill_dir if unit.kill_dir in keep else None
-        shell.pids_dir = unit.pids_dir if unit.pids_dir in keep else None
+        shell.pids_dir = unit.pids_dir
         self.reused.append(shell)
         return True
 

@@ -4,7 +4,8 @@ Two layers:
 
 - **Namespaces** (bubblewrap, when installed): the launcher starts inside its own mount, PID and
   IPC namespaces. There the sidecar's data directory, the runner's socket directory and the token
-  file are covered, `/proc` lists the namespace's processes only, `/tmp` is private, and
+  file are covered, `/proc` lists the namespace's processes only, `/tmp` is private (as root, not
+  writable by runs: each has a tmpfs of its own, `run_tmp`), and
   directories a plugin needs behind a closed ancestor (`/root`, a 0700 clone) are bound into a
   fresh, traversable tree. When the namespace's first process dies, the kernel kills everything
   inside it: nothing a plugin starts outlives the launcher.
@@ -49,6 +50,12 @@ class Confinement:
     network: bool = True
     #: the host's /proc stays visible; as root also the host's PID namespace (see `bwrap_command`)
     host_processes: bool = False
+    #: as root, the primary group its runs take instead of a gid of their own (None: their own)
+    group: int | None = None
+    #: as root, the supplementary groups its runs take (e.g. `adm`'s, to read /var/log)
+    groups: tuple[int, ...] = ()
+    #: host paths its runs read, bound read-only into their view (a log directory under /tmp, say)
+    read_paths: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -66,11 +73,13 @@ class Isolation:
         if self.mode not in MODES:
             raise ConfigError(f"isolation must be one of {', '.join(MODES)}, got {self.mode!r}")
 
-    def confinement(self, mode: str | None = None, network: bool = False,
-                    host_processes: bool = False) -> Confinement:
+    def confinement(self, mode: str | None = None, network: bool = False, host_processes: bool = False,
+                    group: int | None = None, groups: tuple[int, ...] = (),
+                    read_paths: tuple[str, ...] = ()) -> Confinement:
         """The confinement of one run: its check's mode (else ours); network only matters in strict."""
         strict = (mode or self.mode) == "strict"
-        return Confinement(strict=strict, network=network or not strict, host_processes=host_processes)
+        return Confinement(strict=strict, network=network or not strict, host_processes=host_processes,
+                           group=group, groups=tuple(sorted(set(groups))), read_paths=tuple(sorted(set(read_paths))))
 
 
 def require_available(mode: str, bwrap: str | None = None) -> None:
@@ -149,9 +158,11 @@ def bwrap_command(bwrap: str, confinement: Confinement, needed: Iterable[str], h
     args += ["--ro-bind" if confinement.strict else "--bind", "/", "/", "--dev", "/dev"]
     if not confinement.host_processes:  # else the host's /proc, bound with `/`, stays
         args += ["--proc", "/proc"]
-    args += ["--perms", "1777", "--tmpfs", "/tmp"]
+    # As root each run has a uid and a tmpfs of its own (`run_tmp`): no run may write a /tmp another reads.
+    shared_tmp = "0711" if as_root else "1777"
+    args += ["--perms", shared_tmp, "--tmpfs", "/tmp"]
     if os.path.isdir("/var/tmp"):
-        args += ["--perms", "1777", "--tmpfs", "/var/tmp"]
+        args += ["--perms", shared_tmp, "--tmpfs", "/var/tmp"]
     covered = ["/tmp", "/var/tmp"]
     binds: list[str] = []
     for path in needed:
@@ -175,6 +186,10 @@ def bwrap_command(bwrap: str, confinement: Confinement, needed: Iterable[str], h
                 made.add(parent)
         args += ["--ro-bind", path, path]
         bound.append(path)
+    for path in confinement.read_paths:  # granted by the operator: read-only, over a private /tmp too
+        real = os.path.realpath(path)
+        if not any(_within(real, b) for b in bound):
+            args += ["--ro-bind", real, real]
     for path in writable:  # the sandbox's cgroup subtree: the launcher makes a unit per run there
         args += ["--bind", path, path]
     for path in hidden:

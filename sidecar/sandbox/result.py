@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import signal
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -95,7 +96,7 @@ class ExitFacts:
     #: leader's resident set, watched from outside); "" when unknown
     memory_by: str = ""
     #: the child's own report, decoded; None when it sent nothing usable
-    message: dict[str, Any] | None = None
+    message: Mapping[str, Any] | None = None
     protocol_error: str | None = None
 
 

@@ -13,10 +13,7 @@ A run is forked twice: the intermediate process exits at once, so the run is re-
 launcher (a child subreaper), which reaps it, reports its exit and kills its process group exactly
 as for a run forked by the launcher itself.
 
-Wire (SOCK_SEQPACKET, one JSON message per packet): launcher → template `{"tmp"}` + 4 fds (result,
-stdout, stderr, request); template → launcher `{"t": "ready", "origin"}`, `{"t": "failed",
-"message"}` (the import's outcome, as a run's result message), `{"t": "threads", "count"}`,
-`{"t": "forked", "pid"}` (0 when the fork failed).
+Its messages to and from the launcher are declared in `protocol` (the template socket).
 """
 
 from __future__ import annotations
@@ -33,6 +30,7 @@ from .child import (
     _PR_SET_NO_NEW_PRIVS,
     _PR_SET_PDEATHSIG,
     REQUEST_FD,
+    Identity,
     _confine,
     _flush_std,
     await_end,
@@ -46,6 +44,8 @@ from .child import (
     use_caller_path,
 )
 from .outcomes import classify_exception
+from .protocol import Fork, TemplateMessage, Want
+from .title import set_title
 
 __all__ = ["TEMPLATE_FD", "template_main"]
 
@@ -53,7 +53,7 @@ __all__ = ["TEMPLATE_FD", "template_main"]
 TEMPLATE_FD = 3
 
 
-def _send(msg: dict[str, Any]) -> None:
+def _send(msg: TemplateMessage) -> None:
     os.write(TEMPLATE_FD, json.dumps(msg).encode())
 
 
@@ -66,7 +66,7 @@ def _threads() -> int:
         return threading.active_count()
 
 
-def _settle(sock: int, tmp: str, prctl: Any, drop: bool) -> None:
+def _settle(sock: int, tmp: str, prctl: Any, drop: Identity | None) -> None:
     os.setsid()  # a unit of its own: no run (its own included) can join its process group
     if prctl is not None:
         prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)  # die with the launcher
@@ -83,8 +83,8 @@ def _settle(sock: int, tmp: str, prctl: Any, drop: bool) -> None:
     os.dup2(devnull, REQUEST_FD, inheritable=False)
     os.closerange(REQUEST_FD + 1, 1 << 16)
     os.environ["TMPDIR"] = os.environ["HOME"] = tmp
-    if drop:
-        drop_privileges(prctl, tmp)
+    if drop is not None:
+        drop_privileges(prctl, tmp, drop)
     if prctl is not None:
         prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
 
@@ -99,6 +99,7 @@ def _run_main(fds: tuple[int, int, int, int], tmp: str, func: Any, prctl: Any, l
         request = read_request()
         if request is None:
             os._exit(0)
+        set_title(f"sidecar: run of {request['plugin']['name']}")
         # The request comes after the launcher registered us, so our intermediate parent is gone
         # and the launcher is our parent: only now can the death signal name the right process.
         if prctl is not None:
@@ -135,12 +136,13 @@ def _fork_run(fds: list[int], tmp: str, func: Any, prctl: Any, launcher: int) ->
     return int(data) if data else 0
 
 
-def template_main(sock: int, prctl: Any, tmp: str, drop: bool, spec: dict[str, Any]) -> NoReturn:
+def template_main(sock: int, prctl: Any, tmp: str, drop: Identity | None, spec: Want) -> NoReturn:
     """Entry point in a template forked by the launcher; `spec` is the want that asked for it."""
     launcher = os.getppid()
     try:
         _settle(sock, tmp, prctl, drop)
-        os.read(TEMPLATE_FD, 64)  # "placed": the launcher put us in our unit; plugin code may start
+        set_title(f"sidecar: template of {spec['plugin']['name']}")
+        os.read(TEMPLATE_FD, 64)  # `PLACED`: the launcher put us in our unit; plugin code may start
         _confine(int(spec["memory_limit_mb"]), spec.get("max_processes"))
         use_caller_path(spec.get("sys_path"))
         try:
@@ -163,8 +165,9 @@ def template_main(sock: int, prctl: Any, tmp: str, drop: bool, spec: dict[str, A
             msg, fds, _flags, _addr = socket.recv_fds(channel, 4096, 4)
             if not msg:
                 os._exit(0)
+            fork: Fork = json.loads(msg)  # from the launcher: trusted
             try:
-                pid = _fork_run(fds, json.loads(msg)["tmp"], func, prctl, launcher) if len(fds) == 4 else 0
+                pid = _fork_run(fds, fork["tmp"], func, prctl, launcher) if len(fds) == 4 else 0
             except OSError:
                 pid = 0
             for fd in fds:

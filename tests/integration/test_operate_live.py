@@ -3,7 +3,7 @@ HTTP through gunicorn with a token, and reloads by SIGHUP and by `POST /-/reload
 
 Chromium is Debian's `chromium` (test.sh installs it as root); without it the browser test is skipped, except
 under CI (env CI set), where it fails. The browser test writes test-artifacts/status-page.png (and the
-README's docs/status-page.png with SIDECAR_UPDATE_SCREENSHOT=1).
+docs' copy, docs/status-page.png, with SIDECAR_UPDATE_SCREENSHOT=1).
 """
 
 from __future__ import annotations
@@ -27,10 +27,10 @@ pytestmark = pytest.mark.integration
 
 TOKEN = "operate-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-#: Each run writes its screenshot under test-artifacts/ (ignored by git); the README's copy in docs/ is
+#: Each run writes its screenshot under test-artifacts/ (ignored by git); the docs' copy in docs/ is
 #: refreshed on purpose with SIDECAR_UPDATE_SCREENSHOT=1, so a test run leaves the tree clean.
 SCREENSHOT = Path(__file__).parents[2] / "test-artifacts" / "status-page.png"
-README_SCREENSHOT = Path(__file__).parents[2] / "docs" / "status-page.png"
+DOCS_SCREENSHOT = Path(__file__).parents[2] / "docs" / "status-page.png"
 
 
 
@@ -151,7 +151,7 @@ def test_status_page_in_chromium_lists_every_check(server: LiveServer, chromium:
             "--hide-scrollbars")
     assert SCREENSHOT.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     if os.environ.get("SIDECAR_UPDATE_SCREENSHOT") == "1":
-        README_SCREENSHOT.write_bytes(SCREENSHOT.read_bytes())
+        DOCS_SCREENSHOT.write_bytes(SCREENSHOT.read_bytes())
 
 
 # --- probes through gunicorn --------------------------------------------------------------------------

@@ -56,7 +56,20 @@ def test_paths_the_run_would_not_see(params, problem):
 
 def test_paths_the_run_sees_pass():
     assert check_paths("c", "disk_usage", {"path": "/"}) == []
+    assert check_paths("c", "disk_usage", {"path": "/tmp"}, granted=["/tmp"]) == []  # the check's read_paths
+
+
+def test_a_path_under_tmp_names_the_grant_as_the_fix():
+    found = _lines(check_paths("c", "disk_usage", {"path": "/tmp/app-logs/x.log"}))
+    assert "grant it with read_paths = ['/tmp/app-logs'] in the check's table" in found[0], found
     assert check_paths("c", "echo", {"path": "relative/is/fine/for/echo"}) == []
+
+
+def test_a_directory_under_tmp_is_granted_itself_not_all_of_tmp(tmp_path):
+    if not str(tmp_path).startswith("/tmp/"):
+        pytest.skip("the test's directory is not under /tmp")
+    found = _lines(check_paths("c", "disk_usage", {"path": str(tmp_path)}))
+    assert f"grant it with read_paths = [{str(tmp_path)!r}]" in found[0], found
 
 
 def test_a_plugin_in_a_closed_directory_is_named_with_the_fix(tmp_path: Path):

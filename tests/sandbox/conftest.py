@@ -3,6 +3,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -10,6 +11,20 @@ from sidecar.sandbox.client import PluginRef, RunRequest, Sandbox
 from sidecar.sandbox.result import PluginSandboxResult
 
 HOSTILE = Path(__file__).parent / "hostile"
+
+
+def alive(pid: int) -> bool:
+    """Whether `pid` is a live process (not a zombie)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except OSError:
+        return False
+
+
+def run_named(sb: Sandbox, name: str, timeout: float = 10.0, **params: Any) -> PluginSandboxResult:
+    """Run the hostile plugin `name` (tests/sandbox/hostile/`name`.py)."""
+    return sb.run(RunRequest(PluginRef(name, path=str(HOSTILE / f"{name}.py")), params, timeout_seconds=timeout))
 
 
 @pytest.fixture(scope="module", params=[True, False], ids=["templates", "per-run-import"])

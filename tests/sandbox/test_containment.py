@@ -215,7 +215,7 @@ def _sleeper() -> int:
     return pid
 
 
-def test_an_ended_units_cgroups_are_reused_only_empty_and_with_a_new_memory_cgroup():
+def test_an_ended_units_pids_cgroup_is_reused_only_empty_and_its_callers_paths_never_name_a_later_unit():
     if os.geteuid() != 0:
         pytest.skip("making cgroups needs root")
     cg = detect()
@@ -224,26 +224,28 @@ def test_an_ended_units_cgroups_are_reused_only_empty_and_with_a_new_memory_cgro
     units = Units(cg, 64)
     try:
         if not units.keep:
-            pytest.skip("every hierarchy here holds the memory controller: nothing is reused")
+            pytest.skip("no v1 pids hierarchy of its own here: nothing is reused")
         first = _sleeper()
         unit = units.create(first, 64 * 1024 * 1024)
-        memory_dir, kept = unit.memory_dir, [d for d in unit.dirs if os.path.dirname(d) in units.keep]
+        wire = unit.wire()  # what the run's caller holds, maybe past the run's end
+        assert unit.pids_dir is not None
         os.kill(first, 9)
         os.waitpid(first, 0)
         other = _sleeper()
-        for d in kept:  # a process is still in them: never handed on
-            with open(os.path.join(d, "cgroup.procs"), "w") as f:
-                f.write(str(other))
+        with open(os.path.join(unit.pids_dir, "cgroup.procs"), "w") as f:  # a process still in it: never handed on
+            f.write(str(other))
         assert not units.forget(unit)
         assert not units.reused
         os.kill(other, 9)
         os.waitpid(other, 0)
         assert units.forget(unit)
-        assert [u.name for u in units.reused] == [unit.name]
+        assert [u.pids_dir for u in units.reused] == [unit.pids_dir]
         again = units.take()
-        assert again.name == unit.name and set(kept) <= set(again.dirs)
-        if memory_dir is not None and memory_dir not in kept:  # new: its peak and OOM count start from nothing
-            assert again.memory_dir == memory_dir and again.limit == 0
+        assert again.pids_dir == unit.pids_dir
+        for path in (wire["kill"], wire["memory"]):  # gone: a late `cgroup.kill` from that caller hits nothing
+            assert path is None or (path not in again.dirs and not os.path.exists(path))
+        if again.memory_dir is not None:  # new: its limit, peak and OOM count start from nothing
+            assert again.limit == 0
             with open(os.path.join(again.memory_dir, "memory.max" if cg.memory_v2 else "memory.limit_in_bytes")) as f:
                 assert int(f.read().replace("max", str(1 << 62))) > 64 * 1024 * 1024
         units.discard(again)

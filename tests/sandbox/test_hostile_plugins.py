@@ -9,8 +9,9 @@ from typing import Any
 import psutil
 import pytest
 
-from sidecar.sandbox.client import HOST_MEMORY_BYTES, Sandbox
+from sidecar.sandbox.client import Sandbox
 from sidecar.sandbox.result import Outcome
+from sidecar.sandbox.run_result import HOST_MEMORY_BYTES
 
 #: Slack the guards get beyond a run's timeout (the issue's bound: timeout + 1 s).
 SLACK_MS = 1000.0

@@ -78,3 +78,21 @@ def test_host_processes_keeps_the_hosts_proc_and_as_root_its_pid_namespace() -> 
     args = bwrap_command("bwrap", Confinement(host_processes=True), [], [], False)
     assert "--proc" not in args and "--unshare-pid" in args
     assert {"--proc", "--unshare-pid"} <= set(bwrap_command("bwrap", Confinement(), [], [], True))
+
+
+def test_a_granted_path_is_bound_read_only_over_the_private_tmp(tmp_path: Path) -> None:
+    logs = tmp_path / "app-logs"
+    logs.mkdir()
+    args = bwrap_command("bwrap", Confinement(read_paths=(str(logs),)), [], [], True)
+    assert str(logs) in _pairs(args, "--ro-bind")
+    assert args.index(str(logs)) > args.index("/tmp")  # after the private /tmp, so it shows through
+    assert str(logs) not in bwrap_command("bwrap", Confinement(), [], [], True)
+
+
+def test_runs_with_other_groups_or_paths_get_another_launcher() -> None:
+    iso = Isolation()
+    plain = iso.confinement()
+    assert plain == Confinement()  # the default path keeps its one launcher
+    assert iso.confinement(groups=(4, 4)) == iso.confinement(groups=(4,)) != plain
+    assert iso.confinement(group=4) != plain
+    assert iso.confinement(read_paths=("/srv/logs",)) != plain

@@ -1,7 +1,7 @@
 """The cardinality budget: series per plugin and per sidecar, pinned from a real /metrics render.
 
 A change to these numbers multiplies across every plugin of every sidecar of a fleet, so it must be a
-decision: update PER_PLUGIN (and the README's budget table, which a test compares with it) in the same
+decision: update PER_PLUGIN (and the budget table of docs/scale.md, which a test compares with it) in the same
 change. The counts come from the app's own /metrics, rendered in-process with default settings.
 """
 
@@ -156,9 +156,9 @@ def test_reported_series_are_capped_per_plugin(tmp_path: Path) -> None:
         flask_app.extensions["sidecar_backend"].close()
 
 
-def test_readme_budget_table_matches() -> None:
-    readme = (REPO_ROOT / "README.md").read_text()
-    section = readme[readme.index("### Cardinality budget") :]
+def test_docs_budget_table_matches() -> None:
+    doc = (REPO_ROOT / "docs" / "scale.md").read_text()
+    section = doc[doc.index("## Cardinality budget") :]
     rows = dict(re.findall(r"^\| `((?:sidecar|process|python)_[a-z_]+)` \| (\d+) \|", section, flags=re.MULTILINE))
     assert {k: int(v) for k, v in rows.items()} == {**PER_PLUGIN, **PER_SIDECAR}
     assert f"**{sum(PER_PLUGIN.values())}**" in section

@@ -336,11 +336,11 @@ def test_stderr_is_not_the_message() -> None:
     assert state == "warning" and result["message"] == "WARNING - slow"
 
 
-def test_the_readmes_check_disk_example_runs_as_documented(tmp_path: Path) -> None:
-    """The README's `[checks.root_disk]` table, run once: its state and the series it shows are on /metrics."""
+def test_the_docs_check_disk_example_runs_as_documented(tmp_path: Path) -> None:
+    """docs/plugins.md's `[checks.root_disk]` table, run once: its state and the series it shows are on /metrics."""
     _require_plugins()
-    readme = (Path(__file__).resolve().parents[3] / "README.md").read_text()
-    section = readme[readme.index("### Monitoring plugins as checks"):]
+    doc = (Path(__file__).resolve().parents[3] / "docs" / "plugins.md").read_text()
+    section = doc[doc.index("## Monitoring plugins as checks"):]
     table = re.search(r"```toml\n(\[checks\.root_disk\].*?)```", section, re.S)
     shown = re.search(r"```\n(sidecar_check_state\{plugin=\"root_disk\".*?)```", section, re.S)
     assert table and shown

@@ -1,11 +1,13 @@
-"""The launcher's loop never blocks on a peer (`sidecar.sandbox.launcher`)."""
+"""The launcher's callers (`sidecar.sandbox.connections`): a peer that does not read never blocks the loop."""
 
 from __future__ import annotations
 
 import select
 import socket
+from typing import Any
 
-from sidecar.sandbox.launcher import Launcher, _Conn
+from sidecar.sandbox.connections import Conn
+from sidecar.sandbox.launcher import Launcher
 
 
 def test_a_caller_that_does_not_read_never_blocks_the_launcher_and_is_dropped():
@@ -13,10 +15,10 @@ def test_a_caller_that_does_not_read_never_blocks_the_launcher_and_is_dropped():
     launcher = Launcher(ctrl)
     mine, theirs = socket.socketpair()
     theirs.setblocking(False)
-    conn = _Conn(theirs)
+    conn = Conn(theirs)
     launcher.conns[theirs.fileno()] = conn
     launcher.epoll.register(theirs.fileno(), select.EPOLLIN)
-    big = {"t": "stats", "pad": "x" * 60_000}
+    big: Any = {"t": "stats", "pad": "x" * 60_000}  # a message far larger than any of the protocol
     try:
         # More than the socket takes, less than the launcher's buffer: queued at once, nothing blocks.
         assert all(launcher._send(conn, big) for _ in range(8))
