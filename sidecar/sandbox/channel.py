@@ -1,7 +1,8 @@
 """A calling thread's channel: its connection to the launcher, the tickets it holds, the messages it sends.
 
-The launcher hands each connection two tickets at once (see `protocol`); the channel queues them as they come,
-with their fds, and turns a launcher that does not answer, exits or garbles a message into `LauncherLost`.
+The launcher hands each connection a ticket, two once it ran on one (see `protocol`); the channel queues
+them as they come, with their fds, and turns a launcher that does not answer, exits or garbles a message
+into `LauncherLost`.
 """
 
 from __future__ import annotations

@@ -21,6 +21,7 @@ import os
 import resource
 import signal
 import sys
+from collections.abc import Callable
 from typing import Any, NoReturn
 
 from ..defaults import MAX_PROCESSES
@@ -302,11 +303,15 @@ def serve_request(request: RunRequestWire, preloaded: Any = None) -> None:
     write_all(RESULT_FD, HEADER.pack(len(payload)) + payload)
 
 
-def spare_main(fds: tuple[int, int, int, int], prctl: Any, tmp: str, drop: Identity | None = None) -> NoReturn:
+def spare_main(fds: tuple[int, int, int, int], prctl: Any, tmp: str, drop: Identity | None = None,
+               join: Callable[[], None] | None = None) -> NoReturn:
     """Entry point in a forked spare. fds = (result_w, stdout_w, stderr_w, request_r); `tmp` is its own;
-    `drop`: as root, the groups of the identity it drops to (None: it keeps the launcher's)."""
+    `drop`: as root, the groups of the identity it drops to (None: it keeps the launcher's); `join` moves it
+    into its unit's cgroups (as root, first: it raises where it cannot, and then no run)."""
     code = 0
     try:
+        if join is not None:
+            join()
         if prctl is not None:
             prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)  # die with the launcher
         become_unit(prctl)

@@ -22,7 +22,7 @@ __all__ = ["SEND_BUFFER_BYTES", "Conn", "Connections"]
 class Conn:
     """A caller's connection: its socket, what it sent not yet framed, its children, what it has not read."""
 
-    __slots__ = ("sock", "reader", "children", "out", "queued", "memory_limit_mb")
+    __slots__ = ("sock", "reader", "children", "out", "queued", "memory_limit_mb", "second")
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
@@ -33,6 +33,8 @@ class Conn:
         self.queued = 0
         #: its last run's limit: the first size of its next spare's directory (resized when that run starts)
         self.memory_limit_mb = DEFAULT_MEMORY_LIMIT_MB
+        #: whether it keeps a second ticket (from its first run on a ticket: runs forked from templates use none)
+        self.second = False
 
 
 #: Bytes a caller may leave unread before the launcher drops it: a peer that does not read never blocks

@@ -18,6 +18,10 @@ subtree under its own cgroup; the launcher makes one directory of its own in it 
 there (`Units`). A process re-parented to the launcher is judged by its unit: its cgroup where units
 have one, else its session; one that belongs to no live unit escaped one that ended and is killed.
 
+What a unit costs the launcher's loop is kept off a run's way: units' directories are made ahead, while
+the loop is idle (`Units.prepare`), and a spare the launcher forks moves itself into its unit before it
+runs anything (`Unit.join`), since moving a process forked a moment ago waits for an RCU grace period.
+
 The launcher imports this module, so it stays import-light (no dataclasses, no logging).
 """
 
@@ -322,7 +326,7 @@ def _signal(pid: int, sig: int) -> None:
 class Unit:
     """One run's (or template's) unit: its leader, its session, its cgroup directories if any."""
 
-    __slots__ = ("leader", "name", "dirs", "kill_dir", "memory_dir", "memory_v2", "pids_dir", "pids_v2")
+    __slots__ = ("leader", "name", "dirs", "kill_dir", "memory_dir", "memory_v2", "pids_dir", "pids_v2", "limit")
 
     def __init__(self, leader: int, name: str) -> None:
         self.leader = leader
@@ -333,11 +337,13 @@ class Unit:
         self.memory_v2 = False
         self.pids_dir: str | None = None
         self.pids_v2 = False
+        #: the memory limit in force on its cgroup (bytes; 0: none set yet)
+        self.limit = 0
 
     def wire(self) -> UnitWire:
         """What the caller needs to set the run's memory limit before the run reads its request, and to end
         the unit itself once it has the result (`end_unit_now`)."""
-        return {"memory": self.memory_dir, "memory_v2": self.memory_v2, "kill": self.kill_dir}
+        return {"memory": self.memory_dir, "memory_v2": self.memory_v2, "kill": self.kill_dir, "limit": self.limit}
 
     @classmethod
     def from_wire(cls, leader: int, wire: UnitWire) -> Unit:
@@ -349,6 +355,17 @@ class Unit:
 
     def limit_memory(self, limit_bytes: int) -> None:
         set_memory_limit(self.memory_dir, self.memory_v2, limit_bytes)
+        self.limit = limit_bytes
+
+    def join(self) -> None:
+        """From the process that leads the unit, before it runs anything of a plugin and while it is still root:
+        move itself in (raises OSError where it cannot: it must then not run).
+
+        The launcher's loop then does not pay the move: moving a process that was forked a moment ago waits
+        for an RCU grace period (measured ~0.5 ms here), while the process moving itself does not hold up
+        anything but itself, a spare nobody waits for yet."""
+        for d in self.dirs:
+            _write(os.path.join(d, "cgroup.procs"), "0")
 
     def peak(self) -> int:
         """The whole tree's peak (bytes), 0 when no memory controller."""
@@ -531,9 +548,9 @@ def set_memory_limit(memory_dir: str | None, v2: bool, limit_bytes: int) -> None
 class Units:
     """The launcher's side: its own directory in each hierarchy, a unit per run and per template."""
 
-    def __init__(self, cg: Cgroups, max_processes: int, tag: str | None = None) -> None:
+    def __init__(self, cg: Cgroups, max_processes: int, tag: str | None = None, spares: int = 2) -> None:
         """`tag`: the name of the launcher's directory, chosen by the runner so that it can end every unit
-        of a launcher that stopped answering (`kill_launcher_units`)."""
+        of a launcher that stopped answering (`kill_launcher_units`); `spares`: units kept made ahead."""
         self.cg = cg
         self.max_processes = max_processes
         tag = tag or f"l{os.getpid()}-{os.urandom(4).hex()}"
@@ -548,8 +565,16 @@ class Units:
                         ctrl == "pids" and cg.pids_v2 and d == self.pids_dir):
                     with contextlib.suppress(OSError):
                         _write(os.path.join(d, "cgroup.subtree_control"), f"+{ctrl}")
-        #: the hierarchy whose membership names a process's unit: (its line in /proc/PID/cgroup, our path there)
+        #: the units placed, by name (their directories' name in each hierarchy)
         self.by_name: dict[str, Unit] = {}
+        #: units made ahead of need (`prepare`), and how many to keep
+        self.ready: list[Unit] = []
+        self.spares = spares
+        #: the directories of ended units kept for reuse (`_reuse`), and the parents whose units' may be
+        self.reused: list[Unit] = []
+        self.keep = {d for d in (self.pids_dir,) if d and d not in (self.kill_dir, self.memory_dir)}
+        self._seq = 0
+        #: the hierarchy whose membership names a process's unit: (its line in /proc/PID/cgroup, our path there)
         self.member_key, self.member_prefix = self._membership()
 
     def _membership(self) -> tuple[str | None, str | None]:
@@ -568,38 +593,116 @@ class Units:
     def active(self) -> bool:
         return bool(self.dirs)
 
-    def create(self, leader: int, name: str, memory_limit_bytes: int | None = None) -> Unit:
-        """A unit for `leader` (a run or a template just forked, before any plugin code of its own runs)."""
-        unit = Unit(leader, name)
+    def take(self) -> Unit:
+        """A unit's directories, made ahead (`prepare`) or now, not yet anyone's (`place` gives it its leader)."""
+        if self.ready:
+            return self.ready.pop()
+        return self._fill(self.reused.pop() if self.reused else self._new_unit())
+
+    def prepare(self) -> bool:
+        """Make one unit's directories ahead of need, while the launcher has nothing else to do (False when
+        enough are ready): a run then only joins its unit, without a `mkdir` per hierarchy on its way."""
+        if not self.short:
+            return False
+        self.ready.append(self._fill(self.reused.pop() if self.reused else self._new_unit()))
+        return True
+
+    @property
+    def short(self) -> bool:
+        """Whether fewer units are ready than wanted (the launcher's loop then prepares one when idle)."""
+        return bool(self.dirs) and len(self.ready) < self.spares
+
+    def _new_unit(self) -> Unit:
+        return Unit(0, "")
+
+    def _fill(self, unit: Unit) -> Unit:
+        """Make the directories `unit` lacks (all of a new one; a reused one's others), under a name never used
+        before: a caller may still hold an ended unit's paths (`Unit.wire`), which must never name a later one."""
+        self._seq += 1
+        fresh = f"u{self._seq}"
+        made: list[str] = []
         for attr in ("kill_dir", "memory_dir", "pids_dir"):
             parent = getattr(self, attr)
-            if parent is None:
+            if parent is None or getattr(unit, attr) is not None:
                 continue
             existing = next((d for d in unit.dirs if os.path.dirname(d) == parent), None)
-            path = existing or _make(parent, name)
+            path = existing or _make(parent, fresh)
             if path is None:
                 continue
             if existing is None:
                 unit.dirs.append(path)
+                made.append(path)
             setattr(unit, attr, path)
-        unit.memory_v2 = self.cg.memory_v2
-        unit.pids_v2 = self.cg.pids_v2
-        if unit.pids_dir:
+        if unit.pids_dir in made:  # a reused one has it already
             with contextlib.suppress(OSError):
                 _write(os.path.join(unit.pids_dir, "pids.max"), str(self.max_processes))
-        if memory_limit_bytes:
-            unit.limit_memory(memory_limit_bytes)
-        for d in unit.dirs:
-            try:
-                _write(os.path.join(d, "cgroup.procs"), str(leader))
-            except OSError as exc:
-                if exc.errno != errno.ESRCH:
-                    raise
-        self.by_name[name] = unit
+        member = unit.kill_dir or unit.pids_dir or unit.memory_dir  # the hierarchy `owner` reads (`_membership`)
+        unit.name = os.path.basename(member) if member else fresh
+        unit.memory_v2 = self.cg.memory_v2
+        unit.pids_v2 = self.cg.pids_v2
         return unit
 
+    def _reuse(self, unit: Unit) -> bool:
+        """Keep an ended unit's v1 `pids` cgroup for a later unit, so that it costs no `mkdir`/`rmdir`/`pids.max`
+        per run. Only that one: the caller may still hold the paths of the unit's `cgroup.kill` and memory
+        cgroups (`Unit.wire`), which must never name a later run's; and a memory cgroup's peak, OOM count and
+        what stays charged to it belong to the run that ended. Only an empty one is kept (nothing of a run
+        may be in another's), and no more than `spares` of them."""
+        if len(self.reused) >= self.spares or not unit.dirs:
+            return False
+        keep = [d for d in unit.dirs if os.path.dirname(d) in self.keep]
+        if not keep:
+            return False
+        for d in unit.dirs:
+            if d in keep:
+                continue
+            try:
+                os.rmdir(d)
+            except FileNotFoundError:
+                pass
+            except OSError:
+                return False  # a dying process still in it: `remove` retries later
+        try:
+            if any(_read(os.path.join(d, "cgroup.procs")).split() for d in keep):
+                return False
+            if unit.pids_dir in keep and int(_read(os.path.join(unit.pids_dir, "pids.current"))):
+                return False  # an unreaped zombie still counts: it would shrink the next run's allowance
+        except (OSError, ValueError):
+            return False
+        shell = Unit(0, "")
+        shell.dirs = keep
+        shell.pids_dir = unit.pids_dir
+        self.reused.append(shell)
+        return True
+
+    def place(self, unit: Unit, leader: int, memory_limit_bytes: int | None = None, joined: bool = False) -> Unit:
+        """Make `unit` the unit of `leader` (a run or a template just forked, before any plugin code of its own
+        runs): set its memory limit and move the leader in, unless the leader moved itself in (`Unit.join`)."""
+        unit.leader = leader
+        if memory_limit_bytes:
+            unit.limit_memory(memory_limit_bytes)
+        self.by_name[unit.name] = unit
+        if not joined:
+            for d in unit.dirs:
+                try:
+                    _write(os.path.join(d, "cgroup.procs"), str(leader))
+                except OSError as exc:
+                    if exc.errno != errno.ESRCH:
+                        raise
+        return unit
+
+    def create(self, leader: int, memory_limit_bytes: int | None = None) -> Unit:
+        """A unit for `leader`, moved in by us."""
+        return self.place(self.take(), leader, memory_limit_bytes)
+
+    def discard(self, unit: Unit) -> None:
+        """A unit taken but never placed (its fork failed)."""
+        unit.remove()
+
     def forget(self, unit: Unit) -> bool:
-        if unit.remove():
+        """Done with an ended unit: its directories kept for reuse or removed (False while a process is still
+        leaving them: call again later)."""
+        if self._reuse(unit) or unit.remove():
             self.by_name.pop(unit.name, None)
             return True
         return False
@@ -626,6 +729,10 @@ class Units:
 
     def close(self) -> None:
         deadline = time.monotonic() + 2.0
+        self.spares = 0  # nothing ended from here on is kept
+        for unit in [*self.ready, *self.reused]:
+            unit.remove()
+        self.ready, self.reused = [], []
         while self.by_name and time.monotonic() < deadline:
             for unit in list(self.by_name.values()):
                 unit.kill([])

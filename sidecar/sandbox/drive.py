@@ -40,8 +40,9 @@ def drive(channel: Channel, request: RunRequest, pid: int, fds: list[int], t0: f
     included); `stalled(launcher, why)` replaces a launcher that did not report the run's end in time."""
     req_w, res_r, out_r, err_r, pidfd = fds
     unit = channel.units.pop(pid, None)
-    if unit:  # the whole tree's bound, in force before the run reads its request
-        set_memory_limit(unit.get("memory"), bool(unit.get("memory_v2")), request.memory_limit_mb * 1024 * 1024)
+    limit = request.memory_limit_mb * 1024 * 1024
+    if unit and unit.get("limit") != limit:  # the whole tree's bound, in force before the run reads its request
+        set_memory_limit(unit.get("memory"), bool(unit.get("memory_v2")), limit)
     try:
         write_all(req_w, encode(request.to_wire(pid)))
     except OSError:

@@ -4,7 +4,7 @@ Why a separate process: forking a multithreaded server can deadlock the child on
 thread held, forking a large parent costs tens of milliseconds, and a child's `ru_maxrss`
 includes the parent's pages. The launcher runs without `site` (`-S`) and imports little.
 
-Hand-off: every caller connection holds two *tickets*: each a child forked
+Hand-off: every caller connection holds a *ticket* (two once it ran on one): each a child forked
 ahead of need and pre-faulted (`child.spare_main`), and the caller's ends of its pipes (request,
 result, stdout, stderr), passed over the connection with SCM_RIGHTS. A run is the caller writing
 its request straight into the child and reading the result straight out of it: no hop through
@@ -72,8 +72,8 @@ class Launcher(Guards):
         timeout = self._wake_in(now, running, building)  # -1: no deadline
         if self.orphans or self.reap_due or self.dying:  # the reaper looks again soon
             timeout = 0.05 if timeout < 0 else min(timeout, 0.05)
-        if self.want_ticket:
-            timeout = 0.0  # fork tickets as soon as nothing else is waiting
+        if self.want_ticket or self.units.short:
+            timeout = 0.0  # fork tickets, make units ahead, as soon as nothing else is waiting
         events = self.epoll.poll(timeout)
         for fd, ev in events:
             if fd == self.ctrl.fileno():
@@ -102,6 +102,8 @@ class Launcher(Guards):
             conn = self.want_ticket.pop(0)
             if conn.sock.fileno() in self.conns:
                 self._issue_ticket(conn)
+        elif not events:
+            self.units.prepare()
         return True
 
     def _on_ctrl(self) -> bool:
@@ -122,9 +124,7 @@ class Launcher(Guards):
             conn = Conn(sock)
             self.conns[fd] = conn
             self.epoll.register(fd, select.EPOLLIN)
-            self._issue_ticket(conn)  # the first one now: a caller is about to run
-            # A second one while idle: back-to-back runs then find a child ready while the next forks.
-            self.want_ticket.append(conn)
+            self._issue_ticket(conn)  # the first one now: a caller is about to run (a second: `_second_ticket`)
         return True
 
     def _on_conn(self, conn: Conn) -> None:
@@ -157,6 +157,7 @@ class Launcher(Guards):
                 child = self.children.get(msg["pid"])
                 if child is not None and child.conn is conn and not child.started:
                     self._arm(child, conn, msg)
+                    self._second_ticket(conn, child)
 
     def _shutdown(self) -> None:
         for tpl in list(self.templates.values()):

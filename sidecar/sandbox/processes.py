@@ -162,13 +162,13 @@ class Processes(LauncherState):
             unit.kill([])
             time.sleep(0.0005 if i < 20 else 0.005)
 
-    def _unit(self, pid: int, name: str, memory_limit_bytes: int | None = None) -> Unit:
+    def _unit(self, pid: int, memory_limit_bytes: int | None = None) -> Unit:
         try:
-            return self.units.create(pid, name, memory_limit_bytes)
+            return self.units.create(pid, memory_limit_bytes)
         except OSError:
-            return Unit(pid, name)  # the process is gone already: its exit says the rest
+            return Unit(pid, "")  # the process is gone already: its exit says the rest
 
-    def _contain(self, child: Child) -> UnitWire | None:
+    def _contain(self, child: Child, memory_limit_bytes: int | None = None) -> UnitWire | None:
         """Give a run its unit before any code of its plugin runs; what the caller needs of it."""
-        child.unit = self._unit(child.pid, f"r{child.pid}")
+        child.unit = self._unit(child.pid, memory_limit_bytes)
         return child.unit.wire() if child.unit.dirs else None

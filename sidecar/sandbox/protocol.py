@@ -70,6 +70,8 @@ class UnitWire(TypedDict):
     memory: str | None
     memory_v2: bool
     kill: str | None
+    #: the memory limit already set on its cgroup (bytes; 0: none, the caller sets the run's)
+    limit: int
 
 
 class CgroupsWire(TypedDict):

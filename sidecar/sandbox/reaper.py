@@ -24,7 +24,8 @@ class Reaper(Processes):
         """Whether a process re-parented to us belongs to a live unit (None: cannot tell yet)."""
         owner = self.units.owner(proc_pid)
         if owner is not None:  # cgroups say whose it is, whatever it did
-            return owner in self.units.by_name and owner[1:].isdigit() and self._unit_live(int(owner[1:]))
+            unit = self.units.by_name.get(owner)
+            return unit is not None and self._unit_live(unit.leader)
         sid = session_of(proc_pid)
         if sid is None:
             return False

@@ -178,7 +178,7 @@ class TemplatePool(Tickets):
         deadline = float(msg.get("t0") or time.monotonic()) + float(msg["timeout_seconds"])
         tpl = Template(key, pid, pidfd, mine, tmp, signature, deadline)
         tpl.memory_limit_mb = int(msg["memory_limit_mb"])
-        tpl.unit = self._unit(pid, f"t{pid}", int(msg["memory_limit_mb"]) * 1024 * 1024)
+        tpl.unit = self._unit(pid, tpl.memory_limit_mb * 1024 * 1024)
         try:
             mine.send(PLACED)  # its import (plugin code) starts inside its unit
         except OSError:
@@ -291,7 +291,7 @@ class TemplatePool(Tickets):
         self.children[pid] = child
         self.by_pidfd[pidfd] = child
         self.epoll.register(pidfd, select.EPOLLIN)
-        unit = self._contain(child)
+        unit = self._contain(child, tpl.memory_limit_mb * 1024 * 1024)  # set ahead: the caller need not
         if spare:
             child.ticket_fds = ours
             tpl.spares.append(child)

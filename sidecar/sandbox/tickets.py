@@ -1,6 +1,6 @@
 """Tickets: children forked ahead of need, handed to callers, and the report of their exit.
 
-Every caller connection holds two tickets: each a child forked ahead of need and pre-faulted
+Every caller connection holds a ticket, two once it ran on one: each a child forked ahead of need and pre-faulted
 (`child.spare_main`), and the caller's ends of its pipes (`protocol.TICKET_FDS`), passed with SCM_RIGHTS.
 When a ticket's child exits, its unit is ended and waited for, it is reaped, its exit reported to the
 caller, its private directory removed, and the caller's next ticket forked while nobody waits.
@@ -74,6 +74,7 @@ class Tickets(Connections):
             return
         (res_r, res_w), (out_r, out_w), (err_r, err_w), (req_r, req_w) = pipes
         tmp = ""
+        unit = self.units.take()  # the child joins it itself: the loop does not wait for the move
         try:
             tmp = self.tmp.make("run", conn.memory_limit_mb)  # resized when its run starts
             pid = os.fork()
@@ -83,10 +84,11 @@ class Tickets(Connections):
                 os.close(w)
             if tmp:
                 self.tmp.remove(tmp)
+            self.units.discard(unit)
             self._send(conn, {"t": "error", "message": f"fork: {exc}"})
             return
         if pid == 0:  # pragma: no cover - runs in the child
-            spare_main((res_w, out_w, err_w, req_r), prctl, tmp, self.identity)
+            spare_main((res_w, out_w, err_w, req_r), prctl, tmp, self.identity, unit.join)
         for fd in (res_w, out_w, err_w, req_r):
             os.close(fd)
         pidfd = os.pidfd_open(pid)
@@ -95,12 +97,21 @@ class Tickets(Connections):
         self.by_pidfd[pidfd] = child
         self.epoll.register(pidfd, select.EPOLLIN)
         conn.children.add(pid)
-        unit = self._contain(child)
+        child.unit = self.units.place(unit, pid, joined=True)
         try:
-            self._send(conn, {"t": "ticket", "pid": pid, "unit": unit}, [req_w, res_r, out_r, err_r, pidfd])
+            self._send(conn, {"t": "ticket", "pid": pid, "unit": unit.wire() if unit.dirs else None},
+                       [req_w, res_r, out_r, err_r, pidfd])
         finally:
             for fd in (req_w, res_r, out_r, err_r):
                 os.close(fd)
+
+    def _second_ticket(self, conn: Conn, child: Child) -> None:
+        """A run started on one of `conn`'s tickets: from now on it keeps two, so that back-to-back runs find a
+        child ready while the next forks. A caller whose runs come from templates uses none and keeps one
+        idle child only (for a run its plugin's template cannot serve)."""
+        if child.owner == child.pid and not conn.second:
+            conn.second = True
+            self.want_ticket.append(conn)
 
     def _on_exit(self, child: Child) -> None:
         pid, status, rusage = os.wait4(child.pid, os.WNOHANG)

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from sidecar.sandbox.client import PluginRef, RunRequest, Sandbox
-from sidecar.sandbox.containment import Cgroups, describe
+from sidecar.sandbox.containment import Cgroups, Units, describe, detect, release
 from sidecar.sandbox.isolation import Isolation, namespaces_unavailable
 from sidecar.sandbox.result import Outcome, PluginSandboxResult
 
@@ -174,3 +175,80 @@ def test_a_template_hung_in_an_at_fork_hook_costs_no_launcher_and_no_reaping(lib
     r = done["r"]
     assert r.outcome in (Outcome.SUCCESS, Outcome.TIMEOUT, Outcome.IMPORT), r.error
     assert r.error is None or r.error.type != "LauncherDied"
+
+
+def _units_of(membership: str, parents: list[str]) -> list[str]:
+    """The unit named by each line of /proc/PID/cgroup that lies under one of our launchers' directories."""
+    found = []
+    for line in membership.splitlines():
+        path = line.split(":", 2)[2]
+        for parent in parents:
+            mark = "/" + os.path.basename(parent) + "/"
+            if mark in path:
+                found.append(path.split(mark, 1)[1])
+                break
+    return found
+
+
+def test_a_plugins_code_runs_only_inside_a_unit(library):
+    """At import (in the run, or in its template) and at run time, in every hierarchy: a unit's directory
+    below a launcher's own, never the launcher's directory itself (a spare moves itself in first)."""
+    if not library.cgroups.any:
+        pytest.skip(f"no writable cgroup here ({library.cgroups.why})")
+    parents = library.cgroups.dirs()
+    for _ in range(3):  # units are made ahead and reused: each way a run gets one
+        r = _run(library, "where_am_i")
+        assert r.outcome is Outcome.SUCCESS, r.error
+        for when in ("at_import", "at_run"):
+            units = _units_of(r.result[when], parents)
+            assert len(units) == len(parents), (when, r.result[when])
+            for unit in units:  # <launcher>/<unit>: two components, the unit's a `u` and its number
+                launcher, _, name = unit.partition("/")
+                assert launcher.startswith("l") and name[:1] == "u" and name[1:].isdigit(), (when, unit)
+
+
+def _sleeper() -> int:
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        time.sleep(30)
+        os._exit(0)
+    return pid
+
+
+def test_an_ended_units_pids_cgroup_is_reused_only_empty_and_its_callers_paths_never_name_a_later_unit():
+    if os.geteuid() != 0:
+        pytest.skip("making cgroups needs root")
+    cg = detect()
+    if not cg.any:
+        pytest.skip(f"no writable cgroup here ({cg.why})")
+    units = Units(cg, 64)
+    try:
+        if not units.keep:
+            pytest.skip("no v1 pids hierarchy of its own here: nothing is reused")
+        first = _sleeper()
+        unit = units.create(first, 64 * 1024 * 1024)
+        wire = unit.wire()  # what the run's caller holds, maybe past the run's end
+        assert unit.pids_dir is not None
+        os.kill(first, 9)
+        os.waitpid(first, 0)
+        other = _sleeper()
+        with open(os.path.join(unit.pids_dir, "cgroup.procs"), "w") as f:  # a process still in it: never handed on
+            f.write(str(other))
+        assert not units.forget(unit)
+        assert not units.reused
+        os.kill(other, 9)
+        os.waitpid(other, 0)
+        assert units.forget(unit)
+        assert [u.pids_dir for u in units.reused] == [unit.pids_dir]
+        again = units.take()
+        assert again.pids_dir == unit.pids_dir
+        for path in (wire["kill"], wire["memory"]):  # gone: a late `cgroup.kill` from that caller hits nothing
+            assert path is None or (path not in again.dirs and not os.path.exists(path))
+        if again.memory_dir is not None:  # new: its limit, peak and OOM count start from nothing
+            assert again.limit == 0
+            with open(os.path.join(again.memory_dir, "memory.max" if cg.memory_v2 else "memory.limit_in_bytes")) as f:
+                assert int(f.read().replace("max", str(1 << 62))) > 64 * 1024 * 1024
+        units.discard(again)
+    finally:
+        units.close()
+        release(cg)
