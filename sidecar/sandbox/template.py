@@ -89,10 +89,12 @@ def _settle(sock: int, tmp: str, prctl: Any, drop: Identity | None) -> None:
         prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
 
 
-def _run_main(fds: tuple[int, int, int, int], tmp: str, func: Any, prctl: Any, launcher: int) -> NoReturn:
+def _run_main(fds: tuple[int, int, int, int], tmp: str, func: Any, prctl: Any, launcher: int,
+              name: str) -> NoReturn:
     """The run: like a launcher's spare, but the plugin is already imported."""
     code = 0
     try:
+        set_title(f"sidecar: spare of {name}")  # forked ahead, waiting for a run of its plugin
         become_unit(prctl)
         confine_fds(fds, keep_others=True)  # fd 3 (the template's socket) is overwritten by the result's
         os.environ["TMPDIR"] = os.environ["HOME"] = tmp
@@ -114,7 +116,7 @@ def _run_main(fds: tuple[int, int, int, int], tmp: str, func: Any, prctl: Any, l
     os._exit(code)
 
 
-def _fork_run(fds: list[int], tmp: str, func: Any, prctl: Any, launcher: int) -> int:
+def _fork_run(fds: list[int], tmp: str, func: Any, prctl: Any, launcher: int, name: str) -> int:
     r, w = os.pipe()
     first = os.fork()
     if first == 0:  # pragma: no cover - the intermediate: fork the run, tell its pid, leave
@@ -123,7 +125,7 @@ def _fork_run(fds: list[int], tmp: str, func: Any, prctl: Any, launcher: int) ->
             pid = os.fork()
             if pid == 0:
                 os.close(w)
-                _run_main((fds[0], fds[1], fds[2], fds[3]), tmp, func, prctl, launcher)
+                _run_main((fds[0], fds[1], fds[2], fds[3]), tmp, func, prctl, launcher, name)
             os.write(w, str(pid).encode())
         finally:
             os._exit(0)
@@ -167,7 +169,7 @@ def template_main(sock: int, prctl: Any, tmp: str, drop: Identity | None, spec: 
                 os._exit(0)
             fork: Fork = json.loads(msg)  # from the launcher: trusted
             try:
-                pid = _fork_run(fds, fork["tmp"], func, prctl, launcher) if len(fds) == 4 else 0
+                pid = _fork_run(fds, fork["tmp"], func, prctl, launcher, spec["plugin"]["name"]) if len(fds) == 4 else 0
             except OSError:
                 pid = 0
             for fd in fds:
