@@ -1,4 +1,5 @@
-"""What a sandbox process shows in `ps`: `sidecar: launcher`, `sidecar: template of NAME`, `sidecar: run of NAME`.
+"""What a sandbox process shows in `ps`: `sidecar: launcher`, `sidecar: spare`, `sidecar: template of NAME`,
+`sidecar: spare of NAME` (a template's child forked ahead), `sidecar: run of NAME`.
 
 setproctitle rewrites the command line (`ps -ef`, `ps aux`, `top -c`) and the short name (`ps`, `top`).
 Its package's `__init__` imports `logging` (measured in the launcher: ~5 ms and ~1.3 MB more resident, in
