@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import signal
 import statistics
 import time
@@ -29,7 +28,7 @@ from sidecar.sandbox import containment
 from sidecar.sandbox.client import PluginRef, RunRequest, Sandbox
 
 from .common import summary, table, timed, write
-from .sandbox_bench import ECHO, _cpu
+from .sandbox_bench import ECHO, back_to_back
 
 
 def _round(cgroups: bool, templates: bool, n: int) -> dict[str, float]:
@@ -37,18 +36,10 @@ def _round(cgroups: bool, templates: bool, n: int) -> dict[str, float]:
         if cgroups and not sb.cgroups.any:
             raise SystemExit(f"no writable cgroup here ({sb.cgroups.why}): nothing to compare")
         req = RunRequest(PluginRef("echo", path=str(ECHO)), {"x": 1})
-        for _ in range(20):
-            sb.run(req)
-        launcher = sb.launcher_pid
-        assert launcher is not None
-        before, own_before = _cpu(launcher), resource.getrusage(resource.RUSAGE_SELF)
-        b2b = summary(timed(lambda: sb.run(req), n))["median_ms"]
-        after, own_after = _cpu(launcher), resource.getrusage(resource.RUSAGE_SELF)
+        timing, cpu = back_to_back(sb, req, n)
         spaced = summary(timed(lambda: sb.run(req), n, gap=0.005))["median_ms"]
-    caller = own_after.ru_utime + own_after.ru_stime - own_before.ru_utime - own_before.ru_stime
-    return {"back_to_back_ms": b2b, "spaced_5ms_ms": spaced, "caller_cpu_ms": caller / n * 1000.0,
-            "launcher_cpu_ms": (after[0] - before[0]) / n * 1000.0,
-            "children_cpu_ms": (after[1] - before[1]) / n * 1000.0}
+    return {"back_to_back_ms": timing["median_ms"], "spaced_5ms_ms": spaced,
+            **{f"{who}_cpu_ms": ms for who, ms in cpu.items()}}
 
 
 def unit_work(n: int) -> dict[str, float]:

@@ -54,6 +54,21 @@ def _cpu(pid: int) -> tuple[float, float]:
     return (int(fields[11]) + int(fields[12])) / hz, (int(fields[13]) + int(fields[14])) / hz
 
 
+def back_to_back(sb: Sandbox, req: RunRequest, n: int) -> tuple[dict[str, float], dict[str, float]]:
+    """`n` runs back to back after 20 to warm up: their timing summary, and CPU ms per run of the caller (this
+    process), the launcher and the launcher's reaped children."""
+    for _ in range(20):
+        sb.run(req)
+    launcher = sb.launcher_pid
+    assert launcher is not None
+    before, own_before = _cpu(launcher), resource.getrusage(resource.RUSAGE_SELF)
+    timing = summary(timed(lambda: sb.run(req), n))
+    after, own_after = _cpu(launcher), resource.getrusage(resource.RUSAGE_SELF)
+    caller = own_after.ru_utime + own_after.ru_stime - own_before.ru_utime - own_before.ru_stime
+    cpu = {"caller": caller, "launcher": after[0] - before[0], "children": after[1] - before[1]}
+    return timing, {k: v / n * 1000.0 for k, v in cpu.items()}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=400)
@@ -77,18 +92,8 @@ def trivial_plugin(n: int) -> None:
     rows.append({"method": "bare fork+exit+wait (python -S)", **summary(_bare_fork(n))})
     with Sandbox() as sb:
         req = RunRequest(PluginRef("echo", path=str(ECHO)), {"x": 1})
-        for _ in range(20):
-            sb.run(req)
-        launcher = sb.launcher_pid
-        assert launcher is not None
-        before, self_before = _cpu(launcher), resource.getrusage(resource.RUSAGE_SELF)
-        rows.append({"method": "sidecar sandbox, back to back", **summary(timed(lambda: sb.run(req), n))})
-        after, self_after = _cpu(launcher), resource.getrusage(resource.RUSAGE_SELF)
-        cpu = {
-            "caller": (self_after.ru_utime + self_after.ru_stime - self_before.ru_utime - self_before.ru_stime),
-            "launcher": after[0] - before[0],
-            "children": after[1] - before[1],
-        }
+        timing, per_run = back_to_back(sb, req, n)
+        rows.append({"method": "sidecar sandbox, back to back", **timing})
         rows.append({"method": "sidecar sandbox, 5 ms apart", **summary(timed(lambda: sb.run(req), n, gap=0.005))})
     code = f"import runpy; m = runpy.run_path({str(ECHO)!r}); print(m['run'](x=1))"
     rows.append({"method": "subprocess per run", **summary(timed(
@@ -105,7 +110,6 @@ def trivial_plugin(n: int) -> None:
     for r in rows:
         r["ratio_to_sandbox"] = float(r["median_ms"]) / ref
     print(table(rows, ["method", "n", "median_ms", "p99_ms", "ratio_to_sandbox"]))
-    per_run = {k: v / n * 1000.0 for k, v in cpu.items()}
     print("CPU per back-to-back run, ms: " + ", ".join(f"{k} {v:.2f}" for k, v in per_run.items())
           + f" (total {sum(per_run.values()):.2f} on {os.cpu_count()} cores)")
     rows.append({"method": "cpu per back-to-back run (ms)", **{k: round(v, 3) for k, v in per_run.items()}})
