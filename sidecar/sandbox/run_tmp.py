@@ -70,6 +70,8 @@ class RunTmp:
 
     def __init__(self, root: str, mount: bool) -> None:
         self.root = root
+        #: each mounted directory's size in MiB: a spare whose run has the limit it was made with is not remounted
+        self.sizes: dict[str, int] = {}
         #: whether each directory is a tmpfs of its own: probed once, at the launcher's start
         self.mounts = mount and self._probe()
 
@@ -89,7 +91,7 @@ class RunTmp:
         os.rmdir(path)
         return ok
 
-    def make(self, kind: str, memory_limit_mb: int | None) -> str:
+    def make(self, kind: str, memory_limit_mb: int) -> str:
         """A fresh directory (`kind`: run or template), mode 0700; a tmpfs of that size where we mount.
 
         Raises OSError when it cannot be made (the caller treats it like a failed fork).
@@ -100,6 +102,8 @@ class RunTmp:
             err = ctypes.get_errno()
             os.rmdir(path)
             raise OSError(err, f"tmpfs for {path}: {os.strerror(err)}")
+        if self.mounts:
+            self.sizes[path] = memory_limit_mb
         return path
 
     def resize(self, path: str, memory_limit_mb: int) -> bool:
@@ -107,22 +111,26 @@ class RunTmp:
 
         False when the run already holds more there than its limit (the caller ends it as over its memory).
         """
-        if not self.mounts:
+        if not self.mounts or self.sizes.get(path) == memory_limit_mb:
             return True
-        return self._mount(path, memory_limit_mb, _MS_REMOUNT)
+        if not self._mount(path, memory_limit_mb, _MS_REMOUNT):
+            return False
+        self.sizes[path] = memory_limit_mb
+        return True
 
     def remove(self, path: str) -> None:
         """Gone with everything in it (a lazy unmount: open files do not keep the directory)."""
         if self.mounts:
             self._unmount(path)
+            self.sizes.pop(path, None)
         shutil.rmtree(path, ignore_errors=True)
 
     @staticmethod
-    def _mount(path: str, size_mb: int | None, flags: int = 0) -> bool:
+    def _mount(path: str, size_mb: int, flags: int = 0) -> bool:
         if _libc is None:
             return False
-        size = f"size={size_mb * _MIB}" if size_mb else ""
-        options = (size if flags & _MS_REMOUNT else ",".join(filter(None, [size, "mode=0700"]))).encode()
+        size = f"size={size_mb * _MIB}"
+        options = (size if flags & _MS_REMOUNT else f"{size},mode=0700").encode()
         return bool(_libc.mount(b"tmpfs", path.encode(), b"tmpfs", _MS_NOSUID | _MS_NODEV | flags, options) == 0)
 
     @staticmethod
