@@ -43,6 +43,7 @@ from .child import (
     read_request,
     serve_request,
     use_caller_path,
+    warm_run_path,
 )
 from .outcomes import classify_exception
 from .protocol import Fork, TemplateMessage, Want
@@ -100,6 +101,7 @@ def _run_main(fds: tuple[int, int, int, int], tmp: str, func: Any, prctl: Any, l
         become_unit(prctl)
         confine_fds(fds, keep_others=True)  # fd 3 (the template's socket) is overwritten by the result's
         os.environ["TMPDIR"] = os.environ["HOME"] = tmp
+        warm_run_path()  # pre-faulting while nobody waits, as a launcher's spare does on a stand-in plugin
         request = read_request()
         if request is None:
             os._exit(0)
