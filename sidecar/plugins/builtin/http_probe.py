@@ -23,6 +23,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from contextvars import ContextVar
 from http.client import HTTPException, HTTPMessage, HTTPResponse, HTTPSConnection
 from typing import IO, TYPE_CHECKING, Any
 
@@ -86,31 +87,72 @@ class _Redirects(urllib.request.HTTPRedirectHandler):
     http_error_301 = http_error_303 = http_error_307 = http_error_308 = http_error_302
 
 
-class _TLS(urllib.request.HTTPSHandler):
-    """HTTPS with the context built on first use: a plain-http probe never pays for the CA bundle."""
+class _CertifiedResponse(HTTPResponse):
+    """A response that keeps its peer certificate's expiry, read as its headers arrive (before the body: the
+    socket may close after it), so that the expiry travels with the response instead of a handler's state."""
 
-    def __init__(self, verify: bool) -> None:
-        super().__init__()
-        self._verify = verify
-        self._tls_context: ssl.SSLContext | None = None
-
-    def context(self) -> ssl.SSLContext:
-        if self._tls_context is None:
-            if self._verify:
-                self._tls_context = ssl.create_default_context()
-            else:
-                self._tls_context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-                self._tls_context.check_hostname = False
-                self._tls_context.verify_mode = ssl.CERT_NONE
-        return self._tls_context
-
-    #: notAfter of the last certificate seen (the final hop's, after redirects), unix time; None: unknown
+    #: the peer certificate's notAfter, unix time; None: plain http, unverified, or unknown
     not_after: float | None = None
 
+    def begin(self) -> None:
+        super().begin()
+        self.not_after = _not_after(self)
+
+
+class _CertifiedConnection(HTTPSConnection):
+    response_class = _CertifiedResponse
+
+
+class _TLSChoice:
+    """The TLS side of one probe: whether to verify, and its context, built on first use (a plain-http probe
+    never pays for the CA bundle; each probe reads the bundle as the environment names it then)."""
+
+    def __init__(self, verify: bool) -> None:
+        self._verify = verify
+        self._context: ssl.SSLContext | None = None
+
+    def context(self) -> ssl.SSLContext:
+        if self._context is None:
+            if self._verify:
+                self._context = ssl.create_default_context()
+            else:
+                self._context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+                self._context.check_hostname = False
+                self._context.verify_mode = ssl.CERT_NONE
+        return self._context
+
+
+#: the probe in progress (in this thread or task): the shared opener's TLS handler asks it for the context
+_TLS_OF_PROBE: ContextVar[_TLSChoice] = ContextVar("http_probe_tls")
+
+
+class _TLS(urllib.request.HTTPSHandler):
+    """HTTPS with the context of the probe in progress and a response that keeps the certificate's expiry."""
+
     def https_open(self, req: urllib.request.Request) -> HTTPResponse:
-        response = self.do_open(HTTPSConnection, req, context=self.context())
-        self.not_after = _not_after(response)
-        return response
+        return self.do_open(_CertifiedConnection, req, context=_TLS_OF_PROBE.get().context())
+
+
+def _opener() -> urllib.request.OpenerDirector:
+    """Built by hand rather than build_opener(): no ProxyHandler (env proxies), no ftp/file/data handlers:
+    a redirect to another scheme fails (UnknownHandler) instead of being followed."""
+    opener = urllib.request.OpenerDirector()
+    for handler in (
+        urllib.request.HTTPHandler(),
+        _TLS(),
+        urllib.request.HTTPDefaultErrorHandler(),
+        urllib.request.HTTPErrorProcessor(),
+        _Redirects(),
+        urllib.request.UnknownHandler(),
+    ):
+        opener.add_handler(handler)
+    return opener
+
+
+# Built at import, so in the template: assembling an opener (`add_handler` introspects every handler) cost
+# each run ~0.3 ms. It holds no state of a probe (the TLS context is the probe's, the certificate's expiry
+# its response's), so every probe in a process shares it.
+_OPENER = _opener()
 
 
 def _not_after(response: Any) -> float | None:
@@ -202,32 +244,23 @@ def run(
     )
     expected = _expected(expect_status)
     request_headers.setdefault("User-Agent", _USER_AGENT)
-    tls = _TLS(verify_tls)
+    tls = _TLSChoice(verify_tls)
     if url.lower().startswith("https:"):
         tls.context()  # loading the CA bundle takes tens of ms: not part of the measured latency
-    # Built by hand rather than build_opener(): no ProxyHandler (env proxies), no ftp/file/data
-    # handlers: a redirect to another scheme fails (UnknownHandler) instead of being followed.
-    opener = urllib.request.OpenerDirector()
-    for handler in (
-        urllib.request.HTTPHandler(),
-        tls,
-        urllib.request.HTTPDefaultErrorHandler(),
-        urllib.request.HTTPErrorProcessor(),
-        _Redirects(),
-        urllib.request.UnknownHandler(),
-    ):
-        opener.add_handler(handler)
     request = urllib.request.Request(url, method=method, headers=request_headers)
 
     found: dict[str, object] = {"url": url, "up": 0}
+    token = _TLS_OF_PROBE.set(tls)
     try:
-        status, final_url, body, truncated, seconds = _exchange(opener, request, url, timeout, max_body_bytes)
+        status, final_url, body, truncated, seconds, not_after = _exchange(request, url, timeout, max_body_bytes)
     except RuntimeError as exc:  # the target is down: the probe ran, the check is critical
         state("critical", str(exc))
         return found
+    finally:
+        _TLS_OF_PROBE.reset(token)
     found.update(status=status, duration_seconds=seconds, bytes=len(body), final_url=final_url, truncated=truncated)
-    if tls.not_after is not None:
-        found["tls_cert_expiry_timestamp_seconds"] = tls.not_after
+    if not_after is not None:
+        found["tls_cert_expiry_timestamp_seconds"] = not_after
     ok = 200 <= status <= 399 if expected is None else status in expected
     if not ok:
         wanted = "2xx or 3xx" if expected is None else ", ".join(str(c) for c in sorted(expected))
@@ -241,15 +274,18 @@ def run(
     return found
 
 
-def _exchange(opener: urllib.request.OpenerDirector, request: urllib.request.Request, url: str, timeout: float,
-              max_body_bytes: int) -> tuple[int, str, bytes, bool, float]:
-    """(status, final url, body, truncated, seconds) of one exchange; RuntimeError when the target is down."""
+def _exchange(
+    request: urllib.request.Request, url: str, timeout: float, max_body_bytes: int
+) -> tuple[int, str, bytes, bool, float, float | None]:
+    """(status, final url, body, truncated, seconds, the final hop's certificate expiry) of one exchange;
+    RuntimeError when the target is down."""
     started = time.perf_counter()
     deadline = time.monotonic() + timeout
     response: HTTPResponse | urllib.error.HTTPError | None = None
+    not_after: float | None = None
     try:
         try:
-            response = opener.open(request, timeout=timeout)
+            response = _OPENER.open(request, timeout=timeout)
         except urllib.error.HTTPError as exc:  # any status but 2xx; its body is still readable
             if exc.fp is None:
                 status, final_url, body, truncated = exc.code, exc.filename or url, b"", False
@@ -259,6 +295,9 @@ def _exchange(opener: urllib.request.OpenerDirector, request: urllib.request.Req
             with response:
                 status = response.status if isinstance(response, HTTPResponse) else response.code
                 final_url = response.geturl()
+                answer = response.fp if isinstance(response, urllib.error.HTTPError) else response
+                if isinstance(answer, _CertifiedResponse):
+                    not_after = answer.not_after
                 body, truncated = _read(response, max_body_bytes, deadline, timeout, url)
     except urllib.error.URLError as exc:
         reason = exc.reason
@@ -271,4 +310,4 @@ def _exchange(opener: urllib.request.OpenerDirector, request: urllib.request.Req
         raise RuntimeError(f"timed out after {timeout:g}s waiting for {url}") from None
     except (OSError, HTTPException) as exc:
         raise RuntimeError(f"HTTP exchange with {url} failed: {type(exc).__name__}: {exc}") from None
-    return status, final_url, body, truncated, round(time.perf_counter() - started, 6)
+    return status, final_url, body, truncated, round(time.perf_counter() - started, 6), not_after
