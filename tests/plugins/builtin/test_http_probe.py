@@ -4,6 +4,7 @@ import shutil
 import socket
 import ssl
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -293,3 +294,32 @@ def test_probes_in_one_process_share_no_tls_state(
     assert unverified["up"] == 1 and "tls_cert_expiry_timestamp_seconds" not in unverified
     monkeypatch.delenv("SSL_CERT_FILE")
     critical("CERTIFICATE_VERIFY_FAILED", lambda: http_probe.run(f"{base}/ok", timeout=2))  # verifies again
+
+
+def test_rehearsal_touches_no_network(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the rehearsal opened a socket")
+
+    monkeypatch.setattr(socket, "socket", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(http_probe, "_rehearsal", None)
+    http_probe._rehearse()
+    assert http_probe._rehearsal == "ok"
+
+
+def test_rehearsal_runs_in_a_fork_of_the_importer() -> None:
+    """As in a template's spare: the fork hook rehearses in the child, not in the process that imported it."""
+    code = (
+        "import os\n"
+        "from sidecar.plugins.builtin import http_probe\n"
+        "r, w = os.pipe()\n"
+        "pid = os.fork()\n"
+        "if pid == 0:\n"
+        "    os.write(w, str(http_probe._rehearsal).encode())\n"
+        "    os._exit(0)\n"
+        "os.close(w)\n"
+        "os.waitpid(pid, 0)\n"
+        "print(http_probe._rehearsal, os.read(r, 4096).decode())\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert done.stdout.split() == ["None", "ok"]
