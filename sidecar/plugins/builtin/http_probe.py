@@ -20,6 +20,7 @@ import io
 import math
 import os
 import re
+import socket
 import ssl
 import time
 import urllib.error
@@ -339,8 +340,9 @@ def _exchange(
 # count of each object its code touches) is first copied, a few microseconds per page, and a probe's own
 # code touches a few hundred of them: most of a plain-http probe's cost in a run. A template forks each run
 # ahead of its request (its spare), and runs the fork hooks in it: there, while nobody waits, the probe
-# rehearses once against a canned answer, through the same opener code, http.client and the result, so
-# that the real probe finds those pages already its own. It opens no socket and reads no file.
+# rehearses once against a canned answer, through the same opener code, http.client and the result (and
+# a numeric address lookup and a socket it never connects), so that the real probe finds those pages
+# already its own. It sends nothing, connects nowhere and reads no file.
 
 _CANNED = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 3\r\nConnection: close\r\n\r\nok\n"
 
@@ -360,6 +362,13 @@ class _CannedSocket:
 
 class _CannedConnection(HTTPConnection):
     def connect(self) -> None:
+        """A real connection's address lookup (numeric: no resolver asked) and socket, short of connecting."""
+        for family, kind, proto, _, _ in socket.getaddrinfo(
+            self.host, self.port, 0, socket.SOCK_STREAM, 0, socket.AI_NUMERICHOST
+        ):
+            with socket.socket(family, kind, proto) as sock:
+                sock.settimeout(5.0)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.sock = _CannedSocket()
 
 

@@ -296,11 +296,12 @@ def test_probes_in_one_process_share_no_tls_state(
     critical("CERTIFICATE_VERIFY_FAILED", lambda: http_probe.run(f"{base}/ok", timeout=2))  # verifies again
 
 
-def test_rehearsal_touches_no_network(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_rehearsal_connects_nowhere(monkeypatch: pytest.MonkeyPatch) -> None:
     def refuse(*args: object, **kwargs: object) -> None:
-        raise AssertionError("the rehearsal opened a socket")
+        raise AssertionError("the rehearsal tried to connect or send")
 
-    monkeypatch.setattr(socket, "socket", refuse)
+    for name in ("connect", "connect_ex", "send", "sendall", "sendto"):
+        monkeypatch.setattr(socket.socket, name, refuse)
     monkeypatch.setattr(socket, "create_connection", refuse)
     monkeypatch.setattr(http_probe, "_rehearsal", None)
     http_probe._rehearse()
