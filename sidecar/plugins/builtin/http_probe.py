@@ -26,6 +26,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from contextvars import ContextVar
 from http.client import HTTPConnection, HTTPException, HTTPMessage, HTTPResponse, HTTPSConnection
 from typing import IO, TYPE_CHECKING, Any
@@ -242,11 +243,12 @@ def run(
     verify_tls: bool = True,
     max_body_bytes: int = 1_000_000,
 ) -> dict[str, object]:
-    return _probe(_OPENER, url, method, timeout, expect_status, contains, headers, verify_tls, max_body_bytes)
+    return _probe(_OPENER, state, url, method, timeout, expect_status, contains, headers, verify_tls, max_body_bytes)
 
 
 def _probe(
     opener: urllib.request.OpenerDirector,
+    report: Callable[[str, str], None],
     url: str,
     method: str,
     timeout: float,
@@ -273,7 +275,7 @@ def _probe(
             opener, request, url, timeout, max_body_bytes
         )
     except RuntimeError as exc:  # the target is down: the probe ran, the check is critical
-        state("critical", str(exc))
+        report("critical", str(exc))
         return found
     finally:
         _TLS_OF_PROBE.reset(token)
@@ -283,11 +285,11 @@ def _probe(
     ok = 200 <= status <= 399 if expected is None else status in expected
     if not ok:
         wanted = "2xx or 3xx" if expected is None else ", ".join(str(c) for c in sorted(expected))
-        state("critical", f"unexpected status {status} from {final_url} (expected {wanted})")
+        report("critical", f"unexpected status {status} from {final_url} (expected {wanted})")
         return found
     if contains is not None and contains.encode("utf-8") not in body:
         where = f"the first {len(body)} bytes of the body" if truncated else "the body"
-        state("critical", f"{contains!r} not found in {where} of {final_url} (status {status})")
+        report("critical", f"{contains!r} not found in {where} of {final_url} (status {status})")
         return found
     found["up"] = 1
     return found
@@ -383,11 +385,15 @@ _rehearsal: str | None = None
 
 
 def _rehearse() -> None:
-    """Probe the canned answer once (an at-fork hook: it never raises; a failed rehearsal only costs its pages)."""
+    """Probe the canned answer once (an at-fork hook: it never raises; a failed rehearsal only costs its pages).
+
+    Its check state goes nowhere: the spare it runs in becomes the run, whose report is kept by pid."""
     global _rehearsal
+    reported: list[str] = []
     try:
-        result = _probe(_REHEARSAL, "http://127.0.0.1/", "GET", 5.0, None, None, None, True, 1_000_000)
-        _rehearsal = "ok" if result.get("up") == 1 else f"not up: {result}"
+        result = _probe(_REHEARSAL, lambda value, reason: reported.append(f"{value}: {reason}"),
+                        "http://127.0.0.1/", "GET", 5.0, None, None, None, True, 1_000_000)
+        _rehearsal = "ok" if result.get("up") == 1 else f"not up: {'; '.join(reported) or result}"
     except Exception as exc:
         _rehearsal = f"{type(exc).__name__}: {exc}"
 

@@ -14,7 +14,7 @@ import pytest
 
 from sidecar.plugins.builtin import http_probe
 
-from .reported import critical
+from .reported import critical, state_of
 
 BODY = b"hello from the sidecar test server\n"
 
@@ -324,3 +324,11 @@ def test_rehearsal_runs_in_a_fork_of_the_importer() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert done.stdout.split() == ["None", "ok"]
+
+
+def test_failed_rehearsal_reports_no_check_state(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The spare that rehearsed becomes the run: a state reported by the rehearsal would be the run's."""
+    monkeypatch.setattr(http_probe, "_CANNED", b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\n\r\n")
+    state, _ = state_of(http_probe._rehearse)
+    assert state is None
+    assert str(http_probe._rehearsal).startswith("not up: critical: unexpected status 500")
