@@ -18,7 +18,6 @@ from __future__ import annotations
 import encodings.idna  # noqa: F401 - getaddrinfo imports it on a run's first lookup; here a template holds it
 import io
 import math
-import os
 import re
 import socket
 import ssl
@@ -338,13 +337,13 @@ def _exchange(
     return status, final_url, body, truncated, round(time.perf_counter() - started, 6), not_after
 
 
-# The rehearsal. A run is a fresh fork of the template: every page of the template it writes (a reference
-# count of each object its code touches) is first copied, a few microseconds per page, and a probe's own
-# code touches a few hundred of them: most of a plain-http probe's cost in a run. A template forks each run
-# ahead of its request (its spare), and runs the fork hooks in it: there, while nobody waits, the probe
-# rehearses once against a canned answer, through the same opener code, http.client and the result (and
-# a numeric address lookup and a socket it never connects), so that the real probe finds those pages
-# already its own. It sends nothing, connects nowhere and reads no file.
+# The rehearsal (`warm_up`). A run is a fresh fork of the template: every page of the template it writes (a
+# reference count of each object its code touches) is first copied, a few microseconds per page, and a probe's
+# own code touches a few hundred of them: most of a plain-http probe's cost in a run. The sandbox forks each
+# run ahead of its request and calls `warm_up` there, while nobody waits: the probe rehearses once against a
+# canned answer, through the same opener code, http.client and the result (and a numeric address lookup and
+# a socket it never connects), so that the real probe finds those pages already its own. It sends nothing,
+# connects nowhere and reads no file.
 
 _CANNED = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 3\r\nConnection: close\r\n\r\nok\n"
 
@@ -384,10 +383,9 @@ _REHEARSAL = _opener(_CannedHTTP())
 _rehearsal: str | None = None
 
 
-def _rehearse() -> None:
-    """Probe the canned answer once (an at-fork hook: it never raises; a failed rehearsal only costs its pages).
-
-    Its check state goes nowhere: the spare it runs in becomes the run, whose report is kept by pid."""
+def warm_up() -> None:
+    """Called by the sandbox in a run's process before its request (see the plugins page): probe the canned
+    answer once. It never raises (a failed rehearsal only costs its pages) and reports no check state."""
     global _rehearsal
     reported: list[str] = []
     try:
@@ -397,5 +395,3 @@ def _rehearse() -> None:
     except Exception as exc:
         _rehearsal = f"{type(exc).__name__}: {exc}"
 
-
-os.register_at_fork(after_in_child=_rehearse)
