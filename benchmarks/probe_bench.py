@@ -3,7 +3,8 @@
 Both probe the sidecar's own `/healthz` on loopback; the requests are interleaved (one of each per round), so
 load falls on every row alike. The other rows break the sidecar's probe down: the target alone (one HTTP
 request), a trivial run over `/probe` (the route, a slot and a sandboxed run of `echo`) and over
-`POST /plugins/echo/run`; and the plugin's own request as `http_probe` timed it (its `duration_seconds`).
+`POST /plugins/echo/run`, a sandboxed run of `bare_http_get` (one bare `http.client` GET of the same target,
+the floor of any HTTP probe in a run); and the request as each plugin timed it (its `duration_seconds`).
 What `http_probe` adds beyond the `echo` probe is that request plus the plugin's work around it.
 
     .venv/bin/python -m benchmarks.probe_bench [--requests N]
@@ -28,6 +29,7 @@ from tests.conftest import make_live_server
 from .common import summary, table, write
 
 _DURATION = re.compile(rb'sidecar_probe_value\{field="duration_seconds"\} ([0-9.e+-]+)')
+_PLUGINS = Path(__file__).resolve().parent / "plugins"
 
 
 def _free_port() -> int:
@@ -71,28 +73,32 @@ def _blackbox(config_dir: Path) -> tuple[subprocess.Popen[bytes], int] | None:
 
 def bench(requests: int) -> list[dict[str, object]]:
     with tempfile.TemporaryDirectory(prefix="sidecar-probe-bench-") as tmp:
-        server = make_live_server(Path(tmp))
+        server = make_live_server(Path(tmp), plugin_path=str(_PLUGINS))
         server.start()
         blackbox = _blackbox(Path(tmp))
         try:
             port = server.port
             target = f"http://127.0.0.1:{port}/healthz"
 
-            inner: list[float] = []
+            inner: dict[str, list[float]] = {"http_probe": [], "bare_http_get": []}
 
             def check(status: int, body: bytes, ok: bytes) -> None:
                 assert status == 200 and ok in body, (status, body[:300])
 
-            def probe_http() -> None:
-                status, body = _get(port, f"/probe?target=http_probe&param.url={target}")
-                check(status, body, b"sidecar_probe_success 1")
-                match = _DURATION.search(body)
-                assert match, body[:300]
-                inner.append(float(match.group(1)) * 1000.0)
+            def probe(plugin: str) -> Callable[[], None]:
+                def fn() -> None:
+                    status, body = _get(port, f"/probe?target={plugin}&param.url={target}")
+                    check(status, body, b"sidecar_probe_success 1")
+                    match = _DURATION.search(body)
+                    assert match, body[:300]
+                    inner[plugin].append(float(match.group(1)) * 1000.0)
+
+                return fn
 
             cases: list[tuple[str, Callable[[], None]]] = [
                 ("GET /healthz (the target alone)", lambda: check(*_get(port, "/healthz"), b"")),
-                ("sidecar GET /probe?target=http_probe", probe_http),
+                ("sidecar GET /probe?target=http_probe", probe("http_probe")),
+                ("sidecar GET /probe?target=bare_http_get", probe("bare_http_get")),
                 ("sidecar GET /probe?target=echo", lambda: check(
                     *_get(port, "/probe?target=echo&param.n=1"), b"sidecar_probe_success 1")),
                 ("sidecar POST /plugins/echo/run", lambda: check(200, json.dumps(server.run("echo", n=1)).encode(),
@@ -112,7 +118,8 @@ def bench(requests: int) -> list[dict[str, object]]:
                     fn()
                     times[name].append((time.perf_counter() - t) * 1000.0)
             rows: list[dict[str, object]] = [{"what": name, **summary(ms)} for name, ms in times.items()]
-            rows.append({"what": "http_probe's own request, as the plugin timed it", **summary(inner[-requests:])})
+            for plugin, ms in inner.items():
+                rows.append({"what": f"{plugin}'s own request, as the plugin timed it", **summary(ms[-requests:])})
             if blackbox is not None:
                 bb = summary(times["blackbox GET /probe?module=http_2xx"])["median_ms"]
                 for row in rows:

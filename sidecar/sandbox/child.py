@@ -231,9 +231,12 @@ def _warm_up() -> None:
         pass
 
 
-def warm_run_path() -> None:
-    """A template's spare, before its request: decode a request and encode a result once, so that the run
-    finds those pages already its own (no plugin code runs; the plugin's own pages fault in its run)."""
+def warm_run_path(warm_up: Callable[[], object] | None = None) -> None:
+    """A template's spare, before its request: decode a request and encode a result once, and call the
+    plugin's own `warm_up` if it has one, so that the run finds those pages already its own (pre-faulting).
+
+    `warm_up` runs while nobody waits; whatever it raises is ignored and whatever it reports through
+    `sidecar.check` is discarded (this process becomes the run: its report would be the run's)."""
     try:
         wire = json.dumps({"plugin": {"name": "warm", "path": None, "module": None, "attr": "run"},
                            "params": {"x": 1}, "args": [], "memory_limit_mb": 1, "max_result_bytes": 1 << 20})
@@ -243,6 +246,15 @@ def warm_run_path() -> None:
         HEADER.pack(len(_payload(message, 1 << 20)))
     except Exception:  # noqa: S110 - a warm-up that fails costs nothing but its pages
         pass
+    if warm_up is None:
+        return
+    try:
+        warm_up()
+    except BaseException:  # noqa: B036,S110 - the plugin's warm-up: its failure costs its run nothing
+        pass
+    check = sys.modules.get("sidecar.check")
+    if check is not None:
+        check.take()
 
 
 def read_request() -> RunRequestWire | None:

@@ -25,6 +25,7 @@ import os
 import signal
 import socket
 import sys
+from collections.abc import Callable
 from typing import Any, NoReturn
 
 from .child import (
@@ -93,7 +94,7 @@ def _settle(sock: int, tmp: str, prctl: Any, drop: Identity | None) -> None:
 
 
 def _run_main(fds: tuple[int, int, int, int], tmp: str, func: Any, prctl: Any, launcher: int,
-              name: str) -> NoReturn:
+              name: str, warm_up: Callable[[], object] | None) -> NoReturn:
     """The run: like a launcher's spare, but the plugin is already imported."""
     code = 0
     try:
@@ -101,7 +102,7 @@ def _run_main(fds: tuple[int, int, int, int], tmp: str, func: Any, prctl: Any, l
         become_unit(prctl)
         confine_fds(fds, keep_others=True)  # fd 3 (the template's socket) is overwritten by the result's
         os.environ["TMPDIR"] = os.environ["HOME"] = tmp
-        warm_run_path()  # pre-faulting while nobody waits, as a launcher's spare does on a stand-in plugin
+        warm_run_path(warm_up)  # pre-faulting while nobody waits, as a launcher's spare does on a stand-in
         request = read_request()
         if request is None:
             os._exit(0)
@@ -120,7 +121,8 @@ def _run_main(fds: tuple[int, int, int, int], tmp: str, func: Any, prctl: Any, l
     os._exit(code)
 
 
-def _fork_run(fds: list[int], tmp: str, func: Any, prctl: Any, launcher: int, name: str) -> int:
+def _fork_run(fds: list[int], tmp: str, func: Any, prctl: Any, launcher: int, name: str,
+              warm_up: Callable[[], object] | None = None) -> int:
     """Fork a run; its pid once the plugin's after-fork hooks have returned in it (0: it could not be forked).
 
     The answer waits for those hooks, so that one that hangs hangs the template, which the launcher
@@ -136,7 +138,7 @@ def _fork_run(fds: list[int], tmp: str, func: Any, prctl: Any, launcher: int, na
     if pid == 0:  # pragma: no cover - the run, the launcher's child from birth
         os.close(r)
         os.close(w)  # past the hooks: the template may answer
-        _run_main((fds[0], fds[1], fds[2], fds[3]), tmp, func, prctl, launcher, name)
+        _run_main((fds[0], fds[1], fds[2], fds[3]), tmp, func, prctl, launcher, name, warm_up)
     os.close(w)
     try:
         if pid is not None:
@@ -144,10 +146,11 @@ def _fork_run(fds: list[int], tmp: str, func: Any, prctl: Any, launcher: int, na
             return pid
     finally:
         os.close(r)
-    return _fork_twice(fds, tmp, func, prctl, launcher, name)
+    return _fork_twice(fds, tmp, func, prctl, launcher, name, warm_up)
 
 
-def _fork_twice(fds: list[int], tmp: str, func: Any, prctl: Any, launcher: int, name: str) -> int:
+def _fork_twice(fds: list[int], tmp: str, func: Any, prctl: Any, launcher: int, name: str,
+                warm_up: Callable[[], object] | None) -> int:
     """Where `fork_sibling` is refused: fork a middle process that forks the run and leaves at once."""
     r, w = os.pipe()
     first = os.fork()
@@ -157,7 +160,7 @@ def _fork_twice(fds: list[int], tmp: str, func: Any, prctl: Any, launcher: int, 
             pid = os.fork()
             if pid == 0:
                 os.close(w)
-                _run_main((fds[0], fds[1], fds[2], fds[3]), tmp, func, prctl, launcher, name)
+                _run_main((fds[0], fds[1], fds[2], fds[3]), tmp, func, prctl, launcher, name, warm_up)
             os.write(w, str(pid).encode())
         finally:
             os._exit(0)
@@ -191,6 +194,8 @@ def template_main(sock: int, prctl: Any, tmp: str, drop: Identity | None, spec: 
             _send({"t": "threads", "count": count})
             os._exit(0)
         module = sys.modules.get(getattr(func, "__module__", "") or "")
+        warm_up = getattr(module, "warm_up", None)
+        warm_up = warm_up if callable(warm_up) else None
         gc.collect()
         gc.freeze()
         _send({"t": "ready", "origin": getattr(module, "__file__", None)})
@@ -201,7 +206,8 @@ def template_main(sock: int, prctl: Any, tmp: str, drop: Identity | None, spec: 
                 os._exit(0)
             fork: Fork = json.loads(msg)  # from the launcher: trusted
             try:
-                pid = _fork_run(fds, fork["tmp"], func, prctl, launcher, spec["plugin"]["name"]) if len(fds) == 4 else 0
+                pid = (_fork_run(fds, fork["tmp"], func, prctl, launcher, spec["plugin"]["name"], warm_up)
+                       if len(fds) == 4 else 0)
             except OSError:
                 pid = 0
             for fd in fds:

@@ -92,6 +92,28 @@ def test_runs_of_one_template_draw_different_random_numbers(sandbox: Sandbox, tm
     assert sandbox.template_stats()["builds"] == 1
 
 
+WARMED = """
+import os
+from sidecar import check
+WARMED_IN = None
+def warm_up():
+    global WARMED_IN
+    WARMED_IN = os.getpid()
+    check.state("critical", "reported by the rehearsal")
+def run():
+    return {"warmed_here": WARMED_IN == os.getpid()}
+"""
+
+
+def test_a_plugins_warm_up_runs_in_the_runs_own_process_and_reports_nothing(sandbox: Sandbox, tmp_path: Path) -> None:
+    ref = _plugin(tmp_path, "warmed", WARMED)
+    for _ in range(2):
+        r = _run(sandbox, ref)
+        assert r.outcome is Outcome.SUCCESS, r
+        assert r.result == {"warmed_here": True}  # called before the request, in the process that ran it
+        assert r.report is None or r.report.state is None, r.report  # the rehearsal's state was discarded
+
+
 def test_a_plugin_edited_on_disk_runs_its_new_code(sandbox: Sandbox, tmp_path: Path) -> None:
     ref = _plugin(tmp_path, "edited", "def run():\n    return 'old'\n")
     assert _run(sandbox, ref).result == "old"

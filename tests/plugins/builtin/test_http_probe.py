@@ -13,7 +13,7 @@ import pytest
 
 from sidecar.plugins.builtin import http_probe
 
-from .reported import critical
+from .reported import critical, state_of
 
 BODY = b"hello from the sidecar test server\n"
 
@@ -270,3 +270,46 @@ def test_tls_verified_against_trusted_ca(tls_server: tuple[str, str], monkeypatc
     assert result["final_url"] == f"{base}/ok" and result["up"] == 1
     # the certificate was made to last one day: its expiry is about a day from now (unix time)
     assert 0 < float(str(result["tls_cert_expiry_timestamp_seconds"])) - time.time() <= 86400 + 60
+
+
+def test_tls_expiry_of_an_error_status(tls_server: tuple[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    base, cert = tls_server
+    monkeypatch.setenv("SSL_CERT_FILE", cert)
+    result = http_probe.run(f"{base}/error", expect_status=500, timeout=2)
+    assert result["status"] == 500
+    assert 0 < float(str(result["tls_cert_expiry_timestamp_seconds"])) - time.time() <= 86400 + 60
+
+
+def test_probes_in_one_process_share_no_tls_state(
+    server: str, tls_server: tuple[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The opener is shared by every probe in a process: an expiry or a context must not outlive its probe."""
+    base, cert = tls_server
+    critical("CERTIFICATE_VERIFY_FAILED", lambda: http_probe.run(f"{base}/ok", timeout=2))
+    monkeypatch.setenv("SSL_CERT_FILE", cert)
+    assert http_probe.run(f"{base}/ok", timeout=2)["up"] == 1  # the CA bundle is read per probe
+    assert "tls_cert_expiry_timestamp_seconds" not in http_probe.run(f"{server}/ok")  # plain http: none
+    unverified = http_probe.run(f"{base}/ok", verify_tls=False, timeout=2)
+    assert unverified["up"] == 1 and "tls_cert_expiry_timestamp_seconds" not in unverified
+    monkeypatch.delenv("SSL_CERT_FILE")
+    critical("CERTIFICATE_VERIFY_FAILED", lambda: http_probe.run(f"{base}/ok", timeout=2))  # verifies again
+
+
+def test_rehearsal_connects_nowhere(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the rehearsal tried to connect or send")
+
+    for name in ("connect", "connect_ex", "send", "sendall", "sendto"):
+        monkeypatch.setattr(socket.socket, name, refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(http_probe, "_rehearsal", None)
+    http_probe.warm_up()
+    assert http_probe._rehearsal == "ok"
+
+
+def test_failed_rehearsal_reports_no_check_state(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The spare that rehearsed becomes the run: a state reported by the rehearsal would be the run's."""
+    monkeypatch.setattr(http_probe, "_CANNED", b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\n\r\n")
+    state, _ = state_of(http_probe.warm_up)
+    assert state is None
+    assert str(http_probe._rehearsal).startswith("not up: critical: unexpected status 500")
