@@ -27,13 +27,14 @@ class Child:
     """A child of the launcher: a ticket, a run, or a template's spare; what guards it and who waits on it."""
 
     __slots__ = ("pid", "pidfd", "conn", "deadline", "rss_limit", "started", "timed_out", "memory_killed", "memory_by",
-                 "tmp",
-                 "owner", "ticket_fds", "unit", "killed")
+                 "tmp", "owner", "key", "ticket_fds", "unit", "killed")
 
-    def __init__(self, pid: int, pidfd: int, conn: Conn | None, tmp: str, owner: int = 0) -> None:
+    def __init__(self, pid: int, pidfd: int, conn: Conn | None, tmp: str, owner: int = 0, key: str = "") -> None:
         self.pid = pid
         #: the process whose identity the run wears: itself, or the template it was forked from
         self.owner = owner or pid
+        #: the key of the template it was forked from ("": forked by the launcher itself)
+        self.key = key
         #: a template's spare: the caller's ends of its pipes, held here until a run of its plugin asks
         self.ticket_fds: tuple[int, ...] = ()
         self.pidfd = pidfd
@@ -137,6 +138,8 @@ class Tickets(Connections):
             if child in tpl.spares:
                 tpl.spares.remove(child)
         conn = child.conn
+        if conn is not None and conn.ahead is child:
+            conn.ahead = None  # it died before its run: the caller sees its exit report and asks again
         if conn is not None and conn.sock.fileno() in self.conns:
             conn.children.discard(child.pid)
             if self._send(conn, {"t": "exit", "pid": child.pid, "status": status, "maxrss": peak,
