@@ -27,7 +27,8 @@ __all__ = ["SEND_BUFFER_BYTES", "Conn", "Connections"]
 class Conn:
     """A caller's connection: its socket, what it sent not yet framed, its children, what it has not read."""
 
-    __slots__ = ("sock", "reader", "children", "out", "queued", "memory_limit_mb", "second", "key", "ahead")
+    __slots__ = ("sock", "reader", "children", "out", "queued", "memory_limit_mb", "second", "key", "ahead",
+                 "ahead_at")
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
@@ -44,6 +45,8 @@ class Conn:
         self.key = ""
         #: its ticket ahead (see `protocol`): the child handed to it, or the fork request still in flight
         self.ahead: Child | ForkRequest | None = None
+        #: when that child was handed to it (CLOCK_MONOTONIC)
+        self.ahead_at = 0.0
 
 
 #: Bytes a caller may leave unread before the launcher drops it: a peer that does not read never blocks

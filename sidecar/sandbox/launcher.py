@@ -157,13 +157,14 @@ class Launcher(Guards):
                     self._kill(child.pid)  # the caller has its result: the unit goes, its exit report follows
             elif msg["t"] == "start":
                 child = self.children.get(msg["pid"])
+                held: float | None = None  # how long its ticket ahead was held, if it ran on one
                 if child is not None and child.conn is conn and not child.started:
                     if conn.ahead is child:
-                        conn.ahead = None  # its ticket ahead: now a run
+                        conn.ahead, held = None, time.monotonic() - conn.ahead_at  # now a run
                     self._arm(child, conn, msg)
                     self._second_ticket(conn, child)
                 if msg.get("ahead"):  # even when its run is over and reaped already (a run can be that quick)
-                    self._hand_ahead(conn)
+                    self._hand_ahead(conn, held)
 
     def _shutdown(self) -> None:
         for tpl in list(self.templates.values()):

@@ -37,6 +37,11 @@ __all__ = ["ForkRequest", "Template", "TemplatePool"]
 #: import per run): a template stopped by its own run, or hung in an at-fork hook, never holds a run.
 _FORK_ANSWER_SECONDS = 2.0
 
+#: A ticket ahead used within this of being handed over: runs come back to back, and the template keeps a spare
+#: forked as well, so that the next ticket ahead is ready when its run asks (spaced runs need none: the one
+#: forked as a run starts is ready long before the next).
+_BACK_TO_BACK_SECONDS = 0.05
+
 #: Back-off after a template's import failed or hung: 1 s, doubling up to this (runs meanwhile import per run).
 _MAX_BACKOFF_SECONDS = 60.0
 
@@ -151,9 +156,9 @@ class TemplatePool(Tickets):
             spare = None
         if spare is not None:
             self._hand_out(spare, conn)
-            self._fork_from(tpl, None)  # the next run's, while nobody waits
+            self._refill(tpl)  # the next run's, while nobody waits
         elif tpl.ready and self._claim(tpl, conn, run_deadline):
-            self._fork_from(tpl, None)
+            self._refill(tpl)
         elif tpl.ready:
             self._fork_from(tpl, conn, run_deadline)
         else:
@@ -180,16 +185,18 @@ class TemplatePool(Tickets):
                 self._send(conn, {"t": "ticket", "pid": child.pid, "template": True, "unit": unit},
                            [*fds, child.pidfd])
             else:
-                conn.ahead = child
+                conn.ahead, conn.ahead_at = child, time.monotonic()
                 self._send(conn, {"t": "ticket", "pid": child.pid, "template": True, "unit": unit, "ahead": ahead},
                            [*fds, child.pidfd])
         finally:
             for fd in fds:
                 os.close(fd)
 
-    def _hand_ahead(self, conn: Conn) -> None:
+    def _hand_ahead(self, conn: Conn, held: float | None) -> None:
         """A run of the caller's last template child started and it asked for a ticket ahead: the template's
-        spare, else a fork for it. Answered exactly once: a ticket (now, or once forked) or `NoneAhead`."""
+        spare, else a fork for it. Answered exactly once: a ticket (now, or once forked) or `NoneAhead`.
+        `held`: how long the run's own ticket ahead was held (None: it was not one); back to back, the
+        template's spare is forked again too."""
         tpl = self.templates.get(conn.key)
         if conn.ahead is not None or tpl is None or not tpl.ready or self._stopped(tpl.pid):
             self._send(conn, {"t": "none_ahead"})  # one already, or the template was retired or stopped
@@ -198,10 +205,20 @@ class TemplatePool(Tickets):
         if spare is not None and self._stopped(spare.pid):
             self._kill(spare.pid)  # another run of the plugin (same uid) stopped it: never hand it out
             spare = None
+        forking = next((req for req in tpl.forking if req.to is None), None)
         if spare is not None:
-            self._hand_out(spare, conn, tpl.ahead())  # not replaced: the template's idle children stay as many
+            self._hand_out(spare, conn, tpl.ahead())
+        elif forking is not None:  # the spare being forked (back to back, it is not ready yet): it comes first
+            forking.to, forking.ahead, conn.ahead = conn, True, forking
         else:
             self._fork_from(tpl, conn, ahead=True)
+        if held is not None and held < _BACK_TO_BACK_SECONDS:
+            self._refill(tpl)  # while nobody waits: the next run finds its ticket ahead forked
+
+    def _refill(self, tpl: Template) -> None:
+        """Fork the template's spare, unless it has one, ready or being forked (one is enough)."""
+        if not tpl.spares and not any(req.to is None for req in tpl.forking):
+            self._fork_from(tpl, None)
 
     def _give_up_ahead(self, conn: Conn) -> None:
         """The caller asked (`Want`): the ticket ahead it holds is given up (killed; its exit report follows),
@@ -375,7 +392,7 @@ class TemplatePool(Tickets):
                 conn.children.add(pid)
                 conn.key = tpl.key
                 if req.ahead:
-                    conn.ahead = child
+                    conn.ahead, conn.ahead_at = child, time.monotonic()
                     self._send(conn, {"t": "ticket", "pid": pid, "template": True, "unit": unit,
                                       "ahead": tpl.ahead()}, [*ours, pidfd])
                 else:

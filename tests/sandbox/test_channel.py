@@ -4,6 +4,7 @@ asks. Messages and processes are counted, never timed."""
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -122,6 +123,20 @@ def test_a_run_of_another_plugin_gives_the_ticket_ahead_up_and_leaks_no_child(sa
     poll("every ticket ahead given up to be reaped", lambda: (not any(alive(p) for p in given_up), given_up))
     # Two templates, a spare each at most, the channel's plain ticket and its ticket ahead: nothing piles up.
     assert len(_launcher_children(sandbox)) <= 2 + 2 + 1 + 1, _launcher_children(sandbox)
+
+
+def test_spaced_runs_keep_one_idle_child_of_a_template_back_to_back_runs_two(sandbox: Sandbox,
+                                                                              tmp_path: Path) -> None:
+    ref = _plugin(tmp_path, "quick", "def run():\n    return 1\n")
+    for _ in range(3):
+        assert _run(sandbox, ref).result == 1
+        time.sleep(0.1)  # spacing, not waiting: held this long, a ticket ahead is not back to back
+    # The template, the ticket ahead the channel holds (no spare beside it) and the channel's plain ticket.
+    poll("the runs to be reaped", lambda: (len(_launcher_children(sandbox)) == 3, _launcher_children(sandbox)))
+    for _ in range(10):
+        assert _run(sandbox, ref).result == 1
+    # Back to back the template keeps a spare as well (forked before the next run needs it); no more.
+    poll("the runs to be reaped", lambda: (len(_launcher_children(sandbox)) <= 4, _launcher_children(sandbox)))
 
 
 def test_a_channel_running_plugins_in_turn_asks_for_no_ticket_ahead(sandbox: Sandbox, tmp_path: Path,
