@@ -38,7 +38,8 @@ class Sandbox:
 
     A run takes an idle channel (a connection to the launcher holding tickets: pre-forked
     children and their pipes) and talks to the child directly, so a run costs two process
-    wake-ups, not four.
+    wake-ups, not four. A run of a templated plugin takes, if there is one, an idle channel
+    holding a ticket ahead for its template (`channel`): it starts without asking the launcher.
 
     Nobody waits on a launcher that stopped answering: a watchdog pings each launcher every
     `LAUNCHER_PING_SECONDS`; one that does not answer within `LAUNCHER_ANSWER_SECONDS` (stopped,

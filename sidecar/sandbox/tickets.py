@@ -3,7 +3,9 @@
 Every caller connection holds a ticket, two once it ran on one: each a child forked ahead of need and pre-faulted
 (`child.spare_main`), and the caller's ends of its pipes (`protocol.TICKET_FDS`), passed with SCM_RIGHTS.
 When a ticket's child exits, its unit is ended and waited for, it is reaped, its exit reported to the
-caller, its private directory removed, and the caller's next ticket forked while nobody waits.
+caller, its private directory removed, and the caller's next ticket forked while nobody waits. (A template's
+children are handed out by `template_pool`, as the answer to a `Want` or as a ticket ahead; they are reaped
+and reported here all the same.)
 """
 
 from __future__ import annotations
