@@ -12,7 +12,7 @@ own fork wrapper is bypassed: its `pthread_atfork` handlers do not run in the ch
 thread descriptor keeps the template's thread id (only `pthread_kill` of the main thread from another
 thread would notice). OpenSSL, the one library of note that relies on fork detection, detects a new
 process by its pid and reseeds (a test holds it to that). Where `clone3` is refused (kernels before 5.3,
-seccomp profiles that answer ENOSYS, another architecture's ABI) `fork_sibling` says so once and the
+seccomp profiles that answer ENOSYS) `fork_sibling` answers None from the first refusal on, and the
 template forks twice as before.
 """
 
