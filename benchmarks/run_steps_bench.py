@@ -28,7 +28,7 @@ from .sandbox_bench import ECHO, _bare_fork
 #: (label, owner, attribute) of each timed step, in the order a run meets them
 STEPS: list[tuple[str, Any, str]] = [
     ("channel checkout", Sandbox, "_checkout"),
-    ("ticket (template: a round trip to the launcher)", Sandbox, "_ticket"),
+    ("ticket (template: the one held ahead, else a round trip to the launcher)", Sandbox, "_ticket"),
     ("memory limit on the run's cgroup", drive, "set_memory_limit"),
     ("write the request into the child", drive, "write_all"),
     ("tell the launcher the run started", Channel, "start"),

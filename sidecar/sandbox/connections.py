@@ -10,11 +10,16 @@ import json
 import os
 import select
 import socket
+from typing import TYPE_CHECKING
 
 from ..defaults import DEFAULT_MEMORY_LIMIT_MB
 from ..framing import FrameReader, encode
 from .protocol import LauncherMessage
 from .reaper import Reaper
+
+if TYPE_CHECKING:
+    from .template_pool import ForkRequest
+    from .tickets import Child
 
 __all__ = ["SEND_BUFFER_BYTES", "Conn", "Connections"]
 
@@ -22,7 +27,8 @@ __all__ = ["SEND_BUFFER_BYTES", "Conn", "Connections"]
 class Conn:
     """A caller's connection: its socket, what it sent not yet framed, its children, what it has not read."""
 
-    __slots__ = ("sock", "reader", "children", "out", "queued", "memory_limit_mb", "second")
+    __slots__ = ("sock", "reader", "children", "out", "queued", "memory_limit_mb", "second", "key", "ahead",
+                 "ahead_at")
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
@@ -35,6 +41,12 @@ class Conn:
         self.memory_limit_mb = DEFAULT_MEMORY_LIMIT_MB
         #: whether it keeps a second ticket (from its first run on a ticket: runs forked from templates use none)
         self.second = False
+        #: the template its last template child came from: a `Start` that asks ahead asks for its next
+        self.key = ""
+        #: its ticket ahead (see `protocol`): the child handed to it, or the fork request still in flight
+        self.ahead: Child | ForkRequest | None = None
+        #: when that child was handed to it (CLOCK_MONOTONIC)
+        self.ahead_at = 0.0
 
 
 #: Bytes a caller may leave unread before the launcher drops it: a peer that does not read never blocks

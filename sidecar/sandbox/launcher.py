@@ -10,7 +10,9 @@ result, stdout, stderr), passed over the connection with SCM_RIGHTS. A run is th
 its request straight into the child and reading the result straight out of it: no hop through
 the launcher on the hot path. The launcher is told when a run starts, arms its deadline and its
 resident-memory watch, kills the process group on either, reaps the child, reports its exit, and
-forks the connection's next ticket while nobody waits.
+forks the connection's next ticket while nobody waits. A connection that runs a plugin's template
+children is likewise handed the next one of that template as it starts a run (a ticket ahead,
+`template_pool`), so its next run of that plugin asks nothing either.
 
 It is also a child subreaper: a plugin's descendants that leave its process group (`setsid`,
 double fork) are re-parented here when their parent dies, and are killed when any run ends.
@@ -155,9 +157,14 @@ class Launcher(Guards):
                     self._kill(child.pid)  # the caller has its result: the unit goes, its exit report follows
             elif msg["t"] == "start":
                 child = self.children.get(msg["pid"])
+                held: float | None = None  # how long its ticket ahead was held, if it ran on one
                 if child is not None and child.conn is conn and not child.started:
+                    if conn.ahead is child:
+                        conn.ahead, held = None, time.monotonic() - conn.ahead_at  # now a run
                     self._arm(child, conn, msg)
                     self._second_ticket(conn, child)
+                if msg.get("ahead"):  # even when its run is over and reaped already (a run can be that quick)
+                    self._hand_ahead(conn, held)
 
     def _shutdown(self) -> None:
         for tpl in list(self.templates.values()):

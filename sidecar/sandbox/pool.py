@@ -21,6 +21,7 @@ from .drive import drive, kill_run
 from .environment import plugin_environment
 from .isolation import Confinement, Isolation, bwrap_command, namespaces_unavailable, needed_paths
 from .launcher_process import LauncherLost, LauncherProcess, package_root
+from .protocol import template_key
 from .result import Outcome, PluginSandboxResult
 from .run_request import RunRequest
 from .run_result import STOPPING, made_up, stopped, template_failed
@@ -37,7 +38,8 @@ class Sandbox:
 
     A run takes an idle channel (a connection to the launcher holding tickets: pre-forked
     children and their pipes) and talks to the child directly, so a run costs two process
-    wake-ups, not four.
+    wake-ups, not four. A run of a templated plugin takes, if there is one, an idle channel
+    holding a ticket ahead for its template (`channel`): it starts without asking the launcher.
 
     Nobody waits on a launcher that stopped answering: a watchdog pings each launcher every
     `LAUNCHER_PING_SECONDS`; one that does not answer within `LAUNCHER_ANSWER_SECONDS` (stopped,
@@ -176,16 +178,21 @@ class Sandbox:
                         f"replaced after {LAUNCHER_ANSWER_SECONDS:g} s")
             return self._replacing
 
-    def _checkout(self, confinement: Confinement | None) -> Channel:
-        """An idle channel to the current launcher, or a new one: as many as runs in flight."""
-        return self._checkout_of(self._current(confinement))
+    def _checkout(self, confinement: Confinement | None, key: str | None = None) -> Channel:
+        """An idle channel to the current launcher, or a new one: as many as runs in flight. For a run of
+        template `key`, one holding a ticket ahead for it first, then one holding none."""
+        return self._checkout_of(self._current(confinement), key)
 
-    def _checkout_of(self, launcher: LauncherProcess) -> Channel:
+    def _checkout_of(self, launcher: LauncherProcess, key: str | None = None) -> Channel:
         with self._lock:
-            for channel in reversed(self._idle):
-                if channel.launcher is launcher:
-                    self._idle.remove(channel)
-                    return channel
+            mine = [c for c in reversed(self._idle) if c.launcher is launcher]
+            if mine:
+                channel = mine[0]
+                if key is not None and channel.ahead_key != key:
+                    channel = next((c for c in mine if c.ahead_key == key), None) or next(
+                        (c for c in mine if c.ahead_key is None), channel)
+                self._idle.remove(channel)
+                return channel
             for channel in [c for c in self._idle if c.launcher not in self._launchers.values()]:
                 self._idle.remove(channel)
                 self._channels.discard(channel)
@@ -222,11 +229,15 @@ class Sandbox:
 
     def _run_once(self, request: RunRequest) -> PluginSandboxResult:
         started_at, t0 = time.time(), time.monotonic()
+        key = None
+        if self.templates and request.plugin.preload and request.mode == "run":
+            key = template_key(request.plugin.to_dict(), request.wire_sys_path(), request.memory_limit_mb,
+                               request.max_processes)
         for attempt in (1, 2):  # a run that never started runs once more, on a fresh launcher
             channel: Channel | None = None
             try:
-                channel = self._checkout(self.confinement(request))
-                ticket = self._ticket(channel, request, t0, started_at)
+                channel = self._checkout(self.confinement(request), key)
+                ticket = self._ticket(channel, request, key, t0, started_at)
                 break
             except (LauncherLost, OSError) as exc:
                 launcher = channel.launcher if channel is not None else None
@@ -271,20 +282,30 @@ class Sandbox:
                 if fd >= 0:
                     os.close(fd)
 
-    def _ticket(self, channel: Channel, request: RunRequest, t0: float,
+    def _ticket(self, channel: Channel, request: RunRequest, key: str | None, t0: float,
                 started_at: float) -> tuple[int, list[int]] | PluginSandboxResult:
-        if self.templates and request.plugin.preload and request.mode == "run":
-            return self._template_ticket(channel, request, t0, started_at)
+        if key is not None:
+            return self._template_ticket(channel, request, key, t0, started_at)
         return channel.ticket()
 
-    def _template_ticket(self, channel: Channel, request: RunRequest, t0: float,
+    def _template_ticket(self, channel: Channel, request: RunRequest, key: str, t0: float,
                          started_at: float) -> tuple[int, list[int]] | PluginSandboxResult:
-        """A child forked from the plugin's template; a spare when the plugin cannot have one; or the
-        outcome of the waiting run when the template's import failed or hung (as a run's would)."""
+        """A child forked from the plugin's template (the ticket ahead the channel holds, or one asked for);
+        a spare when the plugin cannot have one; or the outcome of the waiting run when the template's import
+        failed or hung (as a run's would)."""
         wait = max(0.0, t0 + request.timeout_seconds - time.monotonic()) + LAUNCHER_ANSWER_SECONDS
+        held = channel.take_ahead(key, wait)
+        if held is not None:
+            channel.ask_ahead(held[0], key)
+            return held
+        ahead = channel.last_key in (None, key)  # not for a channel running plugins in turn
         msg = channel.template_ticket(request, t0, wait)
         if msg["t"] == "ticket":
-            return channel.template_tickets.popleft()
+            ticket = channel.template_tickets.popleft()
+            channel.last_key = key
+            if ahead:
+                channel.ask_ahead(ticket[0], key)
+            return ticket
         if msg["t"] == "template_failed":
             return template_failed(request, msg, t0, started_at)
         if msg["t"] == "fallback" and msg["reason"] == "threads" and request.plugin.name not in self._per_run_logged:

@@ -12,12 +12,19 @@ sends a `Ticket` at once, and another while idle. Then:
 
 - caller → launcher: `Start` once the child has its request (the launcher arms the run's deadline and memory
   watch); `End` once the caller has the result (the launcher ends the run's unit); `Want` before a run of a
-  plugin that has a template (answered by a template `Ticket`, a `Fallback` to a plain ticket, or
-  `TemplateFailed`); `StatsRequest` (answered by `Stats`).
+  plugin that has a template, unless the caller holds a ticket ahead for it (answered by a template `Ticket`,
+  a `Fallback` to a plain ticket, or `TemplateFailed`); `StatsRequest` (answered by `Stats`).
 - launcher → caller: `Ticket` + 5 fds (`TICKET_FDS`: the request pipe's write end, the result, stdout and
   stderr pipes' read ends, the child's pidfd); `Exit` when a ticket's child was reaped (a plain ticket's
   exit is followed by the next `Ticket`); `Error` when it could not fork a ticket; `Fallback`,
-  `TemplateFailed`, `Stats` as above.
+  `TemplateFailed`, `Stats` as above; `NoneAhead` as below.
+
+*Tickets ahead.* A `Start` of a template's child may ask `ahead`: the launcher then hands the caller the
+next child of that template before its next run asks, and answers exactly once, with a template `Ticket`
+carrying `ahead` (the template's `template_key` and the plugin file's signature it was built from) or with
+`NoneAhead`. A connection has at most one such ticket, asked for or held. The caller's next run of the same
+key whose file still has that signature uses it with no message before its `Start`; any `Want` gives it up
+(the launcher kills it, or, not yet forked, keeps it as the template's spare and answers `NoneAhead`).
 
 **Template socket** (launcher ↔ template, SOCK_SEQPACKET, one JSON message per packet). The launcher sends
 `PLACED` once the template is in its unit (plugin code may start), then a `Fork` + 4 fds (`FORK_FDS`: the
@@ -42,10 +49,10 @@ from .outcomes import OUTCOMES
 
 __all__ = [
     "CONNECT", "FORK_FDS", "PING", "PLACED", "PONG", "TICKET_FDS",
-    "CallerMessage", "CgroupsWire", "End", "Error", "ErrorWire", "Exit", "Failed", "Fallback", "FallbackReason",
-    "Fork", "Forked", "LauncherMessage", "LauncherOptions", "PluginWire", "ProtocolError", "Ready", "ResultMessage",
-    "RunRequestWire", "Start", "Stats", "StatsRequest", "TemplateFailed", "TemplateMessage", "Threads", "Ticket",
-    "UnitWire", "Want", "result_message", "template_message",
+    "Ahead", "CallerMessage", "CgroupsWire", "End", "Error", "ErrorWire", "Exit", "Failed", "Fallback",
+    "FallbackReason", "Fork", "Forked", "LauncherMessage", "LauncherOptions", "NoneAhead", "PluginWire",
+    "ProtocolError", "Ready", "ResultMessage", "RunRequestWire", "Start", "Stats", "StatsRequest", "TemplateFailed",
+    "TemplateMessage", "Threads", "Ticket", "UnitWire", "Want", "result_message", "template_key", "template_message",
 ]
 
 
@@ -141,6 +148,13 @@ class Want(TypedDict):
     t0: float
 
 
+def template_key(plugin: PluginWire, sys_path: list[str] | None, memory_limit_mb: int,
+                 max_processes: int | None) -> str:
+    """What chooses a plugin's template (and so which runs a ticket ahead may serve): the plugin, the caller's
+    import path and the limits the template imports under. Both sides compute it here, so they agree."""
+    return json.dumps([plugin, sys_path, memory_limit_mb, max_processes], sort_keys=True)
+
+
 class Start(TypedDict):
     """The child has its request: arm its deadline (from `t0`) and its memory watch."""
 
@@ -149,6 +163,8 @@ class Start(TypedDict):
     t0: float
     timeout_seconds: float
     memory_limit_mb: int
+    #: a template's child: hand this connection the template's next child now (a ticket ahead)
+    ahead: NotRequired[bool]
 
 
 class End(TypedDict):
@@ -171,14 +187,33 @@ CallerMessage = Want | Start | End | StatsRequest
 TICKET_FDS = ("request_w", "result_r", "stdout_r", "stderr_r", "pidfd")
 
 
+class Ahead(TypedDict):
+    """What a ticket ahead is for: the template it was forked from, and the file that template imported."""
+
+    #: the template's `template_key`: a run with another key cannot use it
+    key: str
+    #: the plugin's file and its (inode, size, mtime_ns) when the template was built (None: not known): a
+    #: run whose file differs now gives the ticket up and asks (`Want`), so that it runs the new code
+    origin: str | None
+    signature: list[int] | None
+
+
 class Ticket(TypedDict):
-    """A child ready to run, with `TICKET_FDS`; `template`: forked from a template, the answer to a `Want`."""
+    """A child ready to run, with `TICKET_FDS`; `template`: forked from a template, the answer to a `Want`
+    or, with `ahead`, the answer to a `Start` that asked for a ticket ahead."""
 
     t: Literal["ticket"]
     pid: int
     #: where the caller sets the run's memory limit and ends the unit itself (None: no cgroup)
     unit: UnitWire | None
     template: NotRequired[bool]
+    ahead: NotRequired[Ahead]
+
+
+class NoneAhead(TypedDict):
+    """No ticket ahead for the `Start` that asked: the template is gone, could not fork, or was given up."""
+
+    t: Literal["none_ahead"]
 
 
 class Exit(TypedDict):
@@ -240,7 +275,7 @@ class Stats(TypedDict):
     resident_bytes: int
 
 
-LauncherMessage = Ticket | Exit | Error | Fallback | TemplateFailed | Stats
+LauncherMessage = Ticket | NoneAhead | Exit | Error | Fallback | TemplateFailed | Stats
 
 
 # -- template socket ------------------------------------------------------------------------------------------

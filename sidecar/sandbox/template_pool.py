@@ -1,11 +1,18 @@
 """The template pool: a template per plugin (see `template`), chosen, built, asked for children and retired.
 
-A `Want` names a plugin; its key (the plugin, the caller's import path, its limits) chooses the template.
-One whose plugin's file changed is replaced; a plugin whose import starts threads is imported per run until
-it changes; one whose import failed or hung backs off (1 s, doubling up to a minute). The pool holds at most
-`max_templates`, least recently used evicted first. Each ready template keeps a spare child forked ahead of
-need; a run takes it, or the one being forked, or asks for a fork. A template that does not answer a fork
-request in time is replaced.
+A `Want` names a plugin; its key (`protocol.template_key`: the plugin, the caller's import path, its limits)
+chooses the template. One whose plugin's file changed is replaced; a plugin whose import starts threads is
+imported per run until it changes; one whose import failed or hung backs off (1 s, doubling up to a minute).
+The pool holds at most `max_templates`, least recently used evicted first. Each ready template keeps a spare
+child forked ahead of need; a run takes it, or the one being forked, or asks for a fork. A template that does
+not answer a fork request in time is replaced.
+
+Tickets ahead: a caller whose run of a template's child starts (`Start` with `ahead`) is handed the template's
+spare, or the next child forked for it, before its next run asks; that run then costs no message to the
+launcher before it starts. One per connection: a `Want` gives it up (killed; still being forked, it becomes the
+template's spare). The caller checks the plugin's file before it uses one (`Ahead.signature`): an edited
+plugin's next run asks, and so gets a new template. A ticket ahead is a run not yet started, like any handed
+out: its template's retirement leaves it alone (it is reaped when it exits, killed with its connection).
 """
 
 from __future__ import annotations
@@ -20,33 +27,55 @@ from .child import PLUGIN_ID_BASE
 from .connections import Conn
 from .containment import Unit
 from .launcher_state import PAGE, prctl
-from .protocol import PLACED, Fork, Stats, Want, template_message
+from .protocol import PLACED, Ahead, Fork, Stats, Want, template_key, template_message
 from .template import template_main
 from .tickets import Child, Tickets, run_pipes
 
-__all__ = ["Template", "TemplatePool"]
+__all__ = ["ForkRequest", "Template", "TemplatePool"]
 
 #: How long a template may take to answer a fork request before it is killed and replaced (runs meanwhile
 #: import per run): a template stopped by its own run, or hung in an at-fork hook, never holds a run.
 _FORK_ANSWER_SECONDS = 2.0
 
+#: A ticket ahead used within this of being handed over: runs come back to back, and the template keeps a spare
+#: forked as well, so that the next ticket ahead is ready when its run asks (spaced runs need none: the one
+#: forked as a run starts is ready long before the next).
+_BACK_TO_BACK_SECONDS = 0.05
+
 #: Back-off after a template's import failed or hung: 1 s, doubling up to this (runs meanwhile import per run).
 _MAX_BACKOFF_SECONDS = 60.0
+
+
+class ForkRequest:
+    """A fork asked of a template and not answered yet: who gets the child (None: kept as the template's spare),
+    whether as a ticket ahead, the caller's ends of its pipes, its private directory, and by when the template
+    must answer."""
+
+    __slots__ = ("to", "ahead", "ours", "tmp", "deadline")
+
+    def __init__(self, to: Conn | None, ours: tuple[int, ...], tmp: str, deadline: float, ahead: bool) -> None:
+        self.to = to
+        self.ahead = ahead
+        self.ours = ours
+        self.tmp = tmp
+        self.deadline = deadline
 
 
 class Template:
     """A plugin's template as the launcher sees it: its process, its socket and who waits on it."""
 
-    __slots__ = ("key", "pid", "pidfd", "sock", "tmp", "signature", "ready", "deadline", "timed_out",
+    __slots__ = ("key", "pid", "pidfd", "sock", "tmp", "origin", "signature", "ready", "deadline", "timed_out",
                  "waiting", "forking", "spares", "answered", "unit", "fork_deadline", "memory_limit_mb")
 
-    def __init__(self, key: str, pid: int, pidfd: int, sock: socket.socket, tmp: str,
+    def __init__(self, key: str, pid: int, pidfd: int, sock: socket.socket, tmp: str, origin: str | None,
                  signature: tuple[int, ...] | None, deadline: float) -> None:
         self.key = key
         self.pid = pid
         self.pidfd = pidfd
         self.sock = sock
         self.tmp = tmp
+        #: the plugin's file (its path, or the file its module was imported from once known)
+        self.origin = origin
         #: (inode, size, mtime) of the plugin's file when built: a change means a new template
         self.signature = signature
         self.ready = False
@@ -56,9 +85,8 @@ class Template:
         self.timed_out = False
         #: connections waiting for the import to finish, then for a fork (with their run's deadline)
         self.waiting: list[tuple[Conn, float]] = []
-        #: fork requests in flight, in order: who gets the child (None: kept as a spare), the caller's
-        #: ends of its pipes, its private directory and by when the template must answer it
-        self.forking: list[tuple[Conn | None, tuple[int, ...], str, float]] = []
+        #: fork requests in flight, in the order the template answers them
+        self.forking: list[ForkRequest] = []
         #: children forked ahead of need, handed to the next runs of this plugin
         self.spares: list[Child] = []
         self.unit: Unit | None = None
@@ -68,7 +96,12 @@ class Template:
         self.memory_limit_mb = 0
 
     def asked(self) -> None:
-        self.fork_deadline = min((d for *_rest, d in self.forking), default=float("inf"))
+        self.fork_deadline = min((r.deadline for r in self.forking), default=float("inf"))
+
+    def ahead(self) -> Ahead:
+        """What a ticket ahead from it says of it (the caller checks the file before it runs one)."""
+        return {"key": self.key, "origin": self.origin,
+                "signature": list(self.signature) if self.signature is not None else None}
 
 
 def _signature(path: str | None) -> tuple[int, ...] | None:
@@ -86,11 +119,12 @@ class TemplatePool(Tickets):
 
     def _want(self, conn: Conn, msg: Want) -> None:
         """A run of this plugin is about to start: a ticket forked from its template, or why not."""
+        self._give_up_ahead(conn)  # a caller that asks does not use the ticket ahead it may hold
         plugin = msg["plugin"]
-        key = json.dumps([plugin, msg.get("sys_path"), msg["memory_limit_mb"], msg.get("max_processes")],
-                         sort_keys=True)
+        key = template_key(plugin, msg.get("sys_path"), msg["memory_limit_mb"], msg.get("max_processes"))
         tpl = self.templates.get(key)
-        signature = _signature(plugin.get("path") or self._origins.get(key))
+        origin = plugin.get("path") or self._origins.get(key)
+        signature = _signature(origin)
         if tpl is not None and tpl.ready and signature != tpl.signature:
             self._drop_template(tpl)  # the file changed on disk: its next run gets a new template
             tpl = None
@@ -105,7 +139,7 @@ class TemplatePool(Tickets):
                 self._send(conn, {"t": "fallback", "reason": "backoff"})
                 return
         if tpl is None:
-            tpl = self._build(key, msg, signature)
+            tpl = self._build(key, msg, origin, signature)
             if tpl is None:
                 self._send(conn, {"t": "fallback", "reason": "fork"})
                 return
@@ -122,9 +156,9 @@ class TemplatePool(Tickets):
             spare = None
         if spare is not None:
             self._hand_out(spare, conn)
-            self._fork_from(tpl, None)  # the next run's, while nobody waits
+            self._refill(tpl)  # the next run's, while nobody waits
         elif tpl.ready and self._claim(tpl, conn, run_deadline):
-            self._fork_from(tpl, None)
+            self._refill(tpl)
         elif tpl.ready:
             self._fork_from(tpl, conn, run_deadline)
         else:
@@ -133,25 +167,70 @@ class TemplatePool(Tickets):
     def _claim(self, tpl: Template, conn: Conn, run_deadline: float) -> bool:
         """Take the spare the template is forking now for this run (back to back, the run after the one that
         took the last spare comes before it is ready): it answers sooner than a fork asked for after it."""
-        for i, (to, ours, tmp, deadline) in enumerate(tpl.forking):
-            if to is None:
-                tpl.forking[i] = (conn, ours, tmp, min(deadline, run_deadline))
+        for req in tpl.forking:
+            if req.to is None:
+                req.to, req.deadline = conn, min(req.deadline, run_deadline)
                 tpl.asked()
                 return True
         return False
 
-    def _hand_out(self, child: Child, conn: Conn) -> None:
+    def _hand_out(self, child: Child, conn: Conn, ahead: Ahead | None = None) -> None:
         fds, child.ticket_fds = child.ticket_fds, ()
         child.conn = conn
         conn.children.add(child.pid)
+        conn.key = child.key
         try:
             unit = child.unit.wire() if child.unit is not None else None
-            self._send(conn, {"t": "ticket", "pid": child.pid, "template": True, "unit": unit}, [*fds, child.pidfd])
+            if ahead is None:
+                self._send(conn, {"t": "ticket", "pid": child.pid, "template": True, "unit": unit},
+                           [*fds, child.pidfd])
+            else:
+                conn.ahead, conn.ahead_at = child, time.monotonic()
+                self._send(conn, {"t": "ticket", "pid": child.pid, "template": True, "unit": unit, "ahead": ahead},
+                           [*fds, child.pidfd])
         finally:
             for fd in fds:
                 os.close(fd)
 
-    def _build(self, key: str, msg: Want, signature: tuple[int, ...] | None) -> Template | None:
+    def _hand_ahead(self, conn: Conn, held: float | None) -> None:
+        """A run of the caller's last template child started and it asked for a ticket ahead: the template's
+        spare, else a fork for it. Answered exactly once: a ticket (now, or once forked) or `NoneAhead`.
+        `held`: how long the run's own ticket ahead was held (None: it was not one); back to back, the
+        template's spare is forked again too."""
+        tpl = self.templates.get(conn.key)
+        if conn.ahead is not None or tpl is None or not tpl.ready or self._stopped(tpl.pid):
+            self._send(conn, {"t": "none_ahead"})  # one already, or the template was retired or stopped
+            return
+        spare = tpl.spares.pop(0) if tpl.spares else None
+        if spare is not None and self._stopped(spare.pid):
+            self._kill(spare.pid)  # another run of the plugin (same uid) stopped it: never hand it out
+            spare = None
+        forking = next((req for req in tpl.forking if req.to is None), None)
+        if spare is not None:
+            self._hand_out(spare, conn, tpl.ahead())
+        elif forking is not None:  # the spare being forked (back to back, it is not ready yet): it comes first
+            forking.to, forking.ahead, conn.ahead = conn, True, forking
+        else:
+            self._fork_from(tpl, conn, ahead=True)
+        if held is not None and held < _BACK_TO_BACK_SECONDS:
+            self._refill(tpl)  # while nobody waits: the next run finds its ticket ahead forked
+
+    def _refill(self, tpl: Template) -> None:
+        """Fork the template's spare, unless it has one, ready or being forked (one is enough)."""
+        if not tpl.spares and not any(req.to is None for req in tpl.forking):
+            self._fork_from(tpl, None)
+
+    def _give_up_ahead(self, conn: Conn) -> None:
+        """The caller asked (`Want`): the ticket ahead it holds is given up (killed; its exit report follows),
+        and one still being forked is answered `NoneAhead` and kept as its template's spare."""
+        ahead, conn.ahead = conn.ahead, None
+        if isinstance(ahead, ForkRequest):
+            ahead.to, ahead.ahead = None, False
+            self._send(conn, {"t": "none_ahead"})
+        elif ahead is not None:
+            self._kill(ahead.pid)
+
+    def _build(self, key: str, msg: Want, origin: str | None, signature: tuple[int, ...] | None) -> Template | None:
         while len(self.templates) >= self.max_templates:
             victim = next((t for t in self.templates.values() if t.ready and not t.forking), None)
             if victim is None:
@@ -176,7 +255,7 @@ class TemplatePool(Tickets):
         mine.setblocking(False)  # a template that does not read never blocks the loop: its fork request fails
         pidfd = os.pidfd_open(pid)
         deadline = float(msg.get("t0") or time.monotonic()) + float(msg["timeout_seconds"])
-        tpl = Template(key, pid, pidfd, mine, tmp, signature, deadline)
+        tpl = Template(key, pid, pidfd, mine, tmp, origin, signature, deadline)
         tpl.memory_limit_mb = int(msg["memory_limit_mb"])
         tpl.unit = self._unit(pid, tpl.memory_limit_mb * 1024 * 1024)
         try:
@@ -190,15 +269,16 @@ class TemplatePool(Tickets):
         self.builds += 1
         return tpl
 
-    def _fork_from(self, tpl: Template, conn: Conn | None, run_deadline: float = float("inf")) -> None:
-        """Ask the template for a child: for `conn`'s run, or (None) a spare for the next run."""
+    def _fork_from(self, tpl: Template, conn: Conn | None, run_deadline: float = float("inf"),
+                   ahead: bool = False) -> None:
+        """Ask the template for a child: for `conn`'s run (or, `ahead`, its next run), or (None) a spare."""
         if conn is not None and conn.sock.fileno() not in self.conns:
             return
         try:
             pipes = run_pipes()
         except OSError:
             if conn is not None:
-                self._send(conn, {"t": "fallback", "reason": "pipe"})
+                self._send(conn, {"t": "none_ahead"} if ahead else {"t": "fallback", "reason": "pipe"})
             return
         (res_r, res_w), (out_r, out_w), (err_r, err_w), (req_r, req_w) = pipes
         tmp = ""
@@ -216,12 +296,15 @@ class TemplatePool(Tickets):
             if tmp:
                 self.tmp.remove(tmp)
             if conn is not None:
-                self._send(conn, {"t": "fallback", "reason": "template"})
+                self._send(conn, {"t": "none_ahead"} if ahead else {"t": "fallback", "reason": "template"})
             return
         finally:
             for fd in (res_w, out_w, err_w, req_r):
                 os.close(fd)
-        tpl.forking.append((conn, ours, tmp, min(time.monotonic() + _FORK_ANSWER_SECONDS, run_deadline)))
+        req = ForkRequest(conn, ours, tmp, min(time.monotonic() + _FORK_ANSWER_SECONDS, run_deadline), ahead)
+        if ahead and conn is not None:
+            conn.ahead = req
+        tpl.forking.append(req)
         tpl.asked()
 
     def _on_template(self, tpl: Template, fd: int) -> None:
@@ -243,7 +326,7 @@ class TemplatePool(Tickets):
             tpl.ready = True
             if msg["origin"] and tpl.signature is None:
                 tpl.signature = _signature(msg["origin"])
-                self._origins[tpl.key] = msg["origin"]
+                tpl.origin = self._origins[tpl.key] = msg["origin"]
             self.backoff.pop(tpl.key, None)
             waiting, tpl.waiting = tpl.waiting, []
             for conn, run_deadline in waiting:
@@ -263,13 +346,18 @@ class TemplatePool(Tickets):
             for conn, _d in waiting:
                 self._send(conn, {"t": "fallback", "reason": "threads", "threads": msg["count"]})
         elif msg["t"] == "forked" and tpl.forking:
-            to, ours, tmp, _deadline = tpl.forking.pop(0)
+            req = tpl.forking.pop(0)
             tpl.asked()
-            self._ticket_from(tpl, to, msg["pid"], ours, tmp)
+            self._ticket_from(tpl, req, msg["pid"])
 
-    def _ticket_from(self, tpl: Template, conn: Conn | None, pid: int, ours: tuple[int, ...], tmp: str) -> None:
-        spare = conn is None and pid and self.templates.get(tpl.key) is tpl
+    def _ticket_from(self, tpl: Template, req: ForkRequest, pid: int) -> None:
+        """The template answered `req` (`pid` 0: it could not fork): hand the child to whom it is for, keep it
+        as the spare, or kill it; a caller that waits for it is answered either way."""
+        conn, ours, tmp = req.to, req.ours, req.tmp
+        current = self.templates.get(tpl.key) is tpl
         alive = conn is not None and self.conns.get(conn.sock.fileno()) is conn
+        if conn is not None and conn.ahead is req:
+            conn.ahead = None
         pidfd = -1
         if pid:
             try:
@@ -284,22 +372,31 @@ class TemplatePool(Tickets):
                 os.close(fd)
             self.tmp.remove(tmp)
             if alive and conn is not None:
-                self._send(conn, {"t": "fallback", "reason": "fork"})
+                self._send(conn, {"t": "none_ahead"} if req.ahead else {"t": "fallback", "reason": "fork"})
             self._reap_orphans()
             return
-        child = Child(pid, pidfd, conn if alive else None, tmp, owner=tpl.pid)
+        child = Child(pid, pidfd, conn if alive else None, tmp, owner=tpl.pid, key=tpl.key)
         self.children[pid] = child
         self.by_pidfd[pidfd] = child
         self.epoll.register(pidfd, select.EPOLLIN)
         unit = self._contain(child, tpl.memory_limit_mb * 1024 * 1024)  # set ahead: the caller need not
-        if spare:
+        if conn is None and current and not tpl.spares:
             child.ticket_fds = ours
             tpl.spares.append(child)
             return
         try:
-            if alive and conn is not None:
+            if alive and conn is not None and req.ahead and not current:
+                self._send(conn, {"t": "none_ahead"})  # its template was retired meanwhile: maybe for a change
+                self._kill(pid)
+            elif alive and conn is not None:
                 conn.children.add(pid)
-                self._send(conn, {"t": "ticket", "pid": pid, "template": True, "unit": unit}, [*ours, pidfd])
+                conn.key = tpl.key
+                if req.ahead:
+                    conn.ahead, conn.ahead_at = child, time.monotonic()
+                    self._send(conn, {"t": "ticket", "pid": pid, "template": True, "unit": unit,
+                                      "ahead": tpl.ahead()}, [*ours, pidfd])
+                else:
+                    self._send(conn, {"t": "ticket", "pid": pid, "template": True, "unit": unit}, [*ours, pidfd])
             else:
                 self._kill(pid)
         finally:
@@ -346,15 +443,16 @@ class TemplatePool(Tickets):
 
     def _forget_template(self, tpl: Template, reaped: bool, hung: bool = False) -> None:
         forking, tpl.forking = tpl.forking, []
-        for conn, ours, tmp, _deadline in forking:  # fork requests it will never answer
-            if hung and conn is not None and self.conns.get(conn.sock.fileno()) is conn:
-                for fd in ours:
+        for req in forking:  # fork requests it will never answer
+            conn = req.to
+            if hung and not req.ahead and conn is not None and self.conns.get(conn.sock.fileno()) is conn:
+                for fd in req.ours:
                     os.close(fd)
-                self.tmp.remove(tmp)
+                self.tmp.remove(req.tmp)
                 self._send(conn, {"t": "template_failed", "hung": True, "message": None, "status": 0,
                                   "timed_out": False, "waited": _FORK_ANSWER_SECONDS})
             else:
-                self._ticket_from(tpl, conn, 0, ours, tmp)
+                self._ticket_from(tpl, req, 0)  # a ticket ahead's caller is answered `NoneAhead`
         for child in tpl.spares:  # reaped (and their fds closed) when their exit is seen
             self._kill(child.pid)
         tpl.spares = []

@@ -3,7 +3,9 @@
 Every caller connection holds a ticket, two once it ran on one: each a child forked ahead of need and pre-faulted
 (`child.spare_main`), and the caller's ends of its pipes (`protocol.TICKET_FDS`), passed with SCM_RIGHTS.
 When a ticket's child exits, its unit is ended and waited for, it is reaped, its exit reported to the
-caller, its private directory removed, and the caller's next ticket forked while nobody waits.
+caller, its private directory removed, and the caller's next ticket forked while nobody waits. (A template's
+children are handed out by `template_pool`, as the answer to a `Want` or as a ticket ahead; they are reaped
+and reported here all the same.)
 """
 
 from __future__ import annotations
@@ -27,13 +29,14 @@ class Child:
     """A child of the launcher: a ticket, a run, or a template's spare; what guards it and who waits on it."""
 
     __slots__ = ("pid", "pidfd", "conn", "deadline", "rss_limit", "started", "timed_out", "memory_killed", "memory_by",
-                 "tmp",
-                 "owner", "ticket_fds", "unit", "killed")
+                 "tmp", "owner", "key", "ticket_fds", "unit", "killed")
 
-    def __init__(self, pid: int, pidfd: int, conn: Conn | None, tmp: str, owner: int = 0) -> None:
+    def __init__(self, pid: int, pidfd: int, conn: Conn | None, tmp: str, owner: int = 0, key: str = "") -> None:
         self.pid = pid
         #: the process whose identity the run wears: itself, or the template it was forked from
         self.owner = owner or pid
+        #: the key of the template it was forked from ("": forked by the launcher itself)
+        self.key = key
         #: a template's spare: the caller's ends of its pipes, held here until a run of its plugin asks
         self.ticket_fds: tuple[int, ...] = ()
         self.pidfd = pidfd
@@ -137,6 +140,8 @@ class Tickets(Connections):
             if child in tpl.spares:
                 tpl.spares.remove(child)
         conn = child.conn
+        if conn is not None and conn.ahead is child:
+            conn.ahead = None  # it died before its run: the caller sees its exit report and asks again
         if conn is not None and conn.sock.fileno() in self.conns:
             conn.children.discard(child.pid)
             if self._send(conn, {"t": "exit", "pid": child.pid, "status": status, "maxrss": peak,

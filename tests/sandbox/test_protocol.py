@@ -47,3 +47,12 @@ def test_a_result_frame_needs_a_known_outcome() -> None:
     for forged in (b'{"outcome": "great"}', b'["success"]', b"{", b"[" * 100_000 + b"]" * 100_000):
         with pytest.raises(ProtocolError):
             result_message(forged)
+
+
+def test_a_template_key_is_the_same_on_both_sides_whatever_the_order_of_the_plugins_fields() -> None:
+    from sidecar.sandbox.protocol import PluginWire, template_key
+
+    plugin: PluginWire = {"name": "p", "path": "/plugins/p.py", "module": None, "attr": "run"}
+    shuffled: PluginWire = {"attr": "run", "module": None, "path": "/plugins/p.py", "name": "p"}
+    assert template_key(plugin, None, 256, None) == template_key(shuffled, None, 256, None)
+    assert template_key(plugin, None, 256, None) != template_key(plugin, None, 512, None)  # another template
