@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 
 from . import __version__
 from .check import DROP_REASONS, STATES
+from .collector_text import CollectorText
 from .metric_family import Family
 from .sandbox.outcomes import ABORTED, ERROR_OUTCOMES
 from .sandbox.result import PluginSandboxResult
@@ -325,7 +326,7 @@ class Metrics:
         self._scheduler_errors = 0
         self._render_errors = 0
         self._failing: set[str] = set()  # plugins whose last render failed (logged once until they recover)
-        self._process = _process_registry() if process_metrics else None
+        self._process = CollectorText(_process_registry(), _num) if process_metrics else None
         #: Read at scrape time: the history store's fault counters (set by the runner; read without a lock).
         self.store_stats: Callable[[], StoreStats] = lambda: StoreStats(dict.fromkeys(FAULT_REASONS, 0), 0, 0)
         self.template_stats: Callable[[], Mapping[str, int]] = lambda: dict.fromkeys(_TEMPLATE_STATS.values(), 0)
@@ -453,14 +454,7 @@ class Metrics:
         if self._process is None:
             return ""
         try:
-            if openmetrics:
-                from prometheus_client.openmetrics.exposition import generate_latest as openmetrics_latest
-
-                body: bytes = openmetrics_latest(self._process)  # type: ignore[no-untyped-call]
-                return body.decode().removesuffix("# EOF\n")
-            from prometheus_client.exposition import generate_latest
-
-            return generate_latest(self._process).decode()
+            return self._process.render(openmetrics)
         except Exception:
             log.exception("rendering the process and python series failed; left out of this scrape")
             with self._lock:

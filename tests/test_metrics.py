@@ -365,6 +365,21 @@ def test_a_failing_process_collector_leaves_the_rest_of_the_scrape(metrics: Metr
     assert _value(fams, "sidecar_metrics_render_errors", "sidecar_metrics_render_errors_total") == 1
 
 
+def test_a_failing_collection_of_the_process_series_leaves_the_rest_of_the_scrape(
+        metrics: Metrics, monkeypatch: pytest.MonkeyPatch) -> None:
+    from prometheus_client import ProcessCollector
+
+    metrics.render()  # the series' text is kept as templates: collecting must still fail the same way
+
+    def broken(self: Any) -> Any:
+        raise OSError("no /proc")
+
+    monkeypatch.setattr(ProcessCollector, "collect", broken)
+    fams = _families(metrics, openmetrics=True)
+    assert _sidecar(fams) == set(fams) == {f.name for f in FAMILIES}
+    assert _value(fams, "sidecar_metrics_render_errors", "sidecar_metrics_render_errors_total") == 1
+
+
 def test_scheduler_errors_are_counted(metrics: Metrics) -> None:
     assert _value(_families(metrics), "sidecar_scheduler_errors", "sidecar_scheduler_errors_total") == 0
     metrics.scheduler_error()
