@@ -42,7 +42,7 @@ class Processes(LauncherState):
 
     def _unclaimed_child(self, pid: int) -> bool:
         """Whether `pid` is a child of ours that is no run or template yet: what a template says it forked
-        (its run, re-parented to us once the intermediate left) is checked, never trusted — its plugin's
+        (its run, our child from birth or once a middle process left) is checked, never trusted — its plugin's
         code, e.g. an at-fork hook, can write to its socket — so that no other process becomes a run the
         launcher will stop and kill. Asked after the pidfd is open: a pid reused since names no such child."""
         if pid in self.children or any(t.pid == pid for t in self.templates.values()):

@@ -9,9 +9,10 @@ held by threads that do not exist in the child), freezes the heap out of the col
 (so runs do not copy its pages by touching reference counts in a collection), and answers fork
 requests from the launcher until its socket closes.
 
-A run is forked twice: the intermediate process exits at once, so the run is re-parented to the
-launcher (a child subreaper), which reaps it, reports its exit and kills its process group exactly
-as for a run forked by the launcher itself.
+A run is forked as the launcher's child (`sibling_fork`: one fork, the run's parent is the template's),
+so the launcher reaps it, reports its exit and ends its unit exactly as for a run it forked itself.
+Where the kernel refuses that, it is forked twice: the intermediate process exits at once, and the run
+is re-parented to the launcher (a child subreaper).
 
 Its messages to and from the launcher are declared in `protocol` (the template socket).
 """
@@ -42,9 +43,11 @@ from .child import (
     read_request,
     serve_request,
     use_caller_path,
+    warm_run_path,
 )
 from .outcomes import classify_exception
 from .protocol import Fork, TemplateMessage, Want
+from .sibling_fork import fork_sibling
 from .title import set_title
 
 __all__ = ["TEMPLATE_FD", "template_main"]
@@ -98,12 +101,13 @@ def _run_main(fds: tuple[int, int, int, int], tmp: str, func: Any, prctl: Any, l
         become_unit(prctl)
         confine_fds(fds, keep_others=True)  # fd 3 (the template's socket) is overwritten by the result's
         os.environ["TMPDIR"] = os.environ["HOME"] = tmp
+        warm_run_path()  # pre-faulting while nobody waits, as a launcher's spare does on a stand-in plugin
         request = read_request()
         if request is None:
             os._exit(0)
         set_title(f"sidecar: run of {request['plugin']['name']}")
-        # The request comes after the launcher registered us, so our intermediate parent is gone
-        # and the launcher is our parent: only now can the death signal name the right process.
+        # The request comes after the launcher registered us, so the launcher is our parent (from birth,
+        # or once a middle process left): only now can the death signal name the right process.
         if prctl is not None:
             prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
         if prctl is not None and os.getppid() != launcher:
@@ -117,6 +121,34 @@ def _run_main(fds: tuple[int, int, int, int], tmp: str, func: Any, prctl: Any, l
 
 
 def _fork_run(fds: list[int], tmp: str, func: Any, prctl: Any, launcher: int, name: str) -> int:
+    """Fork a run; its pid once the plugin's after-fork hooks have returned in it (0: it could not be forked).
+
+    The answer waits for those hooks, so that one that hangs hangs the template, which the launcher
+    replaces within its fork-answer deadline (the plugin is then imported per run), as it did when a
+    middle process ran them."""
+    r, w = os.pipe()
+    try:
+        pid = fork_sibling()
+    except OSError:
+        os.close(r)
+        os.close(w)
+        raise
+    if pid == 0:  # pragma: no cover - the run, the launcher's child from birth
+        os.close(r)
+        os.close(w)  # past the hooks: the template may answer
+        _run_main((fds[0], fds[1], fds[2], fds[3]), tmp, func, prctl, launcher, name)
+    os.close(w)
+    try:
+        if pid is not None:
+            os.read(r, 1)  # end-of-file once the run closed its end (or died)
+            return pid
+    finally:
+        os.close(r)
+    return _fork_twice(fds, tmp, func, prctl, launcher, name)
+
+
+def _fork_twice(fds: list[int], tmp: str, func: Any, prctl: Any, launcher: int, name: str) -> int:
+    """Where `fork_sibling` is refused: fork a middle process that forks the run and leaves at once."""
     r, w = os.pipe()
     first = os.fork()
     if first == 0:  # pragma: no cover - the intermediate: fork the run, tell its pid, leave

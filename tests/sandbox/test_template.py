@@ -72,6 +72,26 @@ def test_state_changed_by_a_run_is_not_seen_by_the_next(sandbox: Sandbox, tmp_pa
     assert sandbox.template_stats()["builds"] == 1
 
 
+RANDOM = """
+import random, ssl, uuid
+ssl.RAND_bytes(16)  # the template's OpenSSL generator is seeded before any run is forked
+random.random()
+def run():
+    return [ssl.RAND_bytes(16).hex(), random.random(), str(uuid.uuid4())]
+"""
+
+
+def test_runs_of_one_template_draw_different_random_numbers(sandbox: Sandbox, tmp_path: Path) -> None:
+    # Each run is forked from the same template state: every generator must know it is a new process
+    # (Python's after-fork hooks reseed `random`; OpenSSL sees a new pid), or runs would repeat nonces.
+    ref = _plugin(tmp_path, "randomness", RANDOM)
+    draws = [_run(sandbox, ref) for _ in range(3)]
+    assert all(r.outcome is Outcome.SUCCESS for r in draws), draws
+    for i in range(3):
+        assert len({r.result[i] for r in draws}) == 3, draws
+    assert sandbox.template_stats()["builds"] == 1
+
+
 def test_a_plugin_edited_on_disk_runs_its_new_code(sandbox: Sandbox, tmp_path: Path) -> None:
     ref = _plugin(tmp_path, "edited", "def run():\n    return 'old'\n")
     assert _run(sandbox, ref).result == "old"
