@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 
 from . import __version__
 from .check import DROP_REASONS, STATES
+from .collector_text import CollectorText
 from .metric_family import Family
 from .sandbox.outcomes import ABORTED, ERROR_OUTCOMES
 from .sandbox.result import PluginSandboxResult
@@ -142,10 +143,33 @@ _TEMPLATE_STATS = {"sidecar_templates": "alive", "sidecar_template_builds": "bui
                    "sidecar_template_evictions": "evictions", "sidecar_templates_resident_bytes": "resident_bytes"}
 
 
+def _header(fam: Family, openmetrics: bool) -> str:
+    """A family's HELP and TYPE lines; the Prometheus text format names a counter by its `_total` sample."""
+    name = fam.name if openmetrics or fam.type != "counter" else f"{fam.name}_total"
+    return f"# HELP {name} {fam.help}\n# TYPE {name} {fam.type}\n"
+
+
+#: Each family's HELP and TYPE lines, by format (OpenMetrics: True) and name: made once, not per scrape.
+_HEADERS = {openmetrics: {fam.name: _header(fam, openmetrics) for fam in FAMILIES} for openmetrics in (False, True)}
+#: The families whose lines each plugin renders and keeps (`_Plugin.render`), in scrape order.
+_PLUGIN_FAMILIES = tuple(fam.name for fam in FAMILIES if "plugin" in fam.labels
+                         and fam.name != "sidecar_plugin_uptime_seconds")
+#: The key of the plugins' own gauge families among a scrape's joined sections.
+_REPORTED = "_reported"
+
+
+#: Integers in this range print as Python prints them plus ".0", as `floatToGoString` gives them: from a million
+#: up Go writes an exponent (1e+06), and beyond 2**53 a float is no longer the integer.
+_GO_EXPONENT = 1_000_000
+_EXACT_INT = 2**53
+
+
 def _num(v: float) -> str:
     """prometheus-client's `floatToGoString`, matched exactly (a test compares them): Go's float
     syntax, NaN and +Inf/-Inf as the exposition formats spell them. Not imported, so gunicorn
     workers, which import this module but never render, do not load prometheus-client."""
+    if type(v) is int and -_EXACT_INT < v < _GO_EXPONENT:  # counts: most of a scrape's numbers
+        return f"{v}.0"
     d = float(v)
     if d == math.inf:
         return "+Inf"
@@ -325,7 +349,9 @@ class Metrics:
         self._scheduler_errors = 0
         self._render_errors = 0
         self._failing: set[str] = set()  # plugins whose last render failed (logged once until they recover)
-        self._process = _process_registry() if process_metrics else None
+        #: per format: the plugins' caches the joined sections were made from, and those sections
+        self._joined: dict[bool, tuple[list[dict[str, str]], dict[str, str]] | None] = {False: None, True: None}
+        self._process = CollectorText(_process_registry(), _num) if process_metrics else None
         #: Read at scrape time: the history store's fault counters (set by the runner; read without a lock).
         self.store_stats: Callable[[], StoreStats] = lambda: StoreStats(dict.fromkeys(FAULT_REASONS, 0), 0, 0)
         self.template_stats: Callable[[], Mapping[str, int]] = lambda: dict.fromkeys(_TEMPLATE_STATS.values(), 0)
@@ -425,42 +451,47 @@ class Metrics:
                 return {"state": "unknown", "reason": None, "values": {}, "last_success": None}
             return {"state": p.state, "reason": p.reason, "values": dict(p.fields), "last_success": p.last_success}
 
-    def _plugin_chunks(self, now: float) -> tuple[list[dict[str, str]], list[dict[str, tuple[str, str, str]]]]:
-        """Every plugin's cached lines plus its uptime line, and its own families; a plugin that fails is
-        left out and counted."""
-        chunks: list[dict[str, str]] = []
-        reported: list[dict[str, tuple[str, str, str]]] = []
-        with self._lock:
-            for p in self._plugins.values():
-                try:
-                    chunk = dict(p.render())
-                    chunk["sidecar_plugin_uptime_seconds"] = (
-                        f'sidecar_plugin_uptime_seconds{{plugin="{p.label}"}} {_num(max(0.0, now - p.loaded_at))}\n')
-                except Exception:
-                    p.cache = None
-                    self._render_errors += 1
-                    if p.name not in self._failing:
-                        log.exception("rendering the series of plugin %s failed; left out of scrapes until it "
-                                      "renders again", p.name)
-                    self._failing.add(p.name)
-                    continue
-                chunks.append(chunk)
-                reported.append(p.reported)
-                self._failing.discard(p.name)
-        return chunks, reported
+    def _plugin_lines(self, now: float, openmetrics: bool) -> tuple[dict[str, str], str]:
+        """Every plugin family's lines over all plugins (the plugins' own gauge families under the key
+        `_REPORTED`), and the uptime lines. The caller holds `_lock`.
+
+        Each plugin keeps its lines until it changes (`_Plugin.render`); their concatenation per family is kept
+        too, until any plugin's lines change, so a scrape with no run since the last one joins nothing but
+        the uptime lines, the one family computed at scrape time. A plugin that fails to render is left out
+        and counted."""
+        rendered: list[_Plugin] = []
+        caches: list[dict[str, str]] = []
+        uptime: list[str] = []
+        for p in self._plugins.values():
+            try:
+                cache = p.render()
+                line = f'sidecar_plugin_uptime_seconds{{plugin="{p.label}"}} {_num(max(0.0, now - p.loaded_at))}\n'
+            except Exception:
+                p.cache = None
+                self._render_errors += 1
+                if p.name not in self._failing:
+                    log.exception("rendering the series of plugin %s failed; left out of scrapes until it "
+                                  "renders again", p.name)
+                self._failing.add(p.name)
+                continue
+            rendered.append(p)
+            caches.append(cache)
+            uptime.append(line)
+            self._failing.discard(p.name)
+        joined = self._joined[openmetrics]
+        if joined is None or len(joined[0]) != len(caches) or any(
+                a is not b for a, b in zip(joined[0], caches, strict=True)):
+            # Holding the caches themselves (not their ids) in the key: a freed dict's id may be reused.
+            sections = {name: "".join(c[name] for c in caches) for name in _PLUGIN_FAMILIES}
+            sections[_REPORTED] = "".join(_reported_families([p.reported for p in rendered], openmetrics))
+            joined = self._joined[openmetrics] = (caches, sections)
+        return joined[1], "".join(uptime)
 
     def _process_text(self, openmetrics: bool) -> str:
         if self._process is None:
             return ""
         try:
-            if openmetrics:
-                from prometheus_client.openmetrics.exposition import generate_latest as openmetrics_latest
-
-                body: bytes = openmetrics_latest(self._process)  # type: ignore[no-untyped-call]
-                return body.decode().removesuffix("# EOF\n")
-            from prometheus_client.exposition import generate_latest
-
-            return generate_latest(self._process).decode()
+            return self._process.render(openmetrics)
         except Exception:
             log.exception("rendering the process and python series failed; left out of this scrape")
             with self._lock:
@@ -490,19 +521,22 @@ class Metrics:
         process = self._process_text(openmetrics)
         store = self._store_stats()
         templates = self._template_stats()
-        chunks, reported = self._plugin_chunks(self._clock())
+        now = self._clock()
         with self._lock:
+            sections, uptime = self._plugin_lines(now, openmetrics)
             totals = {"sidecar_scheduler_errors": self._scheduler_errors,
                       "sidecar_metrics_render_errors": self._render_errors}
             reloads = dict(self._reloads)
+        headers = _HEADERS[openmetrics]
         out: list[str] = []
         for fam in FAMILIES:
             name = fam.name
-            if openmetrics or fam.type != "counter":
-                out.append(f"# HELP {name} {fam.help}\n# TYPE {name} {fam.type}\n")
-            else:
-                out.append(f"# HELP {name}_total {fam.help}\n# TYPE {name}_total counter\n")
-            if name == "sidecar_build_info":
+            out.append(headers[name])
+            if name in sections:
+                out.append(sections[name])
+            elif name == "sidecar_plugin_uptime_seconds":
+                out.append(uptime)
+            elif name == "sidecar_build_info":
                 out.append(f'sidecar_build_info{{version="{_escape(__version__)}"}} 1.0\n')
             elif name == "sidecar_config_reloads":
                 out.extend(f'sidecar_config_reloads_total{{result="{r}"}} {_num(v)}\n' for r, v in reloads.items())
@@ -527,9 +561,7 @@ class Metrics:
                                f"{_num(store.unwritable.get(r, 0))}\n" for r in ROW_REASONS)
                 elif name == "sidecar_store_reopens":
                     out.append(f"sidecar_store_reopens_total {_num(store.reopens)}\n")
-            else:
-                out.extend(c[name] for c in chunks)
-        out.extend(_reported_families(reported, openmetrics))
+        out.append(sections[_REPORTED])
         out.append(process)
         if openmetrics:
             out.append("# EOF\n")

@@ -302,7 +302,10 @@ def test_removed_plugin_leaves_and_kept_plugin_keeps_its_series(metrics: Metrics
 
 
 @pytest.mark.parametrize("value", [0.0, 1.0, -1.0, 0.1, 1e-9, 123456.0, 1234567.0, 1764110721.123, 5e20, -5e20,
-                                   float("nan"), float("inf"), float("-inf"), 2.0**53, 1 / 3])
+                                   float("nan"), float("inf"), float("-inf"), 2.0**53, 1 / 3,
+                                   # counts are ints, formatted without a float on the common path
+                                   0, 7, -3, 999_999, 1_000_000, 1_234_567, 2**53 - 1, 2**53, 2**53 + 1,
+                                   -(2**53) + 1, -(2**53), -(10**17), 10**17, True])
 def test_numbers_match_prometheus_client(value: float) -> None:
     from prometheus_client.utils import floatToGoString
 
@@ -363,6 +366,45 @@ def test_a_failing_process_collector_leaves_the_rest_of_the_scrape(metrics: Metr
     fams = _families(metrics)
     assert _sidecar(fams) == set(fams) == {f.name for f in FAMILIES}
     assert _value(fams, "sidecar_metrics_render_errors", "sidecar_metrics_render_errors_total") == 1
+
+
+def test_a_failing_collection_of_the_process_series_leaves_the_rest_of_the_scrape(
+        metrics: Metrics, monkeypatch: pytest.MonkeyPatch) -> None:
+    from prometheus_client import ProcessCollector
+
+    metrics.render()  # the series' text is kept as templates: collecting must still fail the same way
+
+    def broken(self: Any) -> Any:
+        raise OSError("no /proc")
+
+    monkeypatch.setattr(ProcessCollector, "collect", broken)
+    fams = _families(metrics, openmetrics=True)
+    assert _sidecar(fams) == set(fams) == {f.name for f in FAMILIES}
+    assert _value(fams, "sidecar_metrics_render_errors", "sidecar_metrics_render_errors_total") == 1
+
+
+@pytest.mark.parametrize("openmetrics", [False, True])
+def test_every_scrape_shows_the_latest_values_whatever_was_scraped_before(metrics: Metrics, clock: Clock,
+                                                                         openmetrics: bool) -> None:
+    """Each format keeps its plugins' lines joined between scrapes: a run, a new or removed plugin, a scrape in
+    the other format in between all show at once."""
+    def success(fams: dict[str, Metric]) -> dict[str, float]:
+        return {s.labels["plugin"]: s.value for s in fams["sidecar_plugin_success"].samples}
+
+    assert success(_families(metrics, openmetrics)) == {"alpha": 0, "beta": 0}
+    assert success(_families(metrics, openmetrics)) == {"alpha": 0, "beta": 0}
+    metrics.finished(metrics.started("alpha"), _result("alpha"))
+    _families(metrics, not openmetrics)
+    assert success(_families(metrics, openmetrics)) == {"alpha": 1, "beta": 0}
+    metrics.add_plugin("gamma", 990.0, None)
+    assert success(_families(metrics, openmetrics)) == {"alpha": 1, "beta": 0, "gamma": 0}
+    metrics.remove_plugin("beta")
+    fams = _families(metrics, openmetrics)
+    assert success(fams) == {"alpha": 1, "gamma": 0}
+    clock.now += 10
+    assert _value(fams, "sidecar_plugin_uptime_seconds", "sidecar_plugin_uptime_seconds", plugin="alpha") == 100
+    fams = _families(metrics, openmetrics)  # nothing changed but the time: uptime is computed per scrape
+    assert _value(fams, "sidecar_plugin_uptime_seconds", "sidecar_plugin_uptime_seconds", plugin="alpha") == 110
 
 
 def test_scheduler_errors_are_counted(metrics: Metrics) -> None:
