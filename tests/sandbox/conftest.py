@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import os
+import select
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -8,6 +10,8 @@ from typing import Any
 import pytest
 
 from sidecar.sandbox.client import PluginRef, RunRequest, Sandbox
+from sidecar.sandbox.connections import Conn
+from sidecar.sandbox.launcher import Launcher
 from sidecar.sandbox.result import PluginSandboxResult
 
 HOSTILE = Path(__file__).parent / "hostile"
@@ -42,3 +46,37 @@ def run_hostile(sandbox: Sandbox):
         return sandbox.run(RunRequest(ref, params, timeout_seconds=timeout, memory_limit_mb=memory_mb))
 
     return run
+
+
+@pytest.fixture
+def wired() -> Iterator[tuple[Launcher, Conn, socket.socket]]:
+    """A launcher (its loop not running) with one caller connection, and the caller's end of it."""
+    ctrl, peer = socket.socketpair()
+    launcher = Launcher(ctrl)
+    mine, theirs = socket.socketpair()
+    theirs.setblocking(False)
+    conn = Conn(theirs)
+    launcher.conns[theirs.fileno()] = conn
+    launcher.epoll.register(theirs.fileno(), select.EPOLLIN)
+    try:
+        yield launcher, conn, mine
+    finally:
+        mine.close()
+        theirs.close()
+        launcher.epoll.close()
+        ctrl.close()
+        peer.close()
+
+
+@pytest.fixture
+def templated() -> Iterator[Sandbox]:
+    """A sandbox of its own whose runs are forked from per-plugin templates."""
+    with Sandbox(templates=True) as sb:
+        yield sb
+
+
+def plugin_file(tmp_path: Path, name: str, source: str) -> PluginRef:
+    """A plugin written to `tmp_path` from its source."""
+    path = tmp_path / f"{name}.py"
+    path.write_text(source)
+    return PluginRef(name, path=str(path))

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,13 @@ from sidecar.sandbox.protocol import Ahead, CallerMessage
 from sidecar.sandbox.result import Outcome, PluginSandboxResult
 
 from ..conftest import poll
-from .conftest import alive
+from .conftest import alive, plugin_file
+
+
+@pytest.fixture
+def sandbox(templated: Sandbox) -> Sandbox:
+    """Runs forked from templates, in a sandbox of the test's own."""
+    return templated
 
 
 @pytest.fixture
@@ -48,18 +53,6 @@ def held(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     return pids
 
 
-@pytest.fixture
-def sandbox() -> Iterator[Sandbox]:
-    with Sandbox(templates=True) as sb:
-        yield sb
-
-
-def _plugin(tmp_path: Path, name: str, source: str) -> PluginRef:
-    path = tmp_path / f"{name}.py"
-    path.write_text(source)
-    return PluginRef(name, path=str(path))
-
-
 def _run(sb: Sandbox, ref: PluginRef) -> PluginSandboxResult:
     return sb.run(RunRequest(ref, {}, timeout_seconds=10.0))
 
@@ -80,7 +73,7 @@ def _settle(channel: Channel) -> None:
 
 def test_the_next_run_of_a_plugin_on_a_channel_asks_the_launcher_nothing(sandbox: Sandbox, tmp_path: Path,
                                                                          asked: list[str], held: list[int]) -> None:
-    ref = _plugin(tmp_path, "quick", "import os\ndef run():\n    return os.getpid()\n")
+    ref = plugin_file(tmp_path, "quick", "import os\ndef run():\n    return os.getpid()\n")
     pids = [_run(sandbox, ref).result for _ in range(5)]
     assert asked == ["want"]  # the first run only: every later one had its child handed to it ahead
     assert len(set(pids)) == 5 and pids[1:] == held[:4]  # a fresh process each, the ones handed ahead
@@ -90,7 +83,7 @@ def test_the_next_run_of_a_plugin_on_a_channel_asks_the_launcher_nothing(sandbox
 def test_an_edited_plugin_runs_its_new_code_though_a_ticket_ahead_is_held(sandbox: Sandbox, tmp_path: Path,
                                                                           asked: list[str], held: list[int],
                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    ref = _plugin(tmp_path, "edited", "def run():\n    return 'old'\n")
+    ref = plugin_file(tmp_path, "edited", "def run():\n    return 'old'\n")
     assert [_run(sandbox, ref).result for _ in range(2)] == ["old", "old"]
     checked: list[bool] = []
     fresh = HeldTicket.fresh
@@ -111,8 +104,8 @@ def test_an_edited_plugin_runs_its_new_code_though_a_ticket_ahead_is_held(sandbo
 def test_a_run_of_another_plugin_gives_the_ticket_ahead_up_and_leaks_no_child(sandbox: Sandbox, tmp_path: Path,
                                                                              asked: list[str],
                                                                              held: list[int]) -> None:
-    one = _plugin(tmp_path, "one", "def run():\n    return 1\n")
-    two = _plugin(tmp_path, "two", "def run():\n    return 2\n")
+    one = plugin_file(tmp_path, "one", "def run():\n    return 1\n")
+    two = plugin_file(tmp_path, "two", "def run():\n    return 2\n")
     for _ in range(3):
         assert [_run(sandbox, one).result for _ in range(3)] == [1, 1, 1]
         assert [_run(sandbox, two).result for _ in range(3)] == [2, 2, 2]
@@ -128,7 +121,7 @@ def test_a_run_of_another_plugin_gives_the_ticket_ahead_up_and_leaks_no_child(sa
 
 def test_spaced_runs_keep_one_idle_child_of_a_template_back_to_back_runs_two(sandbox: Sandbox,
                                                                               tmp_path: Path) -> None:
-    ref = _plugin(tmp_path, "quick", "def run():\n    return 1\n")
+    ref = plugin_file(tmp_path, "quick", "def run():\n    return 1\n")
     for _ in range(3):
         assert _run(sandbox, ref).result == 1
         time.sleep(0.1)  # spacing, not waiting: held this long, a ticket ahead is not back to back
@@ -142,7 +135,7 @@ def test_spaced_runs_keep_one_idle_child_of_a_template_back_to_back_runs_two(san
 
 def test_a_channel_running_plugins_in_turn_asks_for_no_ticket_ahead(sandbox: Sandbox, tmp_path: Path,
                                                                     held: list[int]) -> None:
-    refs = [_plugin(tmp_path, f"p{i}", f"def run():\n    return {i}\n") for i in range(2)]
+    refs = [plugin_file(tmp_path, f"p{i}", f"def run():\n    return {i}\n") for i in range(2)]
     for _ in range(4):
         assert [_run(sandbox, ref).result for ref in refs] == [0, 1]
     assert len(held) <= 1  # the first run's (a fresh channel asks), given up by the next
@@ -150,7 +143,7 @@ def test_a_channel_running_plugins_in_turn_asks_for_no_ticket_ahead(sandbox: San
 
 def test_closing_the_sandbox_ends_the_held_ticket(tmp_path: Path, held: list[int]) -> None:
     sb = Sandbox(templates=True)
-    ref = _plugin(tmp_path, "quick", "def run():\n    return 1\n")
+    ref = plugin_file(tmp_path, "quick", "def run():\n    return 1\n")
     assert [_run(sb, ref).result for _ in range(3)] == [1, 1, 1]
     channel = sb._idle[0]
     _settle(channel)
@@ -166,7 +159,7 @@ def test_closing_the_sandbox_ends_the_held_ticket(tmp_path: Path, held: list[int
 
 def test_a_replaced_launcher_ends_the_held_ticket_and_runs_go_on(sandbox: Sandbox, tmp_path: Path,
                                                                   held: list[int]) -> None:
-    ref = _plugin(tmp_path, "quick", "def run():\n    return 1\n")
+    ref = plugin_file(tmp_path, "quick", "def run():\n    return 1\n")
     assert [_run(sandbox, ref).result for _ in range(3)] == [1, 1, 1]
     channel = sandbox._idle[0]
     launcher = channel.launcher
@@ -188,6 +181,6 @@ def test_templates_off_hold_no_ticket_ahead(tmp_path: Path, asked: list[str], he
 
     monkeypatch.setattr(Channel, "start", start)
     with Sandbox(templates=False) as sb:
-        ref = _plugin(tmp_path, "quick", "def run():\n    return 1\n")
+        ref = plugin_file(tmp_path, "quick", "def run():\n    return 1\n")
         assert all(_run(sb, ref).outcome is Outcome.SUCCESS for _ in range(3))
     assert asked == [] and held == [] and len(starts) == 3 and not any(s["asks"] for s in starts)

@@ -8,7 +8,6 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,6 +15,15 @@ import pytest
 from sidecar.sandbox.client import PluginRef, RunRequest, Sandbox
 from sidecar.sandbox.result import Outcome, PluginSandboxResult
 from tests.conftest import poll
+
+from .conftest import plugin_file
+
+
+@pytest.fixture
+def sandbox(templated: Sandbox) -> Sandbox:
+    """Runs forked from templates, in a sandbox of the test's own."""
+    return templated
+
 
 STATEFUL = '''
 import json, os
@@ -34,24 +42,12 @@ _original = json.dumps
 '''
 
 
-@pytest.fixture
-def sandbox() -> Iterator[Sandbox]:
-    with Sandbox(templates=True) as sb:
-        yield sb
-
-
-def _plugin(tmp_path: Path, name: str, source: str) -> PluginRef:
-    path = tmp_path / f"{name}.py"
-    path.write_text(source)
-    return PluginRef(name, path=str(path))
-
-
 def _run(sb: Sandbox, ref: PluginRef, timeout: float = 10.0, **params: object) -> PluginSandboxResult:
     return sb.run(RunRequest(ref, params, timeout_seconds=timeout))
 
 
 def test_runs_come_from_one_template_and_are_adopted_by_the_launcher(sandbox: Sandbox, tmp_path: Path) -> None:
-    ref = _plugin(tmp_path, "stateful", STATEFUL)
+    ref = plugin_file(tmp_path, "stateful", STATEFUL)
     results = [_run(sandbox, ref) for _ in range(3)]
     assert all(r.outcome is Outcome.SUCCESS for r in results), results
     assert len({r.result["pid"] for r in results}) == 3  # a fresh process per run
@@ -62,7 +58,7 @@ def test_runs_come_from_one_template_and_are_adopted_by_the_launcher(sandbox: Sa
 
 
 def test_state_changed_by_a_run_is_not_seen_by_the_next(sandbox: Sandbox, tmp_path: Path) -> None:
-    ref = _plugin(tmp_path, "stateful", STATEFUL)
+    ref = plugin_file(tmp_path, "stateful", STATEFUL)
     first = _run(sandbox, ref, mutate=True)
     second = _run(sandbox, ref, mutate=True)
     assert first.outcome is Outcome.SUCCESS and second.outcome is Outcome.SUCCESS, (first, second)
@@ -84,7 +80,7 @@ def run():
 def test_runs_of_one_template_draw_different_random_numbers(sandbox: Sandbox, tmp_path: Path) -> None:
     # Each run is forked from the same template state: every generator must know it is a new process
     # (Python's after-fork hooks reseed `random`; OpenSSL sees a new pid), or runs would repeat nonces.
-    ref = _plugin(tmp_path, "randomness", RANDOM)
+    ref = plugin_file(tmp_path, "randomness", RANDOM)
     draws = [_run(sandbox, ref) for _ in range(3)]
     assert all(r.outcome is Outcome.SUCCESS for r in draws), draws
     for i in range(3):
@@ -106,7 +102,7 @@ def run():
 
 
 def test_a_plugins_warm_up_runs_in_the_runs_own_process_and_reports_nothing(sandbox: Sandbox, tmp_path: Path) -> None:
-    ref = _plugin(tmp_path, "warmed", WARMED)
+    ref = plugin_file(tmp_path, "warmed", WARMED)
     for _ in range(2):
         r = _run(sandbox, ref)
         assert r.outcome is Outcome.SUCCESS, r
@@ -115,7 +111,7 @@ def test_a_plugins_warm_up_runs_in_the_runs_own_process_and_reports_nothing(sand
 
 
 def test_a_plugin_edited_on_disk_runs_its_new_code(sandbox: Sandbox, tmp_path: Path) -> None:
-    ref = _plugin(tmp_path, "edited", "def run():\n    return 'old'\n")
+    ref = plugin_file(tmp_path, "edited", "def run():\n    return 'old'\n")
     assert _run(sandbox, ref).result == "old"
     assert _run(sandbox, ref).result == "old"
     Path(ref.path or "").write_text("def run():\n    return 'new code, other size'\n")
@@ -125,7 +121,7 @@ def test_a_plugin_edited_on_disk_runs_its_new_code(sandbox: Sandbox, tmp_path: P
 
 def test_templates_are_bounded_least_recently_used_first(tmp_path: Path) -> None:
     with Sandbox(templates=True, max_templates=2) as sb:
-        refs = [_plugin(tmp_path, f"p{i}", f"def run():\n    return {i}\n") for i in range(4)]
+        refs = [plugin_file(tmp_path, f"p{i}", f"def run():\n    return {i}\n") for i in range(4)]
         for i, ref in enumerate(refs):
             assert _run(sb, ref).result == i
         stats = sb.template_stats()
@@ -137,8 +133,8 @@ def test_templates_are_bounded_least_recently_used_first(tmp_path: Path) -> None
 
 
 def test_a_hanging_template_import_does_not_block_other_plugins(sandbox: Sandbox, tmp_path: Path) -> None:
-    hang = _plugin(tmp_path, "hang", "import time\ntime.sleep(3600)\ndef run():\n    return 1\n")
-    quick = _plugin(tmp_path, "quick", "def run():\n    return 'quick'\n")
+    hang = plugin_file(tmp_path, "hang", "import time\ntime.sleep(3600)\ndef run():\n    return 1\n")
+    quick = plugin_file(tmp_path, "quick", "def run():\n    return 'quick'\n")
     hung: list[PluginSandboxResult] = []
 
     def hanging() -> None:
@@ -156,7 +152,7 @@ def test_a_hanging_template_import_does_not_block_other_plugins(sandbox: Sandbox
 
 
 def test_a_failed_import_ends_the_run_and_is_retried_with_back_off(sandbox: Sandbox, tmp_path: Path) -> None:
-    ref = _plugin(tmp_path, "broken", "raise RuntimeError('broken at import')\ndef run():\n    return 1\n")
+    ref = plugin_file(tmp_path, "broken", "raise RuntimeError('broken at import')\ndef run():\n    return 1\n")
     first = _run(sandbox, ref)
     assert first.outcome is Outcome.IMPORT and first.error is not None
     assert "broken at import" in first.error.message
@@ -169,7 +165,7 @@ def test_a_plugin_starting_a_thread_at_import_runs_per_import(sandbox: Sandbox, 
                                                                  caplog: pytest.LogCaptureFixture) -> None:
     source = ("import threading, time\nthreading.Thread(target=time.sleep, args=(3600,), daemon=True).start()\n"
               "def run():\n    return threading.active_count()\n")
-    ref = _plugin(tmp_path, "threaded", source)
+    ref = plugin_file(tmp_path, "threaded", source)
     with caplog.at_level(logging.WARNING, logger="sidecar.sandbox"):
         results = [_run(sandbox, ref) for _ in range(3)]
     assert [r.outcome for r in results] == [Outcome.SUCCESS] * 3, results
@@ -188,13 +184,13 @@ def test_preload_false_opts_out(sandbox: Sandbox, tmp_path: Path) -> None:
 
 def test_templates_off_imports_per_run(tmp_path: Path) -> None:
     with Sandbox(templates=False) as sb:
-        ref = _plugin(tmp_path, "stateful", STATEFUL)
+        ref = plugin_file(tmp_path, "stateful", STATEFUL)
         assert _run(sb, ref).outcome is Outcome.SUCCESS
         assert sb.template_stats()["builds"] == 0
 
 
 def test_a_templates_run_keeps_its_environment_and_private_directory(sandbox: Sandbox, tmp_path: Path) -> None:
-    ref = _plugin(tmp_path, "where", "import os\nAT_IMPORT = os.environ['TMPDIR']\n"
+    ref = plugin_file(tmp_path, "where", "import os\nAT_IMPORT = os.environ['TMPDIR']\n"
                                       "def run():\n    return [AT_IMPORT, os.environ['TMPDIR'], os.environ['HOME']]\n")
     first, second = _run(sandbox, ref).result, _run(sandbox, ref).result
     assert first[1] == first[2] and second[1] == second[2] and first[1] != second[1]  # each run its own
@@ -225,8 +221,8 @@ def test_another_plugins_run_cannot_signal_a_template(tmp_path: Path) -> None:
 
     tmp_path.chmod(0o755)
     with Sandbox(templates=True, isolation=Isolation(readable=(str(tmp_path),))) as sb:
-        victim = _plugin(tmp_path, "victim", "import os\ndef run():\n    return os.getuid()\n")
-        killer = _plugin(tmp_path, "killer", KILLER)
+        victim = plugin_file(tmp_path, "victim", "import os\ndef run():\n    return os.getuid()\n")
+        killer = plugin_file(tmp_path, "killer", KILLER)
         for ref in (victim, killer):
             Path(ref.path or "").chmod(0o644)
         victim_uid = _run(sb, victim).result
@@ -258,7 +254,8 @@ def test_a_forged_fork_answer_never_makes_another_process_a_run(sandbox: Sandbox
         assert {r.outcome for r in results} <= {Outcome.SUCCESS, Outcome.CRASH}, [(r.outcome, r.error)
                                                                                    for r in results]
         assert all(r.result["pid"] != victim.pid for r in results if r.result)
-        assert _run(sandbox, _plugin(tmp_path, "bystander", "def run():\n    return 1\n")).outcome is Outcome.SUCCESS
+        bystander = plugin_file(tmp_path, "bystander", "def run():\n    return 1\n")
+        assert _run(sandbox, bystander).outcome is Outcome.SUCCESS
         assert victim.poll() is None  # alive: never a run, never killed
         with open(f"/proc/{victim.pid}/stat") as f:
             assert f.read().rsplit(")", 1)[1].split()[0] != "T"  # never stopped either

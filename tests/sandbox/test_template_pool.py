@@ -4,36 +4,12 @@
 from __future__ import annotations
 
 import json
-import select
 import socket
-from collections.abc import Iterator
-
-import pytest
 
 from sidecar.framing import FrameReader
 from sidecar.sandbox.connections import Conn
 from sidecar.sandbox.launcher import Launcher
 from sidecar.sandbox.template_pool import ForkRequest
-
-
-@pytest.fixture
-def wired() -> Iterator[tuple[Launcher, Conn, socket.socket]]:
-    """A launcher (its loop not running) with one caller connection, and the caller's end of it."""
-    ctrl, peer = socket.socketpair()
-    launcher = Launcher(ctrl)
-    mine, theirs = socket.socketpair()
-    theirs.setblocking(False)
-    conn = Conn(theirs)
-    launcher.conns[theirs.fileno()] = conn
-    launcher.epoll.register(theirs.fileno(), select.EPOLLIN)
-    try:
-        yield launcher, conn, mine
-    finally:
-        mine.close()
-        theirs.close()
-        launcher.epoll.close()
-        ctrl.close()
-        peer.close()
 
 
 def _received(sock: socket.socket) -> list[dict[str, object]]:
