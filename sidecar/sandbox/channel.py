@@ -9,7 +9,8 @@ template's next child, handed over before the next run asks (see `protocol`). It
 run of the same template uses it after two checks that cost microseconds and no message: the child is alive
 (its pidfd) and the plugin's file is the one the template imported (a stat); else the run gives it up and
 asks (`Want`), and so runs new code after an edit. It asks ahead unless its last templated run was of another
-template, so that a channel running plugins in turn does not fork children it then gives up.
+template, or not yet `AHEAD_AFTER` runs in a row, so that a channel running plugins in turn does not fork
+children it then gives up.
 """
 
 from __future__ import annotations
@@ -26,7 +27,14 @@ from .launcher_process import LauncherLost, LauncherProcess
 from .protocol import Ahead, CallerMessage, End, Exit, LauncherMessage, Start, Stats, UnitWire, Want
 from .run_request import RunRequest
 
-__all__ = ["Channel", "HeldTicket"]
+__all__ = ["AHEAD_AFTER", "Channel", "HeldTicket"]
+
+#: A channel asks for a ticket ahead from this run of one template in a row on: a ticket ahead the next run does
+#: not use is a fork and a kill wasted, so a channel whose runs alternate between plugins (a scheduler's, a
+#: client probing several targets in turn) asks for none. Measured with `benchmarks.probe_bench`, whose rounds
+#: run `echo` twice in a row between other plugins: asking from the second run in a row cost every run there
+#: 0.6-1.1 ms (a fork and a kill per round on two cores).
+AHEAD_AFTER = 3
 
 
 class HeldTicket:
@@ -77,8 +85,10 @@ class Channel:
         self.ahead_key: str | None = None
         #: answers the launcher still owes to `Start`s that asked for a ticket ahead
         self.ahead_owed = 0
-        #: the template its last templated run came from: it asks ahead only for the same one
+        #: the template its last templated run came from, and how many runs in a row came from it: it asks
+        #: ahead only from the `AHEAD_AFTER`th run of one template in a row
         self.last_key: str | None = None
+        self.streak = 0
         #: the run whose `Start` asks for a ticket ahead, and of which template
         self._ask_ahead: tuple[int, str] | None = None
 

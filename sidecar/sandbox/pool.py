@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterable, Mapping
 
 from ..defaults import LAUNCHER_ANSWER_SECONDS, LAUNCHER_PING_SECONDS, MAX_TEMPLATES, TEMPLATES
-from .channel import Channel
+from .channel import AHEAD_AFTER, Channel
 from .containment import Cgroups, describe, detect, release
 from .drive import drive, kill_run
 from .environment import plugin_environment
@@ -294,16 +294,17 @@ class Sandbox:
         a spare when the plugin cannot have one; or the outcome of the waiting run when the template's import
         failed or hung (as a run's would)."""
         wait = max(0.0, t0 + request.timeout_seconds - time.monotonic()) + LAUNCHER_ANSWER_SECONDS
+        streak = channel.streak + 1 if channel.last_key == key else 1
         held = channel.take_ahead(key, wait)
         if held is not None:
+            channel.streak = streak
             channel.ask_ahead(held[0], key)
             return held
-        ahead = channel.last_key in (None, key)  # not for a channel running plugins in turn
         msg = channel.template_ticket(request, t0, wait)
         if msg["t"] == "ticket":
             ticket = channel.template_tickets.popleft()
-            channel.last_key = key
-            if ahead:
+            channel.last_key, channel.streak = key, streak
+            if streak >= AHEAD_AFTER:  # not for a channel running plugins in turn
                 channel.ask_ahead(ticket[0], key)
             return ticket
         if msg["t"] == "template_failed":

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from sidecar.sandbox.channel import Channel, HeldTicket
+from sidecar.sandbox.channel import AHEAD_AFTER, Channel, HeldTicket
 from sidecar.sandbox.client import PluginRef, RunRequest, Sandbox
 from sidecar.sandbox.protocol import Ahead, CallerMessage
 from sidecar.sandbox.result import Outcome, PluginSandboxResult
@@ -74,9 +74,10 @@ def _settle(channel: Channel) -> None:
 def test_the_next_run_of_a_plugin_on_a_channel_asks_the_launcher_nothing(sandbox: Sandbox, tmp_path: Path,
                                                                          asked: list[str], held: list[int]) -> None:
     ref = plugin_file(tmp_path, "quick", "import os\ndef run():\n    return os.getpid()\n")
-    pids = [_run(sandbox, ref).result for _ in range(5)]
-    assert asked == ["want"]  # the first run only: every later one had its child handed to it ahead
-    assert len(set(pids)) == 5 and pids[1:] == held[:4]  # a fresh process each, the ones handed ahead
+    pids = [_run(sandbox, ref).result for _ in range(6)]
+    # The first AHEAD_AFTER runs ask; the last of them asks ahead too, and every later one had its child ahead.
+    assert asked == ["want"] * AHEAD_AFTER
+    assert len(set(pids)) == 6 and pids[AHEAD_AFTER:] == held[:6 - AHEAD_AFTER]  # fresh processes, handed ahead
     assert len(sandbox._idle) == 1
 
 
@@ -84,7 +85,7 @@ def test_an_edited_plugin_runs_its_new_code_though_a_ticket_ahead_is_held(sandbo
                                                                           asked: list[str], held: list[int],
                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     ref = plugin_file(tmp_path, "edited", "def run():\n    return 'old'\n")
-    assert [_run(sandbox, ref).result for _ in range(2)] == ["old", "old"]
+    assert [_run(sandbox, ref).result for _ in range(AHEAD_AFTER)] == ["old"] * AHEAD_AFTER  # one held ahead
     checked: list[bool] = []
     fresh = HeldTicket.fresh
 
@@ -96,8 +97,8 @@ def test_an_edited_plugin_runs_its_new_code_though_a_ticket_ahead_is_held(sandbo
     Path(ref.path or "").write_text("def run():\n    return 'new code, another size'\n")
     assert _run(sandbox, ref).result == "new code, another size"
     assert checked == [False]  # it held one, of the old template: given up, and the run asked
-    assert asked == ["want", "want"]
-    poll("the given-up child to be reaped", lambda: (not alive(held[1]), held))
+    assert asked == ["want"] * (AHEAD_AFTER + 1)
+    poll("the given-up child to be reaped", lambda: (not alive(held[0]), held))
     assert sandbox.template_stats()["builds"] == 2
 
 
@@ -109,8 +110,8 @@ def test_a_run_of_another_plugin_gives_the_ticket_ahead_up_and_leaks_no_child(sa
     for _ in range(3):
         assert [_run(sandbox, one).result for _ in range(3)] == [1, 1, 1]
         assert [_run(sandbox, two).result for _ in range(3)] == [2, 2, 2]
-    # The first run (a fresh channel) asks ahead; after a switch the second run does: 1 + 2 * 5 asks.
-    assert asked.count("want") == 11
+    # Three runs in a row of each: every one asks (the third asks ahead too, given up by the next plugin's run).
+    assert asked.count("want") == 18
     channel = sandbox._idle[0]
     given_up = [pid for pid in held if channel.held is None or pid != channel.held.pid]
     poll("every ticket ahead given up to be reaped", lambda: (not any(alive(p) for p in given_up), given_up))
