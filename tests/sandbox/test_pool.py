@@ -16,17 +16,24 @@ from ..conftest import poll
 from .conftest import run_named
 
 
+def _in_flight(sb: Sandbox, tmp_path: Path, seconds: float = 30.0,
+               timeout: float = 60.0) -> tuple[threading.Thread, dict[str, PluginSandboxResult]]:
+    """A run of `seconds` that has started in its child (its mark written) when this returns."""
+    mark = tmp_path / "started"
+    done: dict[str, PluginSandboxResult] = {}
+    caller = threading.Thread(target=lambda: done.update(r=run_named(sb, "mark_then_sleep", timeout=timeout,
+                                                                     path=str(mark), seconds=seconds)))
+    caller.start()
+    poll("the run to start", lambda: (mark.exists(), None))
+    return caller, done
+
+
 def test_a_stopped_launcher_is_replaced_its_overdue_run_ends_timeout_and_readiness_says_so(tmp_path: Path):
     with Sandbox(templates=False) as sb:
         assert run_named(sb, "hello").outcome is Outcome.SUCCESS
         launcher = sb.launcher_pid
         assert launcher is not None
-        mark = tmp_path / "started"
-        done: dict[str, PluginSandboxResult] = {}
-        caller = threading.Thread(target=lambda: done.update(r=run_named(sb, "mark_then_sleep", timeout=1.0,
-                                                                         path=str(mark))))
-        caller.start()
-        poll("the run to start", lambda: (mark.exists(), None))
+        caller, done = _in_flight(sb, tmp_path, timeout=1.0)
         os.kill(launcher, signal.SIGSTOP)
         try:
             why = poll("the sandbox to report the stalled launcher", lambda: (sb.problem() is not None, None))
@@ -105,11 +112,7 @@ def test_a_run_whose_launcher_dies_is_aborted_naming_it_not_blamed_on_the_plugin
         assert run_named(sb, "hello").outcome is Outcome.SUCCESS
         launcher = sb.launcher_pid
         assert launcher is not None
-        mark = tmp_path / "started"
-        done: dict[str, PluginSandboxResult] = {}
-        caller = threading.Thread(target=lambda: done.update(r=run_named(sb, "mark_then_sleep", path=str(mark))))
-        caller.start()
-        poll("the run to start", lambda: (mark.exists(), None))
+        caller, done = _in_flight(sb, tmp_path, timeout=10.0)
         os.kill(launcher, signal.SIGKILL)
         caller.join()
         r = done["r"]
@@ -117,17 +120,6 @@ def test_a_run_whose_launcher_dies_is_aborted_naming_it_not_blamed_on_the_plugin
         assert r.error is not None and r.error.type == "LauncherDied", r.error
         assert r.started_at > 0 and r.finished_at > r.started_at
         assert run_named(sb, "hello").outcome is Outcome.SUCCESS  # the next run starts a new launcher
-
-
-def _in_flight(sb: Sandbox, tmp_path: Path, seconds: float) -> tuple[threading.Thread, dict[str, PluginSandboxResult]]:
-    """A run of `seconds` that has started in its child (its mark written) when this returns."""
-    mark = tmp_path / "started"
-    done: dict[str, PluginSandboxResult] = {}
-    caller = threading.Thread(target=lambda: done.update(r=run_named(sb, "mark_then_sleep", timeout=60.0,
-                                                                     path=str(mark), seconds=seconds)))
-    caller.start()
-    poll("the run to start", lambda: (mark.exists(), None))
-    return caller, done
 
 
 def test_close_lets_a_run_in_flight_finish_within_its_grace(tmp_path: Path):
